@@ -1,0 +1,282 @@
+r"""The one batch type: :class:`Events`.
+
+Every simulator returns :class:`Events`, every store reads and writes them, every loss and
+statistic consumes them. Validation happens once, at construction, with errors that name
+the field, the number of offending rows and an example row.
+
+Shapes (``N`` events, ``D`` observables, ``M`` particles of ``F`` features, ``P``
+parameters, ``L`` latent variables):
+
+========================  ======================  ==============================================
+field                     shape                   meaning
+========================  ======================  ==============================================
+``x``                     ``(N, D)`` or           observables, or a padded particle set
+                          ``(N, M, F)``
+``theta``                 ``(N, P)``              parameter point each event belongs to
+``log_r_joint``           ``(N,)``                :math:`\log p(x,z|\theta)/p(x,z|\theta_\mathrm{ref})`
+``score_joint``           ``(N, P)``              :math:`\nabla_\theta \log p(x,z|\theta)`
+``weights``               ``(N,)``                event weights (default: all ones)
+``label``                 ``(N,)``                1 if drawn at ``theta``, 0 if at the reference
+``latent``                ``(N, L)``              the simulator's latent path z (e.g. parton level)
+``mask``                  ``(N, M)`` bool         which set entries are real (set inputs only)
+========================  ======================  ==============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .exceptions import InvalidEventsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .simulators.space import ParameterSpace
+
+__all__ = ["Events"]
+
+TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask")
+
+
+def _as_tensor(name: str, value: Any) -> Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - reported to the user below
+        raise InvalidEventsError(f"Events.{name}: cannot convert {type(value).__name__} to a tensor ({err}).") from err
+    if array.dtype.kind in "iub" and name != "mask":
+        return torch.as_tensor(array, dtype=torch.get_default_dtype())
+    return torch.as_tensor(array)
+
+
+def _first_bad_rows(bad: Tensor) -> tuple[int, int]:
+    """Number of rows flagged in ``bad`` (reduced over trailing dims) and the first index."""
+    rows = bad.reshape(bad.shape[0], -1).any(dim=1)
+    count = int(rows.sum())
+    first = int(torch.nonzero(rows)[0, 0]) if count else -1
+    return count, first
+
+
+@dataclass(frozen=True, eq=False)
+class Events:
+    r"""A batch of simulated or observed events.
+
+    Args:
+        x: Observables, ``(N, D)`` or a padded set ``(N, M, F)`` (then give ``mask``).
+        theta: Parameter point of each event, ``(N, P)``. For observed data, the parameters
+            are unknown: pass ``Events.observed(x)`` which stores a ``(N, 0)`` tensor.
+        log_r_joint: Joint log-likelihood ratio against the reference point, ``(N,)``.
+        score_joint: Joint score at ``theta``, ``(N, P)``.
+        weights: Event weights, ``(N,)``. ``None`` means unit weights.
+        label: 1 for events drawn at ``theta``, 0 for events drawn at the reference, ``(N,)``.
+        latent: Latent variables of the simulation, ``(N, L)``.
+        mask: Validity mask of set entries, ``(N, M)`` bool; only with 3-D ``x``.
+        space: If given, every ``theta`` row must lie inside it.
+
+    Raises:
+        InvalidEventsError: a field has the wrong dimensionality, a length different from
+            ``x``, or NaN/inf entries. The message names the field, how many rows are bad
+            and the first one.
+        OutOfSupportError: ``space`` is given and some ``theta`` lie outside it.
+
+    Example:
+        >>> ev = Events(x=torch.zeros(3, 2), theta=torch.ones(3, 1))
+        >>> len(ev), ev.n_observables, ev.n_parameters
+        (3, 2, 1)
+    """
+
+    x: Tensor
+    theta: Tensor
+    log_r_joint: Tensor | None = None
+    score_joint: Tensor | None = None
+    weights: Tensor | None = None
+    label: Tensor | None = None
+    latent: Tensor | None = None
+    mask: Tensor | None = None
+    space: "ParameterSpace | None" = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in TENSOR_FIELDS:
+            value = _as_tensor(name, getattr(self, name))
+            if value is not None and name != "mask" and not value.is_floating_point():
+                value = value.to(torch.get_default_dtype())
+            object.__setattr__(self, name, value)
+        x, theta = self.x, self.theta
+        if x is None or theta is None:
+            raise InvalidEventsError("Events needs both `x` and `theta`; use Events.observed(x) for data without parameters.")
+        if x.dim() == 1:
+            raise InvalidEventsError(
+                f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F). "
+                "For one observable per event use x.reshape(-1, 1)."
+            )
+        if x.dim() not in (2, 3):
+            raise InvalidEventsError(f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F).")
+        n = x.shape[0]
+        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2}
+        for name, ndim in expected_dims.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value.dim() != ndim:
+                hint = " (reshape with .reshape(-1, 1) for a single column)" if ndim == 2 and value.dim() == 1 else ""
+                raise InvalidEventsError(
+                    f"Events.{name} has shape {tuple(value.shape)} but must have {ndim} dimensions{hint}."
+                )
+            if value.shape[0] != n:
+                raise InvalidEventsError(
+                    f"Events.{name} has {value.shape[0]} rows but x has {n}; every field needs one row per event."
+                )
+        if self.score_joint is not None and self.score_joint.shape[1] != theta.shape[1]:
+            raise InvalidEventsError(
+                f"Events.score_joint has {self.score_joint.shape[1]} columns but theta has {theta.shape[1]} parameters."
+            )
+        if self.mask is not None:
+            if x.dim() != 3 or self.mask.shape[1] != x.shape[1]:
+                raise InvalidEventsError(
+                    f"Events.mask of shape {tuple(self.mask.shape)} needs x of shape (N, {self.mask.shape[1]}, F); "
+                    f"x has shape {tuple(x.shape)}."
+                )
+            object.__setattr__(self, "mask", self.mask.bool())
+        for name in TENSOR_FIELDS:
+            value = getattr(self, name)
+            if value is None or name == "mask" or not value.is_floating_point():
+                continue
+            bad = ~torch.isfinite(value)
+            if name == "x" and self.mask is not None:
+                bad = bad & self.mask.unsqueeze(-1)
+            if bool(bad.any()):
+                count, first = _first_bad_rows(bad)
+                raise InvalidEventsError(
+                    f"Events.{name} has non-finite values (NaN or inf) in {count} of {n} rows; "
+                    f"first at row {first}: {value[first].tolist()}. Remove or fix these events before use."
+                )
+        if self.space is not None:
+            self.space.check(theta, argument="Events.theta")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def observed(cls, x: Any, *, weights: Any = None, mask: Any = None) -> "Events":
+        """Events without parameter labels (observed data). ``theta`` becomes ``(N, 0)``."""
+        xt = _as_tensor("x", x)
+        if xt is None or xt.dim() < 2:
+            raise InvalidEventsError(
+                f"Events.observed: x must be (N, D) or (N, M, F), got shape {None if xt is None else tuple(xt.shape)}."
+            )
+        return cls(x=xt, theta=xt.new_zeros(xt.shape[0], 0), weights=weights, mask=mask)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Events"]) -> "Events":
+        """Concatenate batches along the event axis; fields present in some parts only are dropped."""
+        parts = list(parts)
+        if not parts:
+            raise InvalidEventsError("Events.concatenate needs at least one batch.")
+        kwargs: dict[str, Any] = {}
+        for name in TENSOR_FIELDS:
+            values = [getattr(p, name) for p in parts]
+            if all(v is not None for v in values):
+                shapes = {tuple(v.shape[1:]) for v in values}
+                if len(shapes) > 1:
+                    raise InvalidEventsError(f"Events.concatenate: field {name} has different shapes across batches: {sorted(shapes)}.")
+                kwargs[name] = torch.cat(values, dim=0)
+            elif name in ("x", "theta"):
+                raise InvalidEventsError(f"Events.concatenate: a batch lacks {name}.")
+        return cls(**kwargs, space=parts[0].space)
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_observables(self) -> int:
+        """``D`` for ``(N, D)`` inputs, ``F`` (features per particle) for sets."""
+        return int(self.x.shape[-1])
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.theta.shape[1])
+
+    @property
+    def is_set(self) -> bool:
+        return self.x.dim() == 3
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def weights_or_ones(self) -> Tensor:
+        """Event weights, or ones of the dtype and device of ``x``, ``(N,)``."""
+        if self.weights is not None:
+            return self.weights
+        return torch.ones(len(self), dtype=self.x.dtype if self.x.is_floating_point() else torch.get_default_dtype(), device=self.device)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fields that are set, by name."""
+        return {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+
+    # ------------------------------------------------------------------ transforms
+    def _map(self, fn) -> "Events":
+        values = {name: (fn(v) if v is not None else None) for name, v in ((n, getattr(self, n)) for n in TENSOR_FIELDS)}
+        return _unchecked(values, self.space)
+
+    def __getitem__(self, index: Any) -> "Events":
+        """Select events by slice, integer tensor or boolean mask (no re-validation)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return self._map(lambda v: v[index])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Events":
+        """Move every tensor to ``device``; floating fields also cast to ``dtype`` if given."""
+        def move(v: Tensor) -> Tensor:
+            if dtype is not None and v.is_floating_point():
+                return v.to(device=device, dtype=dtype)
+            return v.to(device=device)
+        return self._map(move)
+
+    def replace(self, **changes: Any) -> "Events":
+        """A copy with some fields replaced, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def split(self, fraction: float, *, generator: torch.Generator | None = None) -> tuple["Events", "Events"]:
+        """Random split into (``1 - fraction``, ``fraction``) parts, e.g. train/validation.
+
+        Raises:
+            InvalidEventsError: ``fraction`` not in (0, 1) or a part would be empty.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise InvalidEventsError(f"split: fraction must be in (0, 1), got {fraction}.")
+        n = len(self)
+        n_second = int(round(fraction * n))
+        if n_second == 0 or n_second == n:
+            raise InvalidEventsError(f"split: fraction {fraction} of {n} events leaves an empty part; use more events.")
+        perm = torch.randperm(n, generator=generator).to(self.device)
+        return self[perm[n_second:]], self[perm[:n_second]]
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator["Events"]:
+        """Iterate over consecutive (or shuffled) batches by index, no per-event Python work."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator).to(self.device) if shuffle else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                yield self[start:start + batch_size]
+            else:
+                yield self[order[start:start + batch_size]]
+
+    def __repr__(self) -> str:
+        parts = [f"{name}={tuple(v.shape)}" for name, v in self.tensors().items()]
+        return f"Events(n={len(self)}, " + ", ".join(parts) + f", device={self.device})"
+
+
+def _unchecked(values: dict[str, Tensor | None], space: "ParameterSpace | None") -> Events:
+    """Build Events from already validated tensors (slices, moves) without re-validating."""
+    ev = object.__new__(Events)
+    for name, value in values.items():
+        object.__setattr__(ev, name, value)
+    object.__setattr__(ev, "space", space)
+    return ev

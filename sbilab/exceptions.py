@@ -1,0 +1,87 @@
+r"""Named exceptions for user mistakes.
+
+Every error a user can provoke with bad input derives from :class:`SbilabError`; the
+message says which argument was wrong, what was wrong with it and how to fix it. Internal
+invariants use ``assert``. Most classes also derive from the matching builtin
+(``ValueError``, ``KeyError``, ...) so that generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SbilabError",
+    "InvalidEventsError",
+    "ParameterSpaceError",
+    "OutOfSupportError",
+    "ShapeMismatchError",
+    "MissingAugmentedDataError",
+    "MorphingError",
+    "StoreError",
+    "TrainingDivergedError",
+    "NonFiniteOutputError",
+    "ConfigError",
+    "FitError",
+    "WorkspaceError",
+    "PublishError",
+    "SamplingError",
+]
+
+
+class SbilabError(Exception):
+    """Base class of every error sbilab raises for a user mistake."""
+
+
+class InvalidEventsError(SbilabError, ValueError):
+    """An :class:`~sbilab.events.Events` field is malformed (shape, length, non-finite values)."""
+
+
+class ParameterSpaceError(SbilabError, ValueError):
+    """A parameter space is ill-defined (names, bounds, reference point, proposal)."""
+
+
+class OutOfSupportError(SbilabError, ValueError):
+    """Parameter values lie outside the parameter space they must belong to."""
+
+
+class ShapeMismatchError(SbilabError, ValueError):
+    """Inputs do not have the shape an estimator or function was built or trained for."""
+
+
+class MissingAugmentedDataError(SbilabError, ValueError):
+    """A loss needs an augmented field (joint log-ratio, joint score, label) the events lack."""
+
+
+class MorphingError(SbilabError, ValueError):
+    """Benchmark points cannot span the morphing polynomial, or weights do not match them."""
+
+
+class StoreError(SbilabError, OSError):
+    """A simulation store is missing, truncated, foreign or used inconsistently."""
+
+
+class TrainingDivergedError(SbilabError, FloatingPointError):
+    """The training loss became NaN or infinite; the best weights so far are kept."""
+
+
+class NonFiniteOutputError(SbilabError, FloatingPointError):
+    """A network produced NaN or infinite outputs at evaluation time."""
+
+
+class ConfigError(SbilabError, ValueError):
+    """An analysis configuration or option is missing, malformed or inconsistent."""
+
+
+class FitError(SbilabError, ValueError):
+    """A statistical fit was set up wrongly (unknown parameters, missing bounds, no data)."""
+
+
+class WorkspaceError(SbilabError, ValueError):
+    """A pyhf workspace or patch fails validation or does not fit the model."""
+
+
+class PublishError(SbilabError, OSError):
+    """A published file fails its schema or checksum, or cannot be written safely."""
+
+
+class SamplingError(SbilabError, RuntimeError):
+    """Sampling could not produce the requested draws within its time or count bound."""

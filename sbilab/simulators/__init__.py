@@ -1,0 +1,18 @@
+"""Simulators: the protocol, parameter spaces, augmentation, toys and adapters."""
+
+from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
+from .base import ExactLikelihood, JointLikelihood, Simulator
+from .space import ParameterSpace
+from .toys import GaussianLatent
+
+__all__ = [
+    "Simulator",
+    "JointLikelihood",
+    "ExactLikelihood",
+    "ParameterSpace",
+    "augment",
+    "joint_log_ratio",
+    "joint_score",
+    "ratio_training_data",
+    "GaussianLatent",
+]
