@@ -1,0 +1,186 @@
+"""Unbinned fits against closed forms on the Gaussian toy (exact likelihood ratios)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import brentq
+from torch import nn
+
+from sbilab.events import Events
+from sbilab.exceptions import FitError, OutOfSupportError
+from sbilab.simulators.space import ParameterSpace
+from sbilab.simulators.toys import GaussianLatent
+from sbilab.stats.unbinned import UnbinnedLikelihood
+
+SIM = GaussianLatent()  # x ~ N(theta, 5)
+VAR = 5.0
+N = 500
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return SIM.simulate(N, theta=torch.tensor([0.4]), generator=torch.Generator().manual_seed(3)).x
+
+
+def exact_log_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    return SIM.log_prob(x, theta) - SIM.log_prob(x, SIM.space.reference)
+
+
+def test_mle_is_sample_mean_and_errors_are_exact(x):
+    xbar, sigma = float(x.double().mean()), math.sqrt(VAR / N)
+    nll = UnbinnedLikelihood(exact_log_ratio, Events.observed(x), SIM.space)
+    res = nll.fit(minos=True)
+    assert res.valid and res.converged and res.message == ""
+    assert res.best["theta"] == pytest.approx(xbar, abs=2e-3 * sigma)
+    assert res.errors["theta"] == pytest.approx(sigma, rel=1e-4)
+    lo, hi = res.minos["theta"]
+    assert lo == pytest.approx(xbar - sigma, abs=1e-4) and hi == pytest.approx(xbar + sigma, abs=1e-4)
+    lo, hi = nll.interval("theta", best=res)
+    assert lo == pytest.approx(xbar - sigma, abs=1e-5) and hi == pytest.approx(xbar + sigma, abs=1e-5)
+    lo95, hi95 = nll.interval("theta", cl=0.95, best=res)
+    assert hi95 - lo95 == pytest.approx(2 * 1.959964 * sigma, rel=1e-4)
+    prof = nll.profile("theta", np.linspace(xbar - 2 * sigma, xbar + 2 * sigma, 41), best=res)
+    np.testing.assert_allclose(prof.delta_nll, ((np.asarray(prof.values) - xbar) / sigma) ** 2, atol=1e-6)
+    plo, phi = prof.interval()
+    assert plo == pytest.approx(xbar - sigma, abs=2e-3 * sigma) and phi == pytest.approx(xbar + sigma, abs=2e-3 * sigma)
+    json.dumps(res.to_dict()), json.dumps(prof.to_dict())
+
+
+def test_gradient_is_autograd_exact(x):
+    nll = UnbinnedLikelihood(exact_log_ratio, Events.observed(x), SIM.space)
+    assert nll.use_gradient
+    for t in (-0.5, 0.1, 1.3):
+        expected = -2.0 * float(((x.double()[:, 0] - t) / VAR).sum())
+        assert nll.gradient([t])[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_weights_enter_the_likelihood(x):
+    w = torch.rand(N, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    res = UnbinnedLikelihood(exact_log_ratio, Events.observed(x, weights=w), SIM.space).fit()
+    xw = float((w * x.double()[:, 0]).sum() / w.sum())
+    assert res.best["theta"] == pytest.approx(xw, abs=1e-4)
+    assert res.errors["theta"] == pytest.approx(math.sqrt(VAR / float(w.sum())), rel=1e-4)
+
+
+class _RatioModule(nn.Module):
+    """Exact Gaussian log-ratio as a float32 module with a buffer (stands in for a RatioEstimator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("var", torch.tensor(VAR))
+        self.lin = nn.Linear(1, 1)  # a parameter, to check the caller's copy stays float32
+
+    def forward(self, x, theta):
+        ref = 0.0
+        return (-(x[:, 0] - theta[:, 0]) ** 2 + (x[:, 0] - ref) ** 2) / (2 * self.var)
+
+
+def test_module_is_evaluated_in_float64_copy(x):
+    module = _RatioModule()
+    nll = UnbinnedLikelihood(module, Events.observed(x), SIM.space)
+    res = nll.fit()
+    assert module.var.dtype == torch.float32 and module.lin.weight.dtype == torch.float32
+    assert res.best["theta"] == pytest.approx(float(x.double().mean()), abs=2e-4)
+    assert res.errors["theta"] == pytest.approx(math.sqrt(VAR / N), rel=1e-4)
+
+
+def test_extended_fit_with_poisson_yield(x):
+    nu0 = 450.0
+
+    def yield_model(theta):
+        return nu0 * torch.exp(theta[0] / 2)
+
+    # flat shape: only the Poisson term: nu_hat = n  =>  theta_hat = 2 log(n / nu0), sigma = 2/sqrt(n)
+    flat = UnbinnedLikelihood(lambda x, t: 0.0 * t[:, 0], Events.observed(x), SIM.space, yield_model=yield_model)
+    res = flat.fit()
+    assert res.best["theta"] == pytest.approx(2 * math.log(N / nu0), abs=1e-4)
+    assert res.errors["theta"] == pytest.approx(2 / math.sqrt(N), rel=1e-3)
+    # shape + yield: score equation sum(x - t)/5 + (n - nu(t))/2 = 0; Fisher N/5 + nu/4
+    full = UnbinnedLikelihood(exact_log_ratio, Events.observed(x), SIM.space, yield_model=yield_model)
+    res = full.fit()
+    xs = x.double()[:, 0].numpy()
+    t_hat = brentq(lambda t: (xs - t).sum() / VAR + (N - nu0 * math.exp(t / 2)) / 2, -2, 2)
+    assert res.best["theta"] == pytest.approx(t_hat, abs=1e-4)
+    fisher = N / VAR + nu0 * math.exp(t_hat / 2) / 4
+    assert res.errors["theta"] == pytest.approx(1 / math.sqrt(fisher), rel=1e-3)
+
+
+def _nuisance_setup(x, sigma_eta):
+    space = ParameterSpace(("theta", "eta"), low=(-2.0, -2.0), high=(2.0, 2.0))
+
+    def log_ratio(x, th):  # location-shift nuisance: x ~ N(theta + eta, 5)
+        return SIM.log_prob(x, th[:, :1] + th[:, 1:]) - SIM.log_prob(x, torch.zeros(1, dtype=x.dtype))
+
+    return UnbinnedLikelihood(log_ratio, Events.observed(x), space, constraints={"eta": (0.0, sigma_eta)})
+
+
+def test_constrained_nuisance_widens_interval_by_closed_form(x):
+    sigma_eta = 0.08
+    nll = _nuisance_setup(x, sigma_eta)
+    res = nll.fit(minos=["theta"])
+    xbar = float(x.double().mean())
+    total = math.sqrt(VAR / N + sigma_eta**2)
+    assert res.valid
+    assert res.best["theta"] == pytest.approx(xbar, abs=2e-3 * total)
+    assert res.best["eta"] == pytest.approx(0.0, abs=2e-3 * total)
+    assert res.errors["theta"] == pytest.approx(total, rel=1e-3)
+    lo, hi = nll.interval("theta", best=res)
+    assert lo == pytest.approx(xbar - total, abs=1e-3 * total) and hi == pytest.approx(xbar + total, abs=1e-3 * total)
+    # correlated fit: covariance = inverse Fisher of the two-parameter model
+    fisher = np.array([[N / VAR, N / VAR], [N / VAR, N / VAR + 1 / sigma_eta**2]])
+    np.testing.assert_allclose(np.asarray(res.covariance), np.linalg.inv(fisher), rtol=2e-3)
+    assert res.correlation()[0, 1] == pytest.approx(-sigma_eta / total, rel=2e-3)
+    # 2-D profile of a Gaussian likelihood is the exact quadratic form
+    xs, ys = [xbar - 0.1, xbar, xbar + 0.1], [-0.05, 0.0, 0.05]
+    prof = nll.profile2d(("theta", "eta"), xs, ys, best=res)
+    for i, a in enumerate(xs):
+        for j, b in enumerate(ys):
+            d = np.array([a - xbar, b])
+            assert prof.delta_nll[i][j] == pytest.approx(d @ fisher @ d, abs=1e-4)
+    # fixing the nuisance gives back the statistics-only error
+    stat = nll.fit(fixed={"eta": 0.0})
+    assert stat.errors["theta"] == pytest.approx(math.sqrt(VAR / N), rel=1e-3) and stat.errors["eta"] == 0.0
+
+
+def test_non_finite_likelihood_is_reported_invalid(x):
+    def bad(x, th):
+        return torch.where(th[:, 0] > 0.0, torch.full_like(th[:, 0], math.nan), exact_log_ratio(x, th))
+
+    res = UnbinnedLikelihood(bad, Events.observed(x), SIM.space, start={"theta": 0.5}).fit()
+    assert not res.valid and res.message
+
+
+def test_flat_likelihood_is_reported_invalid(x):
+    res = UnbinnedLikelihood(lambda x, t: 0.0 * t[:, 0], Events.observed(x), SIM.space).fit()
+    assert not res.valid and res.message
+
+
+def test_bad_input_raises_named_errors(x):
+    ev = Events.observed(x)
+    with pytest.raises(FitError, match="no events"):
+        UnbinnedLikelihood(exact_log_ratio, Events.observed(torch.zeros(0, 1)), SIM.space)
+    with pytest.raises(FitError, match="unknown parameters"):
+        UnbinnedLikelihood(exact_log_ratio, ev, SIM.space, fixed={"mass": 1.0})
+    with pytest.raises(FitError, match="unknown parameters"):
+        UnbinnedLikelihood(exact_log_ratio, ev, SIM.space, constraints={"eta": (0.0, 1.0)})
+    with pytest.raises(FitError, match="sigma > 0"):
+        UnbinnedLikelihood(exact_log_ratio, ev, SIM.space, constraints={"theta": (0.0, 0.0)})
+    nll = UnbinnedLikelihood(exact_log_ratio, ev, SIM.space)
+    with pytest.raises(FitError, match="unknown parameter"):
+        nll.profile("mass", [0.0])
+    with pytest.raises(OutOfSupportError):
+        nll.profile("theta", [5.0])
+    with pytest.raises(OutOfSupportError):
+        UnbinnedLikelihood(exact_log_ratio, ev, SIM.space, fixed={"theta": 3.0})
+    unbounded = ParameterSpace(
+        ("theta",), low=(-math.inf,), high=(math.inf,), reference=(0.0,), proposal=torch.distributions.Normal(torch.zeros(1), 1.0)
+    )
+    with pytest.raises(FitError, match="no finite bounds"):
+        UnbinnedLikelihood(exact_log_ratio, ev, unbounded)
+    res = UnbinnedLikelihood(exact_log_ratio, ev, unbounded, limits={"theta": (-3.0, 3.0)}).fit()
+    assert res.best["theta"] == pytest.approx(float(x.double().mean()), abs=1e-4)
