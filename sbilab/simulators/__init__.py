@@ -3,7 +3,7 @@
 from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .space import ParameterSpace
-from .toys import GaussianLatent
+from .toys import GaussianLatent, Resonance
 
 __all__ = [
     "Simulator",
@@ -15,4 +15,5 @@ __all__ = [
     "joint_score",
     "ratio_training_data",
     "GaussianLatent",
+    "Resonance",
 ]

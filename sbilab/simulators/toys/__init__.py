@@ -1,5 +1,6 @@
 """Toy simulators with exact likelihoods, for validation and benchmarks."""
 
 from .gaussian import GaussianLatent
+from .resonance import Resonance
 
-__all__ = ["GaussianLatent"]
+__all__ = ["GaussianLatent", "Resonance"]
