@@ -1,0 +1,555 @@
+r"""Chunked, crash-safe storage of simulated events: :class:`SimulationStore`.
+
+A store is a **directory** holding one small HDF5 file per committed chunk and a JSON
+manifest that lists them::
+
+    run.sbistore/
+        manifest.json        schema, metadata, field dtypes/shapes, committed chunks
+        chunk-000000.h5      datasets x, theta, log_r_joint, ... (one per Events field)
+        chunk-000001.h5
+        .lock                held (flock) by the one writer
+
+Why a directory and not one growing HDF5 file: HDF5 updates its B-trees, heaps and
+superblock *in place*; a writer killed with SIGKILL in the middle of such an update leaves
+a file whose metadata may not parse at all, so even rows flushed long before are lost (and
+files with the v3 superblock refuse to open until ``h5clear``). SWMR mode avoids torn
+metadata but forbids attribute updates and still needs the consistency flag cleared. Here
+every chunk is written to a temporary name, flushed, ``fsync``-ed and atomically renamed;
+then the manifest is rewritten the same way (temp file, ``fsync``, ``os.replace``,
+``fsync`` of the directory). ``os.replace`` is atomic on POSIX, so at any instant the
+manifest is either the old or the new one and every chunk it lists is complete. A kill at
+any point loses at most the chunk being written; its orphan file is ignored by readers and
+removed by the next writer (``open(path, mode="a")``). The ``fsync`` calls extend this to
+power loss. The manifest also records each chunk's size and SHA-256: truncated chunks are
+refused on read, corrupted ones by :meth:`SimulationStore.verify`.
+
+A store can also be packed into a single HDF5 file (:meth:`SimulationStore.pack`) for
+sharing; :meth:`SimulationStore.open` reads both forms and streams either chunk by chunk.
+
+Example:
+    >>> import tempfile, torch
+    >>> path = tempfile.mkdtemp() + "/run.sbistore"
+    >>> with SimulationStore.create(path, parameter_names=["mu"], observable_names=["x"], seed=1) as store:
+    ...     store.append(Events(x=torch.zeros(5, 1), theta=torch.ones(5, 1)))
+    >>> len(SimulationStore.open(path)), SimulationStore.open(path).metadata["seed"]
+    (5, 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .events import TENSOR_FIELDS, Events
+from .exceptions import StoreError
+
+try:  # POSIX advisory lock: a killed writer releases it automatically
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["SimulationStore", "STORE_SCHEMA", "STORE_SCHEMA_VERSION"]
+
+STORE_SCHEMA = "sbilab.store"
+STORE_SCHEMA_VERSION = 1
+_MANIFEST = "manifest.json"
+_LOCK = ".lock"
+_SEGMENT_ROWS = 65536  # rows per streamed segment of a packed single-file store
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # pragma: no cover
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_and_hash(path: Path, *, fsync: bool) -> tuple[int, str]:
+    """Flush ``path`` to disk and return its size and SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(fh.fileno())
+        return fh.tell(), digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str, *, fsync: bool) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def _sbilab_version() -> str:
+    from . import __version__  # imported lazily: sbilab/__init__ imports this module
+
+    return __version__
+
+
+def _check_schema(where: Path, schema: Any, version: Any) -> None:
+    if schema != STORE_SCHEMA:
+        raise StoreError(
+            f"{where} is not an sbilab simulation store (schema {schema!r}, expected {STORE_SCHEMA!r}). "
+            "Create stores with SimulationStore.create."
+        )
+    if not isinstance(version, (int, np.integer)) or int(version) > STORE_SCHEMA_VERSION or int(version) < 1:
+        raise StoreError(
+            f"{where} has store schema version {version!r}; this sbilab reads versions 1..{STORE_SCHEMA_VERSION}. "
+            "Upgrade sbilab to read it."
+        )
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise StoreError(f"{path} cannot be read as HDF5: the file is truncated, corrupt or not HDF5 ({err}).") from err
+
+
+class SimulationStore:
+    r"""Events on disk: chunked append, streaming reads, metadata, crash safety.
+
+    Do not call the constructor; use :meth:`create` (new store, writable), :meth:`open`
+    (``mode="r"`` read, ``mode="a"`` continue writing, e.g. after a crash).
+
+    Every :meth:`append` commits one chunk (or several of at most ``max_chunk_rows`` rows)
+    before it returns: the rows are on disk and survive the process being killed. Readers
+    see only committed chunks. Appends should be large (≳ 10⁴ rows): each chunk is a file.
+
+    Attributes:
+        path: The store directory (or packed ``.h5`` file).
+        metadata: Simulator name and config, parameter and observable names, seed, sbilab
+            version, creation time and the user's ``extra`` dict.
+        fields: Per-event shape and dtype of every stored Events field.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, packed: bool, lock: Any = None) -> None:
+        self.path = path
+        self._manifest = manifest
+        self._packed = packed
+        self._lock = lock
+        self._fsync = bool(manifest.get("fsync", True))
+        self._handle: tuple[Path, h5py.File] | None = None
+        self._segments = self._make_segments()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        simulator: Any = None,
+        parameter_names: Sequence[str] | None = None,
+        observable_names: Sequence[str] | None = None,
+        seed: int | None = None,
+        config: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        max_chunk_rows: int = 262144,
+        compression: str | None = None,
+        fsync: bool = True,
+        overwrite: bool = False,
+    ) -> "SimulationStore":
+        """Create an empty store directory and return it open for writing.
+
+        Args:
+            path: New directory (conventionally ``*.sbistore``).
+            simulator: A :class:`~sbilab.simulators.Simulator`; its name, ``config()``,
+                parameter and observable names fill the metadata unless given explicitly.
+            parameter_names, observable_names: Names of the ``theta`` and ``x`` columns.
+            seed: Seed the events were simulated with (recorded, not used).
+            config: JSON-serialisable simulator configuration.
+            extra: Any further JSON-serialisable metadata.
+            max_chunk_rows: Larger appends are split into chunks of at most this many rows,
+                which bounds the memory of streaming reads.
+            compression: HDF5 filter for the datasets (``"gzip"``, ``"lzf"`` or ``None``).
+            fsync: Flush to the disk device at every commit (protects against power loss; a
+                killed process is safe either way).
+            overwrite: Replace an existing store at ``path`` (never a foreign directory).
+
+        Raises:
+            StoreError: ``path`` exists, or metadata is not JSON-serialisable.
+        """
+        path = Path(path)
+        if max_chunk_rows < 1:
+            raise StoreError(f"SimulationStore.create: max_chunk_rows must be >= 1, got {max_chunk_rows}.")
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"{path} already exists; pass overwrite=True to replace it, or SimulationStore.open(path, mode='a') to add to it.")
+            if not (path.is_dir() and ((path / _MANIFEST).is_file() or not any(path.iterdir()))):
+                raise StoreError(f"{path} exists and is not an sbilab store; refusing to overwrite it. Choose another path.")
+            shutil.rmtree(path)
+        metadata = {
+            "simulator": getattr(simulator, "name", None) if simulator is not None else None,
+            "config": config if config is not None else (simulator.config() if simulator is not None else None),
+            "parameter_names": list(parameter_names) if parameter_names is not None else (
+                list(simulator.space.names) if simulator is not None else None),
+            "observable_names": list(observable_names) if observable_names is not None else (
+                list(simulator.observable_names) if simulator is not None else None),
+            "seed": seed,
+            "sbilab_version": _sbilab_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "extra": extra or {},
+        }
+        manifest = {
+            "schema": STORE_SCHEMA, "schema_version": STORE_SCHEMA_VERSION, "metadata": metadata,
+            "fields": {}, "rows": 0, "chunks": [],
+            "max_chunk_rows": int(max_chunk_rows), "compression": compression, "fsync": fsync,
+        }
+        try:
+            text = json.dumps(manifest, indent=1)
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"SimulationStore.create: metadata for {path} is not JSON-serialisable ({err}).") from err
+        path.mkdir(parents=True)
+        lock = cls._acquire_lock(path)
+        _atomic_write_text(path / _MANIFEST, text, fsync=fsync)
+        return cls(path, manifest, packed=False, lock=lock)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, mode: str = "r") -> "SimulationStore":
+        """Open a store directory (``mode`` ``"r"`` or ``"a"``) or a packed store file (``"r"``).
+
+        Raises:
+            StoreError: ``path`` is missing, foreign, truncated, corrupt or of a newer
+                schema version; the message names the file and the problem.
+        """
+        path = Path(path)
+        if mode not in ("r", "a"):
+            raise StoreError(f"SimulationStore.open: mode must be 'r' or 'a', got {mode!r}.")
+        if not path.exists():
+            raise StoreError(f"{path} does not exist; create a store with SimulationStore.create(path, ...).")
+        if path.is_file():
+            if mode != "r":
+                raise StoreError(f"{path} is a packed store file and is read-only; append to the store directory instead.")
+            return cls._open_packed(path)
+        manifest_path = path / _MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(f"{path} is not an sbilab simulation store: it has no {_MANIFEST}.")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise StoreError(f"{manifest_path} is truncated or not JSON ({err}).") from err
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{manifest_path} is not an sbilab store manifest (not a JSON object).")
+        _check_schema(manifest_path, manifest.get("schema"), manifest.get("schema_version"))
+        missing = [k for k in ("fields", "rows", "chunks", "metadata") if k not in manifest]
+        if missing:
+            raise StoreError(f"{manifest_path} is corrupt: it lacks the keys {missing}.")
+        chunks = manifest["chunks"]
+        if sum(int(c["rows"]) for c in chunks) != manifest["rows"]:
+            raise StoreError(f"{manifest_path} is inconsistent: its chunks hold a different number of rows than it records.")
+        lock = None
+        if mode == "a":
+            lock = cls._acquire_lock(path)
+            listed = {c["file"] for c in chunks}
+            for orphan in path.iterdir():  # chunks and temp files of a killed writer
+                if orphan.name.startswith(("chunk-", f"{_MANIFEST}.tmp")) and orphan.name not in listed:
+                    orphan.unlink()
+        return cls(path, manifest, packed=False, lock=lock)
+
+    @classmethod
+    def _open_packed(cls, path: Path) -> "SimulationStore":
+        with _open_h5(path) as f:
+            if "sbilab_schema" not in f.attrs:
+                raise StoreError(f"{path} is an HDF5 file but not an sbilab simulation store (no 'sbilab_schema' attribute).")
+            _check_schema(path, f.attrs["sbilab_schema"], f.attrs.get("sbilab_schema_version"))
+            try:
+                manifest = json.loads(f.attrs["manifest"])
+            except (KeyError, ValueError) as err:
+                raise StoreError(f"{path}: the 'manifest' attribute is missing or corrupt ({err!r}).") from err
+            for name, info in manifest["fields"].items():
+                if name not in f or f[name].shape != (manifest["rows"], *info["shape"]):
+                    raise StoreError(f"{path}: dataset {name!r} is missing or has the wrong shape.")
+        return cls(path, manifest, packed=True)
+
+    @staticmethod
+    def _acquire_lock(path: Path) -> Any:
+        if fcntl is None:  # pragma: no cover
+            return None
+        fh = open(path / _LOCK, "a")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise StoreError(f"{path} is being written by another process; one writer at a time.") from None
+        return fh
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return int(self._manifest["rows"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._manifest["metadata"]))
+
+    @property
+    def fields(self) -> dict[str, dict[str, Any]]:
+        return json.loads(json.dumps(self._manifest["fields"]))
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._segments)
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def __repr__(self) -> str:
+        return f"SimulationStore({str(self.path)!r}, rows={len(self)}, fields={list(self._manifest['fields'])})"
+
+    # ------------------------------------------------------------------ writing
+    def append(self, events: Events) -> None:
+        """Commit ``events`` to disk (in chunks of at most ``max_chunk_rows``) before returning.
+
+        Raises:
+            StoreError: the store is read-only, or the events' fields, per-event shapes or
+                dtypes differ from the store's (the message names the field).
+        """
+        if self._lock is None:
+            raise StoreError(f"{self.path} is open read-only; use SimulationStore.open(path, mode='a') to append.")
+        arrays = {name: t.detach().cpu().numpy() for name, t in events.tensors().items()}
+        arrays = self._conform(arrays)
+        n, step = len(events), int(self._manifest["max_chunk_rows"])
+        for start in range(0, n, step):
+            self._commit({k: v[start:start + step] for k, v in arrays.items()})
+
+    def _conform(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fields = self._manifest["fields"]
+        if not fields:
+            return arrays
+        if set(arrays) != set(fields):
+            missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
+            raise StoreError(
+                f"{self.path} holds fields {list(fields)}; the appended Events "
+                + (f"lack {missing}" if missing else "") + (" and " if missing and extra else "")
+                + (f"have extra {extra}" if extra else "") + ". Every chunk must carry the same fields."
+            )
+        for name, info in fields.items():
+            a = arrays[name]
+            if list(a.shape[1:]) != info["shape"]:
+                raise StoreError(
+                    f"{self.path}: field {name!r} has per-event shape {tuple(a.shape[1:])} but the store holds {tuple(info['shape'])}."
+                )
+            dtype = np.dtype(info["dtype"])
+            if a.dtype != dtype:
+                if not np.can_cast(a.dtype, dtype, "safe"):
+                    raise StoreError(
+                        f"{self.path}: field {name!r} has dtype {a.dtype} but the store holds {dtype}; converting would lose precision. "
+                        f"Cast the events first (e.g. events.to(dtype=torch.{dtype}))."
+                    )
+                arrays[name] = a.astype(dtype)
+        return arrays
+
+    def _commit(self, arrays: dict[str, np.ndarray]) -> None:
+        index = len(self._manifest["chunks"])
+        name = f"chunk-{index:06d}.h5"
+        final, tmp = self.path / name, self.path / f"{name}.tmp-{os.getpid()}"
+        rows = len(next(iter(arrays.values())))
+        with h5py.File(tmp, "w") as f:
+            f.attrs["sbilab_schema"] = STORE_SCHEMA
+            f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
+            f.attrs["rows"] = rows
+            for key, a in arrays.items():
+                f.create_dataset(key, data=a, compression=self._manifest["compression"])
+        size, digest = _fsync_and_hash(tmp, fsync=self._fsync)
+        os.replace(tmp, final)
+        manifest = dict(self._manifest)
+        if not manifest["fields"]:
+            manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
+        manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
+        manifest["rows"] = int(manifest["rows"]) + rows
+        _atomic_write_text(self.path / _MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        self._manifest = manifest
+        self._segments.append((final, 0, rows, size))
+
+    def close(self) -> None:
+        """Release the write lock and any open file; reading remains possible."""
+        if self._handle is not None:
+            self._handle[1].close()
+            self._handle = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "SimulationStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ reading
+    def _make_segments(self) -> list[tuple[Path, int, int, int | None]]:
+        """(file, first row in file, rows, expected bytes) of every streamed piece."""
+        if self._packed:
+            n = len(self)
+            return [(self.path, s, min(_SEGMENT_ROWS, n - s), None) for s in range(0, n, _SEGMENT_ROWS)]
+        return [(self.path / c["file"], 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
+
+    def _file(self, path: Path, expected_bytes: int | None, rows: int) -> h5py.File:
+        if self._handle is not None and self._handle[0] == path:
+            return self._handle[1]
+        if self._handle is not None:
+            self._handle[1].close()
+            self._handle = None
+        if expected_bytes is not None:
+            if not path.is_file():
+                raise StoreError(f"{path} is missing: the store's manifest lists it as a committed chunk.")
+            size = path.stat().st_size
+            if size != expected_bytes:
+                raise StoreError(f"{path} is truncated or altered: {size} bytes on disk, {expected_bytes} committed.")
+        f = _open_h5(path)
+        if not self._packed:
+            if f.attrs.get("sbilab_schema") != STORE_SCHEMA or int(f.attrs.get("rows", -1)) != rows:
+                f.close()
+                raise StoreError(f"{path} is not the chunk the manifest lists (schema or row count differ).")
+        self._handle = (path, f)
+        return f
+
+    def _read_segment(self, k: int, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        path, offset, rows, nbytes = self._segments[k]
+        hi = rows if hi is None else hi
+        f = self._file(path, nbytes, rows)
+        try:
+            return {name: f[name][offset + lo:offset + hi] for name in self._manifest["fields"]}
+        except (KeyError, OSError) as err:
+            raise StoreError(f"{path}: cannot read rows {offset + lo}..{offset + hi} ({err}); the file is corrupt.") from err
+
+    @staticmethod
+    def _events(arrays: dict[str, np.ndarray]) -> Events:
+        return Events(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+    def read(self, start: int = 0, stop: int | None = None) -> Events:
+        """Rows ``start:stop`` as Events; only the chunks overlapping the range are read."""
+        n = len(self)
+        stop = n if stop is None else stop
+        if not (0 <= start <= stop <= n):
+            raise StoreError(f"{self.path}: read(start={start}, stop={stop}) is outside 0..{n}.")
+        if start == stop:
+            raise StoreError(f"{self.path}: read(start={start}, stop={stop}) selects no rows.")
+        parts, first = [], 0
+        for k, (_, _, rows, _) in enumerate(self._segments):
+            lo, hi = max(start - first, 0), min(stop - first, rows)
+            if lo < hi:
+                parts.append(self._read_segment(k, lo, hi))
+            first += rows
+        return self._events({name: np.concatenate([p[name] for p in parts]) for name in parts[0]})
+
+    def to_events(self) -> Events:
+        """The whole store in memory (for small stores; use :meth:`batches` for large ones)."""
+        return self.read(0, len(self))
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Events]:
+        """Stream the store in batches of ``batch_size`` rows (the last may be shorter).
+
+        Memory stays at about one chunk plus one batch. With ``shuffle``, chunks are visited
+        in a random order and rows are permuted within each chunk (and the carry-over of the
+        previous one); every row still appears exactly once per pass.
+        """
+        if batch_size < 1:
+            raise StoreError(f"batches: batch_size must be >= 1, got {batch_size}.")
+        order = torch.randperm(len(self._segments), generator=generator).tolist() if shuffle else range(len(self._segments))
+        pending: dict[str, np.ndarray] | None = None
+        for k in order:
+            arrays = self._read_segment(k)
+            if pending is not None:
+                arrays = {name: np.concatenate([pending[name], a]) for name, a in arrays.items()}
+            rows = len(arrays["x"])
+            if shuffle:
+                perm = torch.randperm(rows, generator=generator).numpy()
+                arrays = {name: a[perm] for name, a in arrays.items()}
+            full = rows - rows % batch_size
+            for s in range(0, full, batch_size):
+                yield self._events({name: a[s:s + batch_size] for name, a in arrays.items()})
+            pending = {name: a[full:] for name, a in arrays.items()} if full < rows else None
+        if pending is not None:
+            yield self._events(pending)
+
+    # ------------------------------------------------------------------ integrity and export
+    def verify(self, *, progress: bool = False) -> None:
+        """Check every committed chunk's size and SHA-256 against the manifest.
+
+        Raises:
+            StoreError: naming the first chunk that is missing, truncated or altered.
+        """
+        if self._packed:
+            return self._verify_packed()
+        for c in tqdm(self._manifest["chunks"], desc="verify", disable=not progress):
+            path = self.path / c["file"]
+            if not path.is_file():
+                raise StoreError(f"{path} is missing: the manifest lists it as a committed chunk.")
+            size, digest = _fsync_and_hash(path, fsync=False)
+            if size != c["bytes"] or digest != c["sha256"]:
+                raise StoreError(f"{path} is corrupt: its SHA-256 or size differs from the committed chunk.")
+
+    def _verify_packed(self) -> None:
+        with _open_h5(self.path) as f:
+            for name in self._manifest["fields"]:
+                digest = hashlib.sha256()
+                for s in range(0, len(self), _SEGMENT_ROWS):
+                    digest.update(np.ascontiguousarray(f[name][s:s + _SEGMENT_ROWS]).tobytes())
+                if digest.hexdigest() != f[name].attrs.get("sha256"):
+                    raise StoreError(f"{self.path}: dataset {name!r} is corrupt (SHA-256 differs from the one written).")
+
+    def pack(self, path: str | os.PathLike, *, overwrite: bool = False, progress: bool = False) -> Path:
+        """Write all committed rows into one HDF5 file (atomically), readable with :meth:`open`.
+
+        Raises:
+            StoreError: ``path`` exists and ``overwrite`` is false, or the store is empty.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path} already exists; pass overwrite=True to replace it.")
+        if len(self) == 0:
+            raise StoreError(f"{self.path} is empty; nothing to pack.")
+        manifest = {k: v for k, v in self._manifest.items() if k != "chunks"}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        n, fields = len(self), self._manifest["fields"]
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["sbilab_schema"] = STORE_SCHEMA
+                f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
+                f.attrs["manifest"] = json.dumps(manifest)
+                ds = {k: f.create_dataset(k, shape=(n, *i["shape"]), dtype=i["dtype"], chunks=(min(n, 4096), *i["shape"]),
+                                          compression=self._manifest["compression"]) for k, i in fields.items()}
+                digests = {k: hashlib.sha256() for k in fields}
+                row = 0
+                for k in tqdm(range(len(self._segments)), desc="pack", disable=not progress):
+                    arrays = self._read_segment(k)
+                    m = len(arrays["x"])
+                    for name, a in arrays.items():
+                        ds[name][row:row + m] = a
+                        digests[name].update(np.ascontiguousarray(a).tobytes())
+                    row += m
+                for name, d in digests.items():
+                    ds[name].attrs["sha256"] = d.hexdigest()
+            _fsync_and_hash(tmp, fsync=True)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
