@@ -1,0 +1,74 @@
+r"""Early stopping on an exponentially smoothed validation loss, per ensemble member.
+
+For member k with validation losses :math:`v_1, v_2, \dots` the watched quantity is
+:math:`s_t = \beta s_{t-1} + (1-\beta) v_t` (``smoothing`` :math:`\beta`, :math:`s_1 = v_1`),
+which ignores the epoch-to-epoch jitter of stochastic optimisation. Patience counts the epochs
+since :math:`s` last improved by more than ``min_delta`` (relative); training stops when every
+member has run out of patience. The weights kept are those of each member's lowest *raw*
+validation loss. The ``"plateau"`` schedule reduces the learning rate when the members' mean
+of :math:`s` stalls for ``plateau_patience`` epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import TrainingConfig
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping:
+    """Book-keeping of best losses, smoothed losses, patience and plateau reductions for K members."""
+
+    def __init__(self, k: int, config: TrainingConfig) -> None:
+        self.config = config
+        self.best_loss = [math.inf] * k
+        self.best_epoch = [0] * k
+        self.smoothed: list[float | None] = [None] * k
+        self.best_smoothed = [math.inf] * k
+        self.bad_epochs = [0] * k
+        self.plateau_best = math.inf
+        self.plateau_bad = 0
+        self.reductions = 0
+
+    def _improves(self, value: float, best: float) -> bool:
+        return value < best - self.config.min_delta * abs(best) if math.isfinite(best) else True
+
+    def update(self, epoch: int, losses: list[float]) -> list[int]:
+        """Record the validation ``losses`` (one per member) of ``epoch``; returns members at a new best."""
+        beta = self.config.smoothing
+        improved = []
+        for i, loss in enumerate(losses):
+            if loss < self.best_loss[i]:
+                self.best_loss[i], self.best_epoch[i] = loss, epoch
+                improved.append(i)
+            prev = self.smoothed[i]
+            s = loss if prev is None else beta * prev + (1.0 - beta) * loss
+            self.smoothed[i] = s
+            if self._improves(s, self.best_smoothed[i]):
+                self.best_smoothed[i], self.bad_epochs[i] = s, 0
+            else:
+                self.bad_epochs[i] += 1
+        mean = sum(s for s in self.smoothed if s is not None) / len(self.smoothed)
+        if self._improves(mean, self.plateau_best):
+            self.plateau_best, self.plateau_bad = mean, 0
+        else:
+            self.plateau_bad += 1
+            if self.plateau_bad >= self.config.plateau_patience:
+                self.reductions, self.plateau_bad = self.reductions + 1, 0
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        patience = self.config.patience
+        return patience is not None and all(b >= patience for b in self.bad_epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in
+                ("best_loss", "best_epoch", "smoothed", "best_smoothed", "bad_epochs", "plateau_best", "plateau_bad", "reductions")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
