@@ -20,7 +20,7 @@ from ..events import Events
 from ..exceptions import MissingAugmentedDataError
 from .base import Simulator, has_joint_likelihood
 
-__all__ = ["joint_log_ratio", "joint_score", "augment", "ratio_training_data"]
+__all__ = ["joint_log_ratio", "joint_score", "augment", "ratio_training_data", "score_training_data", "doubly_ratio_training_data"]
 
 
 def _require_joint(simulator: object) -> None:
@@ -114,3 +114,57 @@ def ratio_training_data(
     both = Events.concatenate([num, den])
     perm = torch.randperm(2 * n, generator=generator)
     return both[perm]
+
+
+def score_training_data(
+    simulator: Simulator,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    reference: Tensor | None = None,
+) -> Events:
+    r"""Training data of local score estimators (SALLY, SALLINO; arXiv:1805.00013).
+
+    ``n`` events drawn *at* the reference point, each with ``theta`` = the reference, ``label = 1``
+    and the joint score :math:`t(x,z|\theta_\mathrm{ref})` there (and ``log_r_joint = 0``). Only for
+    events drawn at the point where the joint score is evaluated is
+    :math:`E[t(x,z|\theta_\mathrm{ref})|x] = t(x|\theta_\mathrm{ref})`.
+
+    Returns:
+        Events of length ``n``.
+    """
+    ref = simulator.space.reference if reference is None else torch.as_tensor(reference, dtype=torch.float64)
+    theta = ref.to(torch.get_default_dtype()).expand(n, -1).clone()
+    events = simulator.sample(theta, generator=generator)
+    events = events.replace(label=torch.ones(n, dtype=theta.dtype))
+    return augment(simulator, events, reference=ref)
+
+
+def doubly_ratio_training_data(
+    simulator: Simulator,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> Events:
+    r"""Training data of doubly parameterised ratio estimators :math:`\log\hat r(x|\theta_0,\theta_1)`.
+
+    ``n`` events drawn at :math:`\theta_0` (``label = 1``) and ``n`` at :math:`\theta_1`
+    (``label = 0``), with :math:`\theta_0, \theta_1` independent draws from the proposal for each
+    pair. ``theta`` is ``(2n, 2P)`` = ``[θ0, θ1]``, ``log_r_joint`` is
+    :math:`\log p(x,z|\theta_0) - \log p(x,z|\theta_1)` and ``score_joint`` ``(2n, 2P)`` is its gradient
+    :math:`(t(x,z|\theta_0), -t(x,z|\theta_1))`.
+    """
+    space = simulator.space
+    theta0 = space.sample(n, generator=generator)
+    theta1 = space.sample(n, generator=generator)
+    parts = []
+    for theta_draw, label in ((theta0, 1.0), (theta1, 0.0)):
+        ev = simulator.sample(theta_draw, generator=generator)
+        log_r = joint_log_ratio(simulator, ev, theta0, theta1)
+        score = torch.cat([joint_score(simulator, ev, theta0), -joint_score(simulator, ev, theta1)], dim=1)
+        dtype = theta0.dtype
+        parts.append(Events(x=ev.x, theta=torch.cat([theta0, theta1], dim=1), log_r_joint=log_r.to(dtype),
+                            score_joint=score.to(dtype), label=torch.full((n,), label, dtype=dtype), latent=ev.latent,
+                            mask=ev.mask))
+    both = Events.concatenate(parts)
+    return both[torch.randperm(2 * n, generator=generator)]
