@@ -1,5 +1,7 @@
 """Networks: MLPs, standardisation, set embeddings, flows."""
 
+from .conditioned import ConditionedNetwork
 from .mlp import MLP, ResidualMLP, Standardize, activation
+from .sets import DeepSets, SetTransformer, set_embedding
 
-__all__ = ["MLP", "ResidualMLP", "Standardize", "activation"]
+__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding"]
