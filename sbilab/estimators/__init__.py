@@ -1,0 +1,42 @@
+"""Estimators (nn.Modules returning log-quantities) and every training loss."""
+
+from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
+from .likelihood import LikelihoodEstimator
+from .losses import (
+    LOSSES,
+    alice_loss,
+    alices_loss,
+    carl_loss,
+    cascal_loss,
+    get_loss,
+    nde_loss,
+    npe_loss,
+    rascal_loss,
+    rolr_loss,
+    sally_loss,
+    scandal_loss,
+)
+from .ratio import RatioEstimator
+from .score import ScoreEstimator
+
+__all__ = [
+    "RatioEstimator",
+    "ScoreEstimator",
+    "LikelihoodEstimator",
+    "carl_loss",
+    "rolr_loss",
+    "rascal_loss",
+    "alice_loss",
+    "alices_loss",
+    "cascal_loss",
+    "sally_loss",
+    "nde_loss",
+    "scandal_loss",
+    "npe_loss",
+    "get_loss",
+    "LOSSES",
+    "ensemble_log_ratio",
+    "ensemble_score",
+    "ensemble_log_prob",
+    "member_spread",
+]

@@ -1,0 +1,278 @@
+r"""Every training loss of sbilab, as plain functions ``loss(model, batch) -> per-event losses``.
+
+Protocol: a loss takes an estimator (or an :class:`~sbilab.nets.ensemble.Ensemble` of them) and
+a batch of :class:`~sbilab.events.Events` and returns the per-event loss, ``(N,)`` for a plain
+module and ``(K, N)`` for an ensemble of ``K`` members; :func:`sbilab.training.fit` takes the
+weighted mean over events and sums over members. Options such as ``alpha`` are keyword
+arguments: pass ``functools.partial(alices_loss, alpha=1.0)`` or :func:`get_loss`.
+
+Conventions (:func:`sbilab.simulators.ratio_training_data`): ``label = 1`` events were drawn
+at their ``theta`` (the numerator), ``label = 0`` events at the reference
+:math:`\theta_\mathrm{ref}` (the denominator) and paired with a ``theta`` from the proposal;
+``log_r_joint`` is :math:`\log r(x,z|\theta) = \log p(x,z|\theta) / p(x,z|\theta_\mathrm{ref})`
+and ``score_joint`` :math:`t(x,z|\theta) = \nabla_\theta \log p(x,z|\theta)`, both at the
+event's ``theta``. The classifier logit is :math:`\log \hat r`.
+
+**Score terms.** :math:`E[t(x,z|\theta)\,|\,x] = t(x|\theta)` holds only under
+:math:`p(z|x,\theta)`, i.e. for events drawn *at* ``theta``: score terms are therefore masked
+to ``label = 1`` events (as MadMiner does; events without a label count as drawn at ``theta``).
+The network's :math:`\nabla_\theta \log \hat r(x|\theta)` is computed for the whole batch with
+one reverse pass (``create_graph=True``; every output row depends only on its own
+``theta`` row, so the gradient of the sum is the per-event gradient), and for an ensemble with
+per-member inputs ``(K, N, P)`` — no per-event loops.
+
+References: CARL arXiv:1506.02169; ROLR, RASCAL, CASCAL, SALLY, SALLINO arXiv:1805.00013 and
+arXiv:1805.00020; ALICE, ALICES arXiv:1808.00973; SCANDAL arXiv:1805.12244.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..events import Events
+from ..exceptions import ConfigError, MissingAugmentedDataError
+
+__all__ = [
+    "carl_loss",
+    "rolr_loss",
+    "rascal_loss",
+    "alice_loss",
+    "alices_loss",
+    "cascal_loss",
+    "sally_loss",
+    "nde_loss",
+    "scandal_loss",
+    "npe_loss",
+    "score_term",
+    "get_loss",
+    "LOSSES",
+]
+
+_HOW = {
+    "label": "Build training data with sbilab.simulators.ratio_training_data(sim, n), which labels events "
+             "1 (drawn at theta) and 0 (drawn at the reference).",
+    "log_r_joint": "Attach it with sbilab.simulators.augment(sim, events) (needs the simulator's joint_log_prob), "
+                   "or use a loss without augmented data (CARL, NDE).",
+    "score_joint": "Attach it with sbilab.simulators.augment(sim, events) (needs the simulator's joint_log_prob), "
+                   "or set alpha=0 / use a loss without a score term.",
+}
+
+
+def _require(batch: Events, loss: str, *names: str) -> None:
+    for name in names:
+        if getattr(batch, name) is None:
+            raise MissingAugmentedDataError(f"{loss} needs Events.{name}, which this batch lacks. {_HOW[name]}")
+
+
+def _is_ensemble(model: nn.Module) -> bool:
+    return hasattr(model, "member") and hasattr(model, "k") and hasattr(model, "_template")
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model._template if _is_ensemble(model) else model
+
+
+def _forward(model: nn.Module, batch: Events, *, theta: bool = True, grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    r"""The model's output and, with ``grad``, its gradient w.r.t. ``theta``.
+
+    Returns:
+        ``out``: ``(N, ...)`` or ``(K, N, ...)``; ``grad``: ``(N, P)`` or ``(K, N, P)`` (else None).
+    """
+    extra = (batch.mask,) if batch.mask is not None else ()
+    if not theta:
+        return model(batch.x, *extra), None
+    if not grad:
+        return model(batch.x, batch.theta, *extra), None
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if _is_ensemble(model):
+            k = model.k
+            th = batch.theta.detach().unsqueeze(0).expand(k, *batch.theta.shape).clone().requires_grad_(True)
+            args = [t.unsqueeze(0).expand(k, *t.shape) for t in (batch.x, *extra)]
+            out = model(args[0], th, *args[1:], stacked=True)
+        else:
+            th = batch.theta.detach().clone().requires_grad_(True)
+            out = model(batch.x, th, *extra)
+        (g,) = torch.autograd.grad(out.sum(), th, create_graph=create)
+    return out, g
+
+
+def score_term(model: nn.Module, batch: Events, grad: Tensor) -> Tensor:
+    r"""Masked squared error :math:`\sum_j w_j (\partial_{\theta_j} \log\hat r - t_j(x,z|\theta))^2`, ``(N,)`` or ``(K, N)``.
+
+    ``grad`` is the network's :math:`\nabla_\theta` output, ``(N, Q)`` or ``(K, N, Q)``. The mask
+    :math:`w` keeps the events whose joint score is an unbiased target: ``label = 1`` rows; for
+    a doubly parameterised estimator (``theta = (θ0, θ1)``, ``score_joint`` holding
+    :math:`(t(x,z|\theta_0), -t(x,z|\theta_1))`) the θ0 block on ``label = 1`` rows and the θ1
+    block on ``label = 0`` rows.
+    """
+    target = batch.score_joint
+    if batch.label is None:
+        w = torch.ones_like(target)
+    elif getattr(_base(model), "doubly", False):
+        p = target.shape[1] // 2
+        lab = batch.label.unsqueeze(1)
+        w = torch.cat([lab.expand(-1, p), (1 - lab).expand(-1, p)], dim=1)
+    else:
+        w = batch.label.unsqueeze(1).expand_as(target)
+    return (w * (grad - target) ** 2).sum(-1)
+
+
+# ---------------------------------------------------------------------------- classifiers
+def carl_loss(model: nn.Module, batch: Events) -> Tensor:
+    r"""CARL: cross-entropy of the classifier :math:`\hat s = \sigma(\log\hat r)` (arXiv:1506.02169).
+
+    .. math:: \ell = -y \log \sigma(\log\hat r) - (1 - y) \log(1 - \sigma(\log\hat r)),
+
+    with :math:`y` the label (1 = drawn at θ). Its minimiser is :math:`\log\hat r = \log r(x|\theta)`.
+    Needs ``label``.
+    """
+    _require(batch, "CARL", "label")
+    log_r, _ = _forward(model, batch)
+    return F.binary_cross_entropy_with_logits(log_r, batch.label.expand_as(log_r), reduction="none")
+
+
+def cascal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
+    r"""CASCAL = CARL + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1805.00020).
+
+    The score term is masked to ``label = 1`` events (see :func:`score_term`). Needs ``label``, ``score_joint``.
+    """
+    _require(batch, "CASCAL", "label", "score_joint")
+    log_r, grad = _forward(model, batch, grad=True)
+    return F.binary_cross_entropy_with_logits(log_r, batch.label.expand_as(log_r), reduction="none") + alpha * score_term(model, batch, grad)
+
+
+def alice_loss(model: nn.Module, batch: Events) -> Tensor:
+    r"""ALICE: cross-entropy with the joint soft label (Stoye, Brehmer, Louppe, Pavez, Cranmer, arXiv:1808.00973).
+
+    .. math:: s(x,z) = \frac{1}{1 + r(x,z|\theta)^{-1}} = \sigma(\log r(x,z|\theta)), \qquad
+              \ell = -s \log\sigma(\log\hat r) - (1-s)\log(1-\sigma(\log\hat r)).
+
+    Over the balanced sample the minimiser is :math:`\sigma(\log\hat r) = E[s(x,z)|x] = s(x)`, i.e.
+    :math:`\hat r = r(x|\theta)`. The label is not used. Needs ``log_r_joint``.
+    """
+    _require(batch, "ALICE", "log_r_joint")
+    log_r, _ = _forward(model, batch)
+    return F.binary_cross_entropy_with_logits(log_r, torch.sigmoid(batch.log_r_joint).expand_as(log_r), reduction="none")
+
+
+def alices_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
+    r"""ALICES = ALICE + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1808.00973).
+
+    The score term is masked to ``label = 1`` events. Needs ``log_r_joint``, ``score_joint`` (and ``label``).
+    """
+    _require(batch, "ALICES", "log_r_joint", "score_joint")
+    log_r, grad = _forward(model, batch, grad=True)
+    ce = F.binary_cross_entropy_with_logits(log_r, torch.sigmoid(batch.log_r_joint).expand_as(log_r), reduction="none")
+    return ce + alpha * score_term(model, batch, grad)
+
+
+# ---------------------------------------------------------------------------- regressions
+def _rolr(log_r: Tensor, batch: Events, clip: float) -> Tensor:
+    r_hat_log = log_r.clamp(-clip, clip)
+    r_log = batch.log_r_joint.clamp(-clip, clip)
+    num = (torch.exp(-r_hat_log) - torch.exp(-r_log)) ** 2  # drawn at theta: regress 1/r
+    den = (torch.exp(r_hat_log) - torch.exp(r_log)) ** 2    # drawn at reference: regress r
+    return torch.where(batch.label > 0.5, num, den)
+
+
+def rolr_loss(model: nn.Module, batch: Events, *, clip: float = 10.0) -> Tensor:
+    r"""ROLR: regression on the joint likelihood ratio (Brehmer, Cranmer, Louppe, Pavez, arXiv:1805.00013, 1805.00020).
+
+    .. math:: \ell = (1-y)\,(\hat r - r(x,z|\theta))^2 + y\,(\hat r^{-1} - r(x,z|\theta)^{-1})^2 .
+
+    Events drawn at the reference (:math:`y = 0`) regress :math:`r`, whose conditional mean under
+    :math:`p(z|x,\theta_\mathrm{ref})` is :math:`r(x|\theta)`; events drawn at θ (:math:`y = 1`)
+    regress :math:`1/r`, whose conditional mean under :math:`p(z|x,\theta)` is :math:`1/r(x|\theta)`.
+    Both log-ratios are clipped to ``[-clip, clip]`` before exponentiation. Needs ``label``, ``log_r_joint``.
+    """
+    _require(batch, "ROLR", "label", "log_r_joint")
+    log_r, _ = _forward(model, batch)
+    return _rolr(log_r, batch, clip)
+
+
+def rascal_loss(model: nn.Module, batch: Events, *, alpha: float = 1.0, clip: float = 10.0) -> Tensor:
+    r"""RASCAL = ROLR + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1805.00020).
+
+    The score term is masked to ``label = 1`` events. Needs ``label``, ``log_r_joint``, ``score_joint``.
+    """
+    _require(batch, "RASCAL", "label", "log_r_joint", "score_joint")
+    log_r, grad = _forward(model, batch, grad=True)
+    return _rolr(log_r, batch, clip) + alpha * score_term(model, batch, grad)
+
+
+def sally_loss(model: nn.Module, batch: Events) -> Tensor:
+    r"""SALLY: :math:`\ell = \lVert \hat t(x) - t(x,z|\theta_\mathrm{ref}) \rVert^2` (arXiv:1805.00013, 1805.00020).
+
+    The minimiser is :math:`\hat t(x) = E[t(x,z|\theta_\mathrm{ref})|x] = t(x|\theta_\mathrm{ref})`
+    only if the events were drawn at the reference point and carry the joint score there, as
+    :func:`sbilab.simulators.augment.score_training_data` produces. Needs ``score_joint``.
+    """
+    _require(batch, "SALLY", "score_joint")
+    t_hat, _ = _forward(model, batch, theta=False)
+    return ((t_hat - batch.score_joint) ** 2).sum(-1)
+
+
+# ---------------------------------------------------------------------------- densities
+def _label_mask(batch: Events, like: Tensor) -> Tensor:
+    return torch.ones_like(like) if batch.label is None else batch.label.expand_as(like)
+
+
+def nde_loss(model: nn.Module, batch: Events) -> Tensor:
+    r"""NDE: negative log-likelihood :math:`\ell = -\log\hat p(x|\theta)` of a conditional density estimator.
+
+    Only events drawn at their ``theta`` are valid samples of :math:`p(x|\theta)`: rows with
+    ``label = 0`` (drawn at the reference, paired with another θ) get zero loss.
+    """
+    log_p, _ = _forward(model, batch)
+    return -log_p * _label_mask(batch, log_p)
+
+
+def scandal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
+    r"""SCANDAL = NDE + :math:`\alpha \lVert \nabla_\theta \log\hat p(x|\theta) - t(x,z|\theta) \rVert^2` (arXiv:1805.12244).
+
+    The gradient runs through the flow's conditioning on θ. Rows with ``label = 0`` are masked
+    in both terms. Needs ``score_joint``.
+    """
+    _require(batch, "SCANDAL", "score_joint")
+    log_p, grad = _forward(model, batch, grad=True)
+    return -log_p * _label_mask(batch, log_p) + alpha * score_term(model, batch, grad)
+
+
+def npe_loss(model: nn.Module, batch: Events) -> Tensor:
+    r"""NPE: :math:`\ell = -\log q(\theta|x)` of a posterior estimator called as ``model(theta, x)`` (arXiv:1905.07488)."""
+    extra = (batch.mask,) if batch.mask is not None else ()
+    return -model(batch.theta, batch.x, *extra)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "carl": carl_loss,
+    "rolr": rolr_loss,
+    "rascal": rascal_loss,
+    "alice": alice_loss,
+    "alices": alices_loss,
+    "cascal": cascal_loss,
+    "sally": sally_loss,
+    "nde": nde_loss,
+    "scandal": scandal_loss,
+    "npe": npe_loss,
+}
+
+
+def get_loss(name: str, **options: Any) -> Callable[[nn.Module, Events], Tensor]:
+    """The loss called ``name`` (case-insensitive) with keyword ``options`` bound, e.g. ``get_loss("alices", alpha=1.0)``.
+
+    Example:
+        >>> get_loss("ALICES", alpha=0.5).keywords
+        {'alpha': 0.5}
+    """
+    try:
+        fn = LOSSES[name.lower()]
+    except KeyError:
+        raise ConfigError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.") from None
+    return functools.partial(fn, **options)

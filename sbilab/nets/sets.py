@@ -1,0 +1,141 @@
+r"""Permutation-invariant embeddings of events given as variable-length sets of particles.
+
+A set is a padded tensor ``x: (N, M, F)`` (``M`` slots of ``F`` features) with a boolean
+``mask: (N, M)`` that is ``True`` for real particles. Padding slots never influence the output:
+their features are zeroed before any arithmetic (so NaN padding is harmless, also for
+gradients) and they are excluded from the pooling (deep sets) or from attention (transformer).
+
+* :class:`DeepSets`: :math:`\rho\big(\bigoplus_{i \in \text{set}} \phi(x_i)\big)` with
+  :math:`\oplus` a masked sum or mean (Zaheer et al., arXiv:1703.06114; Energy Flow Networks,
+  Komiske, Metodiev, Thaler, arXiv:1810.05165).
+* :class:`SetTransformer`: a small transformer encoder without positional encoding, with a key
+  padding mask, followed by masked mean pooling (Lee et al., arXiv:1810.00825; Particle
+  Transformer, Qu, Li, Qian, arXiv:2202.03772).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..exceptions import ConfigError, ShapeMismatchError
+from .mlp import MLP
+
+__all__ = ["DeepSets", "SetTransformer", "set_embedding"]
+
+
+def _clean(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Zero the padding slots of ``x (..., M, F)``; return it and a float mask ``(..., M, 1)``."""
+    if x.dim() < 3:
+        raise ShapeMismatchError(
+            f"set embedding: x has shape {tuple(x.shape)}; it must be a padded set (N, M, F) with a mask (N, M)."
+        )
+    if mask is None:
+        mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    if mask.shape != x.shape[:-1]:
+        raise ShapeMismatchError(f"set embedding: mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:-1])} for x.")
+    m = mask.unsqueeze(-1)
+    return torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)), m.to(x.dtype)
+
+
+def _pool(h: Tensor, m: Tensor, pooling: str) -> Tensor:
+    """Masked sum or mean over the set axis of ``h (..., M, L)`` with ``m (..., M, 1)``."""
+    total = (h * m).sum(dim=-2)
+    if pooling == "sum":
+        return total
+    return total / m.sum(dim=-2).clamp(min=1.0)
+
+
+class DeepSets(nn.Module):
+    r"""Deep-sets embedding :math:`\rho(\sum_i \phi(x_i))` of a padded set.
+
+    Args:
+        in_features: Features per particle ``F``.
+        out_features: Size ``E`` of the embedding.
+        hidden: Hidden widths of both :math:`\phi` and :math:`\rho`.
+        latent: Size of the per-particle representation :math:`\phi(x_i)`.
+        pooling: ``"sum"`` (keeps the multiplicity, as in Energy Flow Networks) or ``"mean"``.
+        activation: Activation name (see :func:`sbilab.nets.activation`).
+
+    Shapes: ``x: (N, M, F)``, ``mask: (N, M)`` bool -> ``(N, E)``.
+
+    Example:
+        >>> net = DeepSets(3, 8, hidden=(16,), latent=16)
+        >>> x, mask = torch.randn(2, 5, 3), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+        >>> net(x, mask).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, hidden: Sequence[int] = (64, 64), latent: int = 64,
+                 pooling: str = "sum", activation: str = "silu") -> None:
+        super().__init__()
+        if pooling not in ("sum", "mean"):
+            raise ConfigError(f"DeepSets: pooling must be 'sum' or 'mean', got {pooling!r}.")
+        self.phi = MLP(in_features, latent, hidden=hidden, activation=activation)
+        self.rho = MLP(latent, out_features, hidden=hidden, activation=activation)
+        self.pooling = pooling
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x, m = _clean(x, mask)
+        return self.rho(_pool(self.phi(x), m, self.pooling))
+
+
+class SetTransformer(nn.Module):
+    r"""Small transformer encoder over a padded set, masked mean pooling, linear head.
+
+    No positional encoding, so the output is invariant under permutations of the particles;
+    padding slots are excluded from attention by the key padding mask.
+
+    Args:
+        in_features: Features per particle ``F``.
+        out_features: Size ``E`` of the embedding.
+        dim: Model width.
+        heads: Attention heads (must divide ``dim``).
+        layers: Encoder layers.
+        activation: ``"relu"`` or ``"gelu"`` inside the encoder's feed-forward blocks.
+
+    Shapes: ``x: (N, M, F)``, ``mask: (N, M)`` bool -> ``(N, E)``.
+
+    Example:
+        >>> net = SetTransformer(3, 8, dim=16, heads=2, layers=1)
+        >>> net(torch.randn(2, 4, 3), torch.ones(2, 4, dtype=torch.bool)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dim: int = 32, heads: int = 4, layers: int = 2,
+                 activation: str = "gelu") -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"SetTransformer: dim={dim} must be divisible by heads={heads}.")
+        self.embed = nn.Linear(in_features, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, activation=activation,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_features))
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x, m = _clean(x, mask)
+        keep = m[..., 0] > 0
+        # an empty set would make every attention row -inf; let its (zeroed) first slot attend to itself
+        first = torch.zeros_like(keep)
+        first[..., 0] = True
+        keep = keep | (first & ~keep.any(dim=-1, keepdim=True))
+        h = self.encoder(self.embed(x), src_key_padding_mask=~keep)
+        return self.head(_pool(h, m, "mean"))
+
+
+def set_embedding(kind: str, in_features: int, out_features: int, **options: Any) -> nn.Module:
+    """Build a set embedding by name: ``"deepsets"`` (:class:`DeepSets`) or ``"transformer"`` (:class:`SetTransformer`).
+
+    ``options`` are passed to the class (JSON-able, so a spec can rebuild the network).
+    """
+    classes = {"deepsets": DeepSets, "transformer": SetTransformer}
+    if kind not in classes:
+        raise ConfigError(f"Unknown set embedding {kind!r}; choose one of {sorted(classes)}.")
+    if "hidden" in options:
+        options = {**options, "hidden": tuple(options["hidden"])}
+    return classes[kind](in_features, out_features, **options)
