@@ -91,8 +91,8 @@ class Ensemble(nn.Module):
         params, buffers = stack_module_state(members)
         if k > 1 and params and all(torch.equal(p[0], p[1]) for p in params.values()):
             warnings.warn(
-                f"Ensemble: {type(template).__name__} has no submodule with reset_parameters(); all {k} members "
-                "start from the same weights and will train alike.",
+                f"Ensemble: re-initialising {type(template).__name__} gave all {k} members the same weights "
+                "(no submodule draws random initial values in reset_parameters()); they will train alike.",
                 stacklevel=2,
             )
         self._template = copy.deepcopy(template)  # not a registered submodule: its tensors are swapped in per call
