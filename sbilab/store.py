@@ -112,7 +112,8 @@ def _check_schema(where: Path, schema: Any, version: Any) -> None:
             f"{where} is not an sbilab simulation store (schema {schema!r}, expected {STORE_SCHEMA!r}). "
             "Create stores with SimulationStore.create."
         )
-    if not isinstance(version, (int, np.integer)) or int(version) > STORE_SCHEMA_VERSION or int(version) < 1:
+    version = int(version) if isinstance(version, (int, np.integer)) else version
+    if not isinstance(version, int) or not 1 <= version <= STORE_SCHEMA_VERSION:
         raise StoreError(
             f"{where} has store schema version {version!r}; this sbilab reads versions 1..{STORE_SCHEMA_VERSION}. "
             "Upgrade sbilab to read it."

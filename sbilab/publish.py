@@ -1,0 +1,435 @@
+r"""Publishing trained estimators and unbinned results: HDF5 + JSON spec, checksums, no pickle.
+
+A published file (schema ``sbilab.publish``, version 1) is an HDF5 file::
+
+    /                  attrs sbilab_schema, sbilab_schema_version, spec (a JSON string)
+    /tensors/<name>    one dataset per state_dict entry (modules) or per array (results)
+
+The JSON spec holds the schema, the content (``"module"`` or ``"results"``), the ``kind``
+(registered class name, or a results label), the constructor arguments ``spec`` (for sbilab
+estimators: parameter space and names, observables, architecture, preprocessing options),
+the user's ``metadata``, sbilab/torch versions, the creation time, every tensor's dtype,
+shape and SHA-256, and ``spec_sha256``: the SHA-256 of the canonical JSON of all the rest.
+
+Loading reads JSON and numeric arrays only: no pickle, no ``torch`` deserialisation, no
+import of anything named in the file. A module is rebuilt by the class registered under its
+kind (:func:`register_publishable`; the class's module must already be imported) from the
+JSON spec; then the schema version, the spec checksum, every tensor's checksum, dtype and
+shape, and the exact set of tensor names are checked before ``load_state_dict(strict=True)``.
+The checksums detect corruption and accidental edits; they are not signatures, so they do
+not authenticate the author.
+
+Files are written to a temporary name and atomically renamed, so a failed or killed save
+never replaces a good file with a half-written one.
+
+Example:
+    >>> import tempfile
+    >>> from torch import nn
+    >>> @register_publishable
+    ... class Affine(nn.Linear):
+    ...     def spec(self): return {"n": self.in_features}
+    ...     @classmethod
+    ...     def from_spec(cls, spec): return cls(spec["n"], 1)
+    >>> path = save(tempfile.mkdtemp() + "/affine.h5", Affine(3, 1), metadata={"analysis": "demo"})
+    >>> inspect(path)["kind"], load(path).in_features
+    ('Affine', 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .exceptions import PublishError
+
+__all__ = [
+    "PUBLISH_SCHEMA",
+    "PUBLISH_SCHEMA_VERSION",
+    "PublishedResults",
+    "register_publishable",
+    "publishable_kinds",
+    "module_spec",
+    "build_module",
+    "save",
+    "load",
+    "save_results",
+    "load_results",
+    "inspect",
+]
+
+PUBLISH_SCHEMA = "sbilab.publish"
+PUBLISH_SCHEMA_VERSION = 1
+_GROUP = "tensors"
+_REGISTRY: dict[str, type] = {}
+
+
+# ---------------------------------------------------------------------- registry
+def register_publishable(cls: type | None = None, *, kind: str | None = None) -> Any:
+    """Class decorator: make ``cls`` publishable under a stable kind name.
+
+    The kind is ``kind``, else a ``publish_kind`` attribute defined on the class itself, else
+    ``cls.__name__``. The class needs ``spec() -> dict`` (JSON-able constructor arguments),
+    a classmethod ``from_spec(spec)``, ``state_dict()`` and ``load_state_dict(state, strict=True)``
+    (every ``nn.Module`` has the last two). Use as ``@register_publishable`` or
+    ``@register_publishable(kind="MyNet")``.
+
+    Raises:
+        PublishError: the class lacks a method, or another class holds the kind.
+    """
+    if cls is None:
+        return lambda c: register_publishable(c, kind=kind)
+    name = kind or cls.__dict__.get("publish_kind") or cls.__name__
+    missing = [m for m in ("spec", "from_spec", "state_dict", "load_state_dict") if not callable(getattr(cls, m, None))]
+    if missing:
+        raise PublishError(f"register_publishable: {cls.__qualname__} lacks {missing}; publishable classes need all four.")
+    old = _REGISTRY.get(name)
+    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise PublishError(
+            f"register_publishable: kind {name!r} is already taken by {old.__module__}.{old.__qualname__}; "
+            f"give {cls.__qualname__} another kind (register_publishable(kind=...) or a publish_kind attribute)."
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def publishable_kinds() -> list[str]:
+    """The registered kinds, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _kind_of(obj: Any) -> str:
+    for name, cls in _REGISTRY.items():
+        if type(obj) is cls:
+            return name
+    raise PublishError(
+        f"{type(obj).__qualname__} is not publishable: decorate its class with @register_publishable "
+        f"(it needs spec() and from_spec()). Registered kinds: {publishable_kinds()}."
+    )
+
+
+def module_spec(module: Any) -> dict[str, Any]:
+    """``{"kind": ..., "spec": ...}`` of a registered module, for specs that nest other modules."""
+    return {"kind": _kind_of(module), "spec": _jsonable(module.spec(), f"{type(module).__qualname__}.spec()")}
+
+
+def build_module(entry: Mapping[str, Any]) -> Any:
+    """Build an untrained module from :func:`module_spec` output, via the registry only."""
+    kind = entry.get("kind") if isinstance(entry, Mapping) else None
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise PublishError(
+            f"no publishable class is registered under kind {kind!r}; known kinds: {publishable_kinds()}. "
+            "Import the package that defines it before loading (files never import code themselves)."
+        )
+    try:
+        return cls.from_spec(entry.get("spec"))
+    except PublishError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of from_spec means the spec does not fit the class
+        raise PublishError(f"{kind}.from_spec failed on the published spec: {type(err).__name__}: {err}") from err
+
+
+# ---------------------------------------------------------------------- helpers
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """``obj`` after a JSON round trip (tuples become lists), or a PublishError naming ``what``."""
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as err:
+        raise PublishError(f"{what} is not JSON-serialisable ({err}); use numbers, strings, lists and dicts.") from err
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _to_numpy(name: str, value: Any) -> tuple[np.ndarray, str]:
+    """Array to store and the dtype name to record (torch names; bfloat16 is stored as int16)."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy(), "bfloat16"
+        try:
+            return t.numpy(), str(t.dtype).removeprefix("torch.")
+        except (TypeError, RuntimeError) as err:
+            raise PublishError(f"tensor {name!r} has dtype {t.dtype}, which cannot be published.") from err
+    array = np.asarray(value)
+    if array.dtype.kind not in "biufc":
+        raise PublishError(f"array {name!r} has dtype {array.dtype}; only numeric and bool arrays can be published.")
+    return np.ascontiguousarray(array), str(array.dtype)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name == ".":
+        raise PublishError(f"tensor name {name!r} cannot be published: names must be non-empty strings without '/'.")
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__  # lazily: sbilab/__init__ may import this module
+
+    return {"sbilab_version": __version__, "torch_version": torch.__version__, "h5py_version": h5py.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _write(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray], overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise PublishError(f"{path} already exists; pass overwrite=True to replace it.")
+    if not path.parent.is_dir():
+        raise PublishError(f"cannot write {path}: the folder {path.parent} does not exist.")
+    header["spec_sha256"] = hashlib.sha256(_canonical(header)).hexdigest()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["sbilab_schema"] = PUBLISH_SCHEMA
+            f.attrs["sbilab_schema_version"] = PUBLISH_SCHEMA_VERSION
+            f.attrs["spec"] = json.dumps(header, indent=1, sort_keys=True)
+            group = f.create_group(_GROUP)
+            for name, array in arrays.items():
+                group.create_dataset(name, data=array)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise PublishError(f"cannot write {path}: {err}") from err
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _read_header(path: Path, f: h5py.File) -> dict[str, Any]:
+    schema = f.attrs.get("sbilab_schema")
+    if schema != PUBLISH_SCHEMA:
+        hint = " It is a simulation store: open it with SimulationStore.open." if schema == "sbilab.store" else ""
+        raise PublishError(f"{path} is not an sbilab published file (sbilab_schema attribute is {schema!r}).{hint}")
+    version = f.attrs.get("sbilab_schema_version")
+    version = int(version) if isinstance(version, (int, np.integer)) else version
+    if not isinstance(version, int) or not 1 <= version <= PUBLISH_SCHEMA_VERSION:
+        raise PublishError(
+            f"{path} has publish schema version {version!r}; this sbilab reads 1..{PUBLISH_SCHEMA_VERSION}. Upgrade sbilab."
+        )
+    try:
+        header = json.loads(f.attrs["spec"])
+        stored = header.pop("spec_sha256")
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise PublishError(f"{path}: the JSON spec is missing or malformed ({err!r}).") from err
+    if hashlib.sha256(_canonical(header)).hexdigest() != stored:
+        raise PublishError(f"{path}: the JSON spec does not match its SHA-256 checksum; the spec was altered or corrupted.")
+    if header.get("schema") != {"name": PUBLISH_SCHEMA, "version": int(version)}:
+        raise PublishError(f"{path}: the spec's schema {header.get('schema')} contradicts the file's version {int(version)}.")
+    return header
+
+
+def _open(path: str | os.PathLike) -> tuple[Path, h5py.File]:
+    path = Path(path)
+    if not path.is_file():
+        raise PublishError(f"{path} does not exist or is not a file.")
+    try:
+        return path, h5py.File(path, "r")
+    except OSError as err:
+        raise PublishError(f"{path} is not a readable HDF5 file (truncated, corrupt or another format): {err}") from err
+
+
+def _read_tensors(path: Path, f: h5py.File, header: dict[str, Any]) -> dict[str, np.ndarray]:
+    listed = header.get("tensors", {})
+    present = set(f[_GROUP].keys()) if _GROUP in f else set()
+    if present != set(listed):
+        raise PublishError(
+            f"{path}: datasets {sorted(present - set(listed))} are not in the spec and {sorted(set(listed) - present)} "
+            "listed in the spec are missing."
+        )
+    out = {}
+    for name, info in listed.items():
+        array = f[_GROUP][name][()]
+        stored_dtype = "int16" if info["dtype"] == "bfloat16" else info["dtype"]
+        if str(array.dtype) != stored_dtype or list(array.shape) != info["shape"]:
+            raise PublishError(
+                f"{path}: tensor {name!r} is {array.dtype} {list(array.shape)} but the spec says {info['dtype']} {info['shape']}."
+            )
+        if _sha256(array) != info["sha256"]:
+            raise PublishError(f"{path}: tensor {name!r} does not match its SHA-256 checksum; the file was altered or corrupted.")
+        out[name] = array
+    return out
+
+
+def _header(content: str, kind: str, spec: Any, metadata: Any, arrays: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:
+    return {
+        "schema": {"name": PUBLISH_SCHEMA, "version": PUBLISH_SCHEMA_VERSION},
+        "content": content, "kind": kind, "spec": spec,
+        "metadata": _jsonable(metadata or {}, "metadata"),
+        **_versions(),
+        "tensors": {n: {"dtype": d, "shape": list(a.shape), "sha256": _sha256(a)} for n, (a, d) in arrays.items()},
+    }
+
+
+# ---------------------------------------------------------------------- modules
+def save(path: str | os.PathLike, module: Any, *, metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Publish a registered module (estimator, ensemble, ...) with its weights and buffers.
+
+    Args:
+        path: Output file (conventionally ``*.h5``).
+        module: Instance of a class decorated with :func:`register_publishable`.
+        metadata: JSON-serialisable extras (analysis name, luminosity, citation, ...).
+        overwrite: Replace an existing file (atomically).
+
+    Raises:
+        PublishError: the class is not registered, ``spec()`` is not JSON or does not rebuild
+            a module with the same tensors, a tensor cannot be stored, or writing fails.
+    """
+    entry = module_spec(module)
+    state = module.state_dict()
+    arrays = {}
+    for name, value in state.items():
+        _check_name(name)
+        if not isinstance(value, Tensor):
+            raise PublishError(f"{entry['kind']}.state_dict() entry {name!r} is a {type(value).__name__}, not a tensor.")
+        arrays[name] = _to_numpy(name, value)
+    rebuilt = build_module(entry).state_dict()  # catch a spec() that does not describe the module now, not at load time
+    wrong = sorted(set(rebuilt) ^ set(state)) or [n for n in state if tuple(rebuilt[n].shape) != tuple(state[n].shape)]
+    if wrong:
+        raise PublishError(f"{entry['kind']}.spec() does not rebuild this module: tensors {wrong[:5]} differ in name or shape.")
+    header = _header("module", entry["kind"], entry["spec"], metadata, arrays)
+    return _write(path, header, {n: a for n, (a, _) in arrays.items()}, overwrite)
+
+
+def load(path: str | os.PathLike, *, expected_kind: str | None = None) -> Any:
+    """Load a published module, verifying schema, checksums and tensor names; returned in eval mode.
+
+    Raises:
+        PublishError: the file is not a valid publication, fails a checksum, holds an
+            unknown or unexpected kind, or its tensors do not fit the module its spec builds.
+    """
+    path, f = _open(path)
+    with f:
+        header = _read_header(path, f)
+        if header.get("content") != "module":
+            raise PublishError(f"{path} holds {header.get('content')!r}, not a module; use load_results.")
+        kind = header.get("kind")
+        if expected_kind is not None and kind != expected_kind:
+            raise PublishError(f"{path} holds a {kind!r}, not the expected {expected_kind!r}.")
+        if kind not in _REGISTRY:  # before reading any tensor, and without importing anything
+            build_module(header)
+        arrays = _read_tensors(path, f, header)
+    module = build_module(header)
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(arrays)), sorted(set(arrays) - set(own))
+    if missing or unexpected:
+        raise PublishError(f"{path}: tensors do not fit a {kind} built from the spec; missing {missing}, unexpected {unexpected}.")
+    state = {}
+    for name, array in arrays.items():
+        tensor = torch.from_numpy(array)
+        if header["tensors"][name]["dtype"] == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise PublishError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the {kind} expects {tuple(own[name].shape)}.")
+        state[name] = tensor
+    floats = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(floats) == 1 and isinstance(module, nn.Module):
+        module.to(floats.pop())  # keep float64 weights float64 (and float32 float32)
+    module.load_state_dict(state, strict=True)
+    return module.eval() if isinstance(module, nn.Module) else module
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class PublishedResults:
+    """Arrays published with :func:`save_results` and their description.
+
+    Attributes:
+        kind: Label given at saving (e.g. ``"unfolded_weights"``).
+        arrays: The arrays by name, numpy, exact dtypes.
+        spec: The JSON description saved with them (observables, units, binning, ...).
+        metadata: The JSON metadata saved with them.
+    """
+
+    kind: str
+    arrays: dict[str, np.ndarray]
+    spec: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_results(
+    path: str | os.PathLike,
+    arrays: Mapping[str, Any],
+    spec: dict[str, Any],
+    *,
+    kind: str = "results",
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Publish numeric arrays that are not a module (per-event unfolded weights with their
+    observables, fit results, ...) under the same schema and checksum discipline.
+
+    Args:
+        arrays: Arrays or tensors by name (numeric or bool).
+        spec: JSON description, e.g. ``{"observables": ["pt", "eta"], "parameters": [...]}``.
+        kind: A label for readers, checked by ``load_results(expected_kind=...)``.
+
+    Raises:
+        PublishError: an array is not numeric, a name is invalid, ``spec`` is not JSON.
+    """
+    if not arrays:
+        raise PublishError("save_results: arrays is empty; give at least one named array.")
+    converted = {}
+    for name, value in arrays.items():
+        _check_name(name)
+        converted[name] = _to_numpy(name, value)
+    header = _header("results", str(kind), _jsonable(spec, "save_results spec"), metadata, converted)
+    return _write(path, header, {n: a for n, (a, _) in converted.items()}, overwrite)
+
+
+def load_results(path: str | os.PathLike, *, expected_kind: str | None = None) -> PublishedResults:
+    """Load arrays published with :func:`save_results`, verifying schema and every checksum.
+
+    Raises:
+        PublishError: as :func:`load`.
+    """
+    path, f = _open(path)
+    with f:
+        header = _read_header(path, f)
+        if header.get("content") != "results":
+            raise PublishError(f"{path} holds {header.get('content')!r}, not results; use load.")
+        if expected_kind is not None and header.get("kind") != expected_kind:
+            raise PublishError(f"{path} holds results of kind {header.get('kind')!r}, not the expected {expected_kind!r}.")
+        arrays = _read_tensors(path, f, header)
+    return PublishedResults(kind=header["kind"], arrays=arrays, spec=header["spec"], metadata=header["metadata"])
+
+
+def inspect(path: str | os.PathLike) -> dict[str, Any]:
+    """The verified JSON spec of a published file, without reading its tensors.
+
+    Raises:
+        PublishError: the file is not a publication or its spec fails its checksum.
+    """
+    path, f = _open(path)
+    with f:
+        header = _read_header(path, f)
+    return {"file": str(path), "bytes": path.stat().st_size, **header}
+
+
+def _register_builtin() -> None:
+    """Ensembles are publishable when their template is (their module predates this one)."""
+    try:
+        from .nets.ensemble import Ensemble
+    except ImportError:  # pragma: no cover
+        return
+    if callable(getattr(Ensemble, "spec", None)) and callable(getattr(Ensemble, "from_spec", None)):
+        register_publishable(Ensemble)
+
+
+_register_builtin()
