@@ -11,9 +11,10 @@ manifest that lists them::
 
 Why a directory and not one growing HDF5 file: HDF5 updates its B-trees, heaps and
 superblock *in place*; a writer killed with SIGKILL in the middle of such an update leaves
-a file whose metadata may not parse at all, so even rows flushed long before are lost (and
-files with the v3 superblock refuse to open until ``h5clear``). SWMR mode avoids torn
-metadata but forbids attribute updates and still needs the consistency flag cleared. Here
+a file whose metadata may not parse at all, so even rows flushed long before are lost (and files
+with the v3 superblock may refuse to open until ``h5clear``). SWMR mode avoids torn
+metadata, but a SWMR writer cannot add groups or attributes once it has started, and a
+crashed one leaves consistency flags that ``h5clear`` must reset. Here
 every chunk is written to a temporary name, flushed, ``fsync``-ed and atomically renamed;
 then the manifest is rewritten the same way (temp file, ``fsync``, ``os.replace``,
 ``fsync`` of the directory). ``os.replace`` is atomic on POSIX, so at any instant the
@@ -50,7 +51,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .events import TENSOR_FIELDS, Events
+from .events import Events
 from .exceptions import StoreError
 
 try:  # POSIX advisory lock: a killed writer releases it automatically
