@@ -3,7 +3,8 @@
 from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .space import ParameterSpace
-from .toys import GaussianLatent, Resonance
+from .toys import GaussianLatent, Morphing, Resonance
+from .weighted import MorphingBasis, WeightedEvents
 
 __all__ = [
     "Simulator",
@@ -16,4 +17,7 @@ __all__ = [
     "ratio_training_data",
     "GaussianLatent",
     "Resonance",
+    "Morphing",
+    "MorphingBasis",
+    "WeightedEvents",
 ]
