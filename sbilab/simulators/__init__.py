@@ -2,6 +2,7 @@
 
 from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
+from .external import CallableSimulator, from_sbi
 from .space import ParameterSpace
 from .toys import GaussianLatent, Morphing, Resonance
 from .weighted import MorphingBasis, WeightedEvents
@@ -20,4 +21,6 @@ __all__ = [
     "Morphing",
     "MorphingBasis",
     "WeightedEvents",
+    "CallableSimulator",
+    "from_sbi",
 ]
