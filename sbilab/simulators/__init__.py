@@ -3,6 +3,7 @@
 from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
+from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
 from .space import ParameterSpace
 from .toys import GaussianLatent, Morphing, Resonance
 from .weighted import MorphingBasis, WeightedEvents
@@ -23,4 +24,9 @@ __all__ = [
     "WeightedEvents",
     "CallableSimulator",
     "from_sbi",
+    "LHEHeader",
+    "LHEData",
+    "read_lhe_header",
+    "iter_lhe_chunks",
+    "read_lhe",
 ]

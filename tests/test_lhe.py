@@ -1,0 +1,111 @@
+"""LHE reader against the real files in ../shared/data/lhe (skipped when that folder is absent)."""
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sbilab.exceptions import InvalidEventsError, StoreError
+from sbilab.simulators.lhe import iter_lhe_chunks, read_lhe, read_lhe_header
+
+DATA = Path(__file__).parents[2] / "shared" / "data" / "lhe"
+FILES = ["madgraph-2.0.0-wbj.lhe", "powheg-box-v2-W.lhe", "madgraph5-3.5.8-pp_to_jj.lhe.gz", "pythia-8.3.14-weakbosons.lhe"]
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real LHE files not available: {DATA} is absent (no shared/ beside the repo)")
+
+
+def raw_text(name: str) -> str:
+    path = DATA / name
+    return gzip.open(path, "rt").read() if name.endswith(".gz") else path.read_text()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_counts_weights_and_momentum_conservation(name):
+    text = raw_text(name)
+    data = read_lhe(DATA / name, chunk_size=37)  # several chunks, padded and merged
+    assert len(data) == len(re.findall(r"<event[\s>]", text))
+    assert len(data.header.weight_ids) == len(re.findall(r"<weight id=", text))
+    assert data.named_weights.shape == (len(data), len(data.header.weight_ids))
+    assert not np.isnan(data.named_weights).any()
+    incoming = (data.momenta * ((data.status == -1) & data.mask)[..., None]).sum(1)
+    outgoing = (data.momenta * ((data.status == 1) & data.mask)[..., None]).sum(1)
+    np.testing.assert_allclose(outgoing, incoming, rtol=0, atol=1e-6 * incoming[:, 3].max())
+    assert (np.abs(outgoing - incoming).max(1) <= 1e-6 * incoming[:, 3]).all()
+    assert data.mask.sum(1).tolist() == [int(re.split(r"\s+", b.strip())[0]) for b in re.findall(r"<event[^>]*>\s*\n([^\n]+)", text)]
+
+
+def test_first_wbj_event_parsed_exactly():
+    data = read_lhe(DATA / "madgraph-2.0.0-wbj.lhe", max_events=1)
+    assert len(data) == 1 and data.header.beam_ids == (2212, 2212) and data.header.beam_energies == (4000.0, 4000.0)
+    assert data.header.event_norm == "average"
+    assert data.pid[0].tolist() == [5, 2, 24, 5, 1] and data.status[0].tolist() == [-1, -1, 1, 1, 1]
+    assert data.mothers[0, 2].tolist() == [1, 2] and data.colours[0, 0].tolist() == [501, 0]
+    expected = np.array([
+        [0.0, 0.0, 0.14322906e3, 0.14330946e3],
+        [0.0, 0.0, -0.93544317e3, 0.93544323e3],
+        [-0.84258804e2, -0.15708566e3, -0.10629600e3, 0.22257162e3],
+        [-0.13668073e3, -0.36307424e2, -0.40614473e2, 0.14721558e3],
+        [0.22093954e3, 0.19339308e3, -0.64530364e3, 0.70896548e3],
+    ])
+    np.testing.assert_array_equal(data.momenta[0], expected)
+    np.testing.assert_array_equal(data.mass[0], [4.8, 0.33, 80.398, 4.8, 0.33])
+    assert data.weight[0] == 50.109093 and data.process_id[0] == 66 and data.scale[0] == 141.37688
+    assert data.header.weight_ids == tuple(str(i) for i in range(1001, 1010))
+    assert data.header.weight_info["1002"]["group"] == "scale_variation"
+    np.testing.assert_array_equal(data.named_weights[0], [50.109, 45.746, 52.581] * 3)
+    pt_b, found = data.particle([5], features=("pt", "eta", "m"))
+    assert found.all()
+    px, py, pz = expected[3, :3]
+    np.testing.assert_allclose(pt_b[0], [np.hypot(px, py), np.arcsinh(pz / np.hypot(px, py)), 4.8], rtol=1e-14)
+
+
+def test_gzip_streaming_and_events():
+    path = DATA / "madgraph5-3.5.8-pp_to_jj.lhe.gz"
+    header = read_lhe_header(path)
+    assert header.cross_sections[0, 0] == pytest.approx(6.996707e8) and len(header.weight_ids) == 145
+    chunks = list(iter_lhe_chunks(path, 300))
+    assert [len(c) for c in chunks] == [300, 300, 300, 100]
+    whole = read_lhe(path)
+    np.testing.assert_array_equal(np.concatenate([c.weight for c in chunks]), whole.weight)
+    # unweighted LO sample with event_norm = average: every XWGTUP equals the cross section
+    np.testing.assert_allclose(whole.weight, header.cross_sections[0, 0], rtol=1e-7)
+    ev = whole.to_events(("pt", "eta", "phi", "E"))
+    assert ev.x.shape == (1000, 2, 4) and bool(ev.mask.all())
+    # two final-state partons balance in the transverse plane
+    np.testing.assert_allclose(ev.x[:, 0, 0].double().numpy(), ev.x[:, 1, 0].double().numpy(), rtol=1e-5)
+    assert bool((ev.x[:, 0, 0] >= ev.x[:, 1, 0]).all())  # hardest first
+
+
+def test_named_weights_feed_weighted_events():
+    data = read_lhe(DATA / "madgraph5-3.5.8-pp_to_jj.lhe.gz")
+    info = data.header.weight_info
+    by_mur = {v["MUR"]: k for k, v in info.items() if v.get("MUF") == "1.0" and "DYN_SCALE" not in v and v.get("PDF") == "247000"}
+    ids = [by_mur["0.5"], by_mur["1.0"], by_mur["2.0"]]
+    bench = [[-1.0], [0.0], [1.0]]  # theta = log2(muR / mu0), quadratic morphing
+    x, _ = data.particle([1, 2, 3, 4, 5, 21], features=("pt",))
+    weighted = data.to_weighted_events(x, bench, ids)
+    w = data.weights_for(ids)
+    for b in range(3):
+        np.testing.assert_allclose(weighted.weights_at(torch.tensor(bench[b])).numpy(), w[:, b], rtol=1e-10)
+    assert weighted.event_norm == "average"
+    assert weighted.cross_section(torch.tensor([0.0])).item() == pytest.approx(w[:, 1].mean(), rel=1e-10)
+    with pytest.raises(InvalidEventsError, match="not declared"):
+        data.weights_for(["no-such-weight"])
+
+
+def test_malformed_files_are_refused(tmp_path):
+    lines = (DATA / "pythia-8.3.14-weakbosons.lhe").read_text().splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines) if line.startswith("</event>"))
+    truncated = tmp_path / "truncated.lhe"
+    truncated.write_text("".join(lines[:cut - 2]))
+    with pytest.raises(StoreError, match="truncated"):
+        read_lhe(truncated)
+    other = tmp_path / "other.txt"
+    other.write_text("hello\n")
+    with pytest.raises(StoreError, match="not a Les Houches"):
+        read_lhe(other)
+    with pytest.raises(StoreError, match="does not exist"):
+        read_lhe(tmp_path / "missing.lhe")
