@@ -95,7 +95,8 @@ class Ensemble(nn.Module):
                 "(no submodule draws random initial values in reset_parameters()); they will train alike.",
                 stacklevel=2,
             )
-        self._template = copy.deepcopy(template)  # not a registered submodule: its tensors are swapped in per call
+        # not a registered submodule (no parameters of its own): the stacked tensors are swapped in per call
+        object.__setattr__(self, "_template", copy.deepcopy(template))
         self._param_names = tuple(params)
         self._buffer_names = tuple(buffers)
         self.k = k

@@ -334,7 +334,7 @@ class _Run:
         best = max(self.stopper.best_epoch)
         kept = f"epoch {best}" if best > 0 else "the initial weights"
         err = TrainingDivergedError(
-            f"fit: the loss is {float(value)} at epoch {epoch}, {where}; training stopped and the model holds the "
+            f"fit: the loss is {float(value.detach())} at epoch {epoch}, {where}; training stopped and the model holds the "
             f"best weights so far ({kept}). Lower learning_rate, set clip_norm, or check the loss and the data."
         )
         err.model, err.history, err.best_epoch = self.model, self.history, best  # type: ignore[attr-defined]
