@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from sbilab.exceptions import ConfigError, ShapeMismatchError
+from sbilab.exceptions import ConfigError, SbilabError, ShapeMismatchError
 from sbilab.nets import ResidualMLP, Standardize
 from sbilab.nets.ensemble import Ensemble
 
@@ -119,8 +119,8 @@ def test_errors_and_buffers() -> None:
         ens(torch.zeros(5, 2), stacked=True)
     with pytest.raises(ConfigError, match="out of range"):
         ens.member(2)
-    with pytest.raises(ConfigError, match="spec"):
-        ens.spec()
+    with pytest.raises(SbilabError, match="spec"):
+        ens.spec()  # nn.Linear is not publishable
     # buffers (e.g. standardisation constants) are copied to every member, not re-initialised
     template = nn.Sequential(Standardize(3), nn.Linear(3, 1))
     template[0].set_from(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 5.0]]))
@@ -129,3 +129,16 @@ def test_errors_and_buffers() -> None:
     assert torch.equal(ens.member(1)[0].std, torch.tensor([1.0, 1.0, 1.0]))
     with pytest.warns(UserWarning, match="same weights"):
         Ensemble(nn.LayerNorm(3), 2)  # deterministic initialisation: members cannot differ
+
+
+def test_publish_round_trip(tmp_path) -> None:
+    from sbilab.estimators import RatioEstimator
+    from sbilab.publish import load, save
+    from sbilab.simulators import GaussianLatent
+
+    ens = Ensemble(RatioEstimator(GaussianLatent().space, 1, hidden=(8,)), 3, generator=torch.Generator().manual_seed(0))
+    path = save(tmp_path / "ens.h5", ens)
+    back = load(path)
+    assert isinstance(back, Ensemble) and back.k == 3
+    x, theta = torch.randn(6, 1), torch.full((6, 1), 0.3)
+    torch.testing.assert_close(back(x, theta), ens.eval()(x, theta), rtol=0, atol=0)

@@ -14,7 +14,6 @@ is the same, only slower.
 from __future__ import annotations
 
 import copy
-import importlib
 import warnings
 from typing import Any
 
@@ -181,31 +180,21 @@ class Ensemble(nn.Module):
 
     # ------------------------------------------------------------------ publishing
     def spec(self) -> dict[str, Any]:
-        """JSON-able constructor arguments; needs a template that implements ``spec()``."""
-        template_spec = getattr(self._template, "spec", None)
-        if not callable(template_spec):
-            raise ConfigError(
-                f"Ensemble.spec: the template {type(self._template).__name__} has no spec(); "
-                "only ensembles of publishable modules can be published."
-            )
-        cls = type(self._template)
-        return {"k": self.k, "template_class": f"{cls.__module__}:{cls.__qualname__}", "template": template_spec()}
+        """JSON-able constructor arguments: ``k`` and the template's registered kind and spec.
+
+        Raises:
+            PublishError: the template's class is not registered with ``@register_publishable``.
+        """
+        from ..publish import module_spec  # publish imports this module: import lazily
+
+        return {"k": self.k, "template": module_spec(self._template)}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Ensemble":
-        """Rebuild an (untrained) ensemble from :meth:`spec`; weights are loaded separately.
+        """Rebuild an (untrained) ensemble from :meth:`spec`, the template via the publish registry only."""
+        from ..publish import build_module
 
-        Only template classes inside the ``sbilab`` package that implement ``from_spec`` are accepted.
-        """
-        module_name, _, qualname = str(spec.get("template_class", "")).partition(":")
-        if not (module_name == "sbilab" or module_name.startswith("sbilab.")) or not qualname:
-            raise ConfigError(f"Ensemble.from_spec: template_class {spec.get('template_class')!r} is not an sbilab class.")
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-        if not (isinstance(target, type) and issubclass(target, nn.Module) and hasattr(target, "from_spec")):
-            raise ConfigError(f"Ensemble.from_spec: {qualname} is not a module class with from_spec().")
-        return cls(target.from_spec(spec["template"]), int(spec["k"]))
+        return cls(build_module(spec["template"]), int(spec["k"]))
 
     def extra_repr(self) -> str:
         return f"k={self.k}, template={type(self._template).__name__}, vectorize={self.vectorize}"
