@@ -1,0 +1,182 @@
+"""Estimators trained with fit() on the Gaussian latent toy against the exact likelihood, and every bad input.
+
+Toy: z ~ N(θ, 2²), x ~ N(z, 1), θ ∈ [-2, 2], reference 0; exact
+log r(x|θ) = log N(x; θ, √5) − log N(x; 0, √5), score t(x|0) = x/5. Thresholds were set at about
+twice the errors measured with these seeds (ALICES 0.005, SALLY 2e-4, NDE |Δlog p| 0.055).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sbilab.estimators import (
+    LikelihoodEstimator,
+    RatioEstimator,
+    ScoreEstimator,
+    alices_loss,
+    ensemble_log_ratio,
+    ensemble_score,
+    nde_loss,
+    sally_loss,
+)
+from sbilab.events import Events
+from sbilab.exceptions import MissingAugmentedDataError, NonFiniteOutputError, OutOfSupportError, ShapeMismatchError
+from sbilab.simulators import GaussianLatent, ratio_training_data
+from sbilab.simulators.augment import doubly_ratio_training_data, score_training_data
+from sbilab.training import fit
+
+FAST = dict(batch_size=256, learning_rate=3e-3, progress=False, seed=1, patience=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small nets on a shared 2-core machine: threads only contend
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sim() -> GaussianLatent:
+    return GaussianLatent(sigma_z=2.0, sigma_x=1.0)
+
+
+@pytest.fixture(scope="module")
+def train(sim) -> Events:
+    return ratio_training_data(sim, 5000, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def test_events(sim) -> tuple[Events, torch.Tensor]:
+    ev = sim.simulate(4000, generator=torch.Generator().manual_seed(99))
+    exact = sim.log_prob(ev.x, ev.theta) - sim.log_prob(ev.x, torch.zeros(1))
+    return ev, exact
+
+
+@pytest.fixture(scope="module")
+def alices(sim, train) -> RatioEstimator:
+    est = RatioEstimator.from_events(train, sim, hidden=(64, 64), activation="tanh")
+    return fit(est, alices_loss, train, epochs=10, **FAST).model
+
+
+def test_alices_learns_the_exact_log_ratio(alices, test_events) -> None:
+    ev, exact = test_events
+    with torch.no_grad():
+        mse = ((alices.log_ratio(ev.x, ev.theta) - exact) ** 2).mean().item()
+    assert mse < 0.01
+    with torch.no_grad():  # its θ-gradient is the score: exact (x − θ)/5
+        t = alices.score(ev.x, ev.theta)
+    assert ((t - (ev.x - ev.theta) / 5) ** 2).mean().item() < 0.02  # measured 0.0067
+
+
+def test_log_ratio_between_two_points_and_standardisation_buffers(alices, test_events) -> None:
+    ev, _ = test_events
+    x = ev.x[:5]
+    a, b = torch.tensor([1.0]), torch.tensor([-0.5])
+    assert torch.allclose(alices.log_ratio(x, a, b), alices.log_ratio(x, a) - alices.log_ratio(x, b), atol=1e-6)
+    names = dict(alices.named_buffers())
+    # half the events at θ ~ U(-2, 2) (variance 5 + 4/3), half at θ = 0 (variance 5)
+    assert abs(names["net.x_norm.std"].item() - math.sqrt(5 + 4 / 6)) < 0.05
+    assert names["theta_ref"].tolist() == [0.0]
+
+
+def test_sally_learns_the_score_at_the_reference(sim, test_events) -> None:
+    data = score_training_data(sim, 4000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(data.theta, torch.zeros(4000, 1)) and data.score_joint.shape == (4000, 1)
+    est = fit(ScoreEstimator.from_events(data, sim, hidden=(32, 32)), sally_loss, data, epochs=10, **FAST).model
+    x = test_events[0].x
+    with torch.no_grad():
+        assert ((est.score(x) - x / 5) ** 2).mean().item() < 0.002
+        assert torch.allclose(est.project(x), est.score(x)[:, 0])
+        fisher = est.fisher_information(data.x).item()
+    assert abs(fisher - 0.2) / 0.2 < 0.1  # exact per-event Fisher information 1/5
+
+
+def test_nde_learns_the_exact_density_and_samples_it(sim, train, test_events) -> None:
+    drawn_at_theta = train[train.label > 0.5]
+    est = LikelihoodEstimator.from_events(drawn_at_theta, sim, hidden=(32, 32), transforms=2)
+    est = fit(est, nde_loss, train, epochs=10, **FAST).model  # label-0 rows are masked by the loss
+    ev, exact = test_events
+    with torch.no_grad():
+        assert (est.log_prob(ev.x, ev.theta) - sim.log_prob(ev.x, ev.theta)).abs().mean().item() < 0.15
+        assert ((est.log_ratio(ev.x, ev.theta) - exact) ** 2).mean().item() < 0.03
+        draws = est.sample(torch.tensor([1.0]), 20000, generator=torch.Generator().manual_seed(3))
+    assert draws.shape == (20000, 1)
+    assert abs(draws.mean().item() - 1.0) < 0.15 and abs(draws.std().item() - math.sqrt(5)) < 0.15
+    again = est.sample(torch.tensor([1.0]), 20000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(draws, again)
+    assert est.sample(torch.tensor([[1.0], [-1.0]]), 3).shape == (3, 2, 1)
+    assert est.sample_events(torch.zeros(7, 1)).x.shape == (7, 1)
+
+
+def test_ensemble_gives_mean_and_spread(sim, train, test_events) -> None:
+    est = RatioEstimator.from_events(train, sim, hidden=(32, 32), activation="tanh")
+    ens = fit(est, alices_loss, train, epochs=4, ensemble=3, **FAST).model
+    ev, exact = test_events
+    with torch.no_grad():
+        mean, std = ensemble_log_ratio(ens, ev.x, ev.theta)
+        members = ens(ev.x, ev.theta)
+    assert mean.shape == std.shape == (4000,) and members.shape == (3, 4000)
+    assert torch.allclose(mean, members.mean(0)) and torch.allclose(std, members.std(0))
+    assert ((mean - exact) ** 2).mean().item() < 0.05 and std.mean().item() > 0
+    with pytest.raises(OutOfSupportError):
+        ensemble_log_ratio(ens, ev.x, torch.tensor([5.0]))
+    data = score_training_data(sim, 500, generator=torch.Generator().manual_seed(1))
+    sens = fit(ScoreEstimator.from_events(data, sim, hidden=(8,)), sally_loss, data, epochs=1, ensemble=2, **FAST).model
+    assert ensemble_score(sens, ev.x[:10])[0].shape == (10, 1)
+
+
+def test_doubly_parameterised_is_antisymmetric_and_trains(sim, test_events) -> None:
+    data = doubly_ratio_training_data(sim, 3000, generator=torch.Generator().manual_seed(4))
+    assert data.theta.shape == (6000, 2) and data.score_joint.shape == (6000, 2)
+    est = RatioEstimator.from_events(data, sim, hidden=(32, 32), activation="tanh", doubly=True)
+    est = fit(est, alices_loss, data, epochs=6, **FAST).model
+    ev, exact = test_events
+    with torch.no_grad():
+        a, b = torch.tensor([1.5]), torch.tensor([-1.0])
+        assert torch.allclose(est.log_ratio(ev.x, a, b), -est.log_ratio(ev.x, b, a), atol=1e-6)
+        assert torch.equal(est.log_ratio(ev.x, a, a), torch.zeros(4000))
+        assert ((est.log_ratio(ev.x, ev.theta) - exact) ** 2).mean().item() < 0.05
+
+
+def test_spec_round_trip_and_publish(alices, tmp_path, test_events) -> None:
+    x = test_events[0].x[:10]
+    clone = RatioEstimator.from_spec(alices.spec())
+    clone.load_state_dict(alices.state_dict())
+    assert torch.equal(clone.log_ratio(x, torch.tensor([0.3])), alices.log_ratio(x, torch.tensor([0.3])))
+    publish = pytest.importorskip("sbilab.publish")
+    publish.save(tmp_path / "r.h5", alices)
+    loaded = publish.load(tmp_path / "r.h5")
+    assert torch.equal(loaded.log_ratio(x, torch.tensor([0.3])), alices.log_ratio(x, torch.tensor([0.3])))
+
+
+def test_bad_inputs_raise_named_errors(alices, sim, train) -> None:
+    x = torch.zeros(4, 1)
+    with pytest.raises(ShapeMismatchError, match=r"\(N, 1\)"):
+        alices.log_ratio(torch.zeros(4, 2), torch.tensor([0.0]))
+    with pytest.raises(ShapeMismatchError, match="parameter"):
+        alices.log_ratio(x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ShapeMismatchError):
+        alices.log_ratio(x, torch.zeros(3, 1))
+    with pytest.raises(OutOfSupportError, match="outside the parameter space"):
+        alices.log_ratio(x, torch.tensor([2.5]))
+    with pytest.raises(OutOfSupportError):
+        alices.log_ratio(x, torch.tensor([0.0]), torch.tensor([-3.0]))
+    broken = RatioEstimator.from_spec(alices.spec())
+    broken.load_state_dict(alices.state_dict())
+    with torch.no_grad():
+        broken.net.mlp[0].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="retrain"):
+        broken.log_ratio(x, torch.tensor([0.0]))
+    plain = train.replace(log_r_joint=None, score_joint=None)
+    with pytest.raises(MissingAugmentedDataError, match="augment"):
+        fit(RatioEstimator.from_events(plain, sim, hidden=(4,)), alices_loss, plain, epochs=1, **FAST)
+    with pytest.raises(ShapeMismatchError):
+        RatioEstimator(sim.space, 2, hidden=(4,)).standardize_from(train)
+    with pytest.raises(ShapeMismatchError):
+        ScoreEstimator(sim.space, 1, hidden=(4,)).score(torch.zeros(3, 4))
+    with pytest.raises(OutOfSupportError):
+        LikelihoodEstimator(sim.space, 1, hidden=(4,)).sample(torch.tensor([9.0]), 2)
