@@ -1,6 +1,67 @@
-"""Statistics on trained estimators: unbinned fits, asymptotics, Neyman, Fisher, pyhf."""
+"""Statistics on trained estimators: unbinned fits, asymptotics, Neyman, Fisher, pyhf.
 
+Stats take trained estimators (or exact toy likelihoods) and events; estimators know nothing
+of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)`` or
+``score(x: (N, D)) -> (N, P)`` callables.
+"""
+
+from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
+from .binned import PyhfModel, apply_patch, build_workspace, load_workspace, numpy_minuit, to_json
+from .fisher import (
+    FisherTable,
+    counts_fisher,
+    cramer_rao,
+    exact_fisher,
+    fisher_from_scores,
+    fisher_table,
+    histogram_fisher,
+    rate_fisher,
+    sally_fisher,
+)
+from .neyman import NeymanConstruction
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
+from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
 from .unbinned import UnbinnedLikelihood
 
-__all__ = ["FitResult", "HypotestResult", "Profile2DResult", "ProfileResult", "UpperLimitResult", "UnbinnedLikelihood"]
+__all__ = [
+    # results
+    "FitResult",
+    "ProfileResult",
+    "Profile2DResult",
+    "HypotestResult",
+    "UpperLimitResult",
+    # unbinned
+    "UnbinnedLikelihood",
+    "fit_toys",
+    "profile_likelihood_ratio",
+    "toy_log_likelihood",
+    # asymptotics
+    "ProfileModel",
+    "q0",
+    "qmu",
+    "qtilde_mu",
+    "p_values",
+    "expected_cls",
+    "asimov_significance",
+    "hypotest",
+    "upper_limit",
+    # Neyman
+    "NeymanConstruction",
+    # Fisher
+    "fisher_from_scores",
+    "exact_fisher",
+    "sally_fisher",
+    "histogram_fisher",
+    "counts_fisher",
+    "rate_fisher",
+    "cramer_rao",
+    "FisherTable",
+    "fisher_table",
+    # binned (pyhf)
+    "PyhfModel",
+    "build_workspace",
+    "load_workspace",
+    "apply_patch",
+    "to_json",
+    "numpy_minuit",
+]
