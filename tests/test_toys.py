@@ -24,8 +24,9 @@ def exact_log_ratio(x, theta):
 def test_gaussian_toys_mle_and_profile_ratio_are_exact():
     gen = torch.Generator().manual_seed(0)
     x = 0.2 + math.sqrt(5) * torch.randn(64, 100, 1, generator=gen, dtype=torch.float64)
-    theta_hat, nll, ok = fit_toys(exact_log_ratio, x, SIM.space)
+    theta_hat, nll, ok, cov = fit_toys(exact_log_ratio, x, SIM.space, return_covariance=True)
     assert bool(ok.all())
+    torch.testing.assert_close(cov[:, 0, 0], torch.full((64,), 5 / 100, dtype=torch.float64))
     torch.testing.assert_close(theta_hat[:, 0], x.mean(dim=(1, 2)).clamp(-2, 2), atol=1e-6, rtol=0)
     t = profile_likelihood_ratio(exact_log_ratio, x, SIM.space, torch.tensor([0.2]))
     torch.testing.assert_close(t, 100 * (x.mean(dim=(1, 2)) - 0.2) ** 2 / 5, atol=1e-6, rtol=1e-6)
@@ -43,7 +44,7 @@ def test_two_parameter_toys_agree_with_minuit():
 
     gen = torch.Generator().manual_seed(1)
     x = sim.simulate(4 * 300, theta=torch.tensor([100.5, 5.5]), generator=gen).x.double().reshape(4, 300, 1)
-    theta_hat, nll, ok = fit_toys(log_ratio, x, sim.space)
+    theta_hat, nll, ok, cov = fit_toys(log_ratio, x, sim.space, return_covariance=True)
     assert bool(ok.all())
     for i in range(4):
         res = UnbinnedLikelihood(log_ratio, Events.observed(x[i]), sim.space, tolerance=1e-4).fit()
@@ -51,6 +52,7 @@ def test_two_parameter_toys_agree_with_minuit():
         assert theta_hat[i, 0].item() == pytest.approx(res.best["M"], abs=0.02 * res.errors["M"])
         assert theta_hat[i, 1].item() == pytest.approx(res.best["Gamma"], abs=0.02 * res.errors["Gamma"])
         assert nll[i].item() == pytest.approx(res.nll_min, abs=1e-3)
+        torch.testing.assert_close(cov[i], torch.tensor(res.covariance, dtype=torch.float64), rtol=0.03, atol=0)
     # profiled ratio for M: equals the Minuit profile at one point
     t = profile_likelihood_ratio(log_ratio, x, sim.space, torch.tensor([100.0, 5.0]), parameter="M", best=(theta_hat, nll))
     nll0 = UnbinnedLikelihood(log_ratio, Events.observed(x[0]), sim.space, tolerance=1e-4)

@@ -84,7 +84,8 @@ def fit_toys(
     iterations: int = 30,
     tolerance: float = 1e-6,
     chunk_events: int = 262_144,
-) -> tuple[Tensor, Tensor, Tensor]:
+    return_covariance: bool = False,
+) -> tuple[Tensor, ...]:
     r"""Maximum-likelihood fits of ``T`` toys at once by damped Newton–Raphson.
 
     Args:
@@ -97,9 +98,13 @@ def fit_toys(
         tolerance: Convergence when the predicted gain :math:`-\tfrac12 g^T H^{-1} g` in
             :math:`\log L` is below this for a toy.
 
+        return_covariance: Also return the per-toy covariance :math:`(-\nabla^2\ell)^{-1}`,
+            ``(T, P, P)`` (zero rows/columns for fixed parameters; HESSE-like errors).
+
     Returns:
         ``(theta_hat (T, P), twice_nll (T,), converged (T,) bool)`` with
-        ``twice_nll`` :math:`= -2\sum_i\log\hat r` at the fitted point.
+        ``twice_nll`` :math:`= -2\sum_i\log\hat r` at the fitted point (plus the covariance
+        if asked for).
 
     Raises:
         FitError: unknown names in ``fixed``.
@@ -116,7 +121,8 @@ def fit_toys(
         free[i] = False
     if not bool(free.any()):
         ll = toy_log_likelihood(log_ratio, x, theta, chunk_events=chunk_events).detach()
-        return theta, -2 * ll, torch.ones(t, dtype=torch.bool)
+        out = (theta, -2 * ll, torch.ones(t, dtype=torch.bool))
+        return out + (torch.zeros(t, p, p, dtype=torch.float64),) if return_covariance else out
     theta = torch.minimum(torch.maximum(theta, low), high)
     eye = torch.eye(p, dtype=torch.float64)
     mask = free.to(torch.float64)
@@ -148,7 +154,11 @@ def fit_toys(
             alpha = torch.where(accepted, alpha, alpha / 2)
         theta = new_theta
         ll, g, h = _value_grad_hess(log_ratio, x, theta, free, chunk_events)
-    return theta, -2 * ll, converged
+    if not return_covariance:
+        return theta, -2 * ll, converged
+    neg_h = -(h * mask[:, None] * mask[None, :]) + torch.diag(1 - mask)
+    cov = torch.linalg.inv(neg_h) * mask[:, None] * mask[None, :]
+    return theta, -2 * ll, converged, cov
 
 
 def profile_likelihood_ratio(
