@@ -1,0 +1,6 @@
+"""Config-driven analyses: ``analyses/<name>/analysis.toml`` run by ``sbilab run``."""
+
+from .config import AnalysisConfig, load_config
+from .measurement import build_simulator, run_analysis
+
+__all__ = ["AnalysisConfig", "load_config", "build_simulator", "run_analysis"]

@@ -1,0 +1,50 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from sbilab.calibration import HistogramCalibrator, IsotonicCalibrator, closure_test, weighted_auc
+from sbilab.exceptions import ShapeMismatchError
+
+
+def gaussian_samples(n=40000, shift=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(shift, 1.0, n), rng.normal(0.0, 1.0, n)
+
+
+def test_weighted_auc_matches_closed_form_and_weights():
+    # AUC of N(μ,1) vs N(0,1) is Φ(μ/√2)
+    x1, x0 = gaussian_samples(200_000, 1.0)
+    assert weighted_auc(x1, x0) == pytest.approx(norm.cdf(1 / math.sqrt(2)), abs=3e-3)
+    # integer weights equal duplicated events; ties count half
+    assert weighted_auc([1.0, 2.0], [1.0], weights_pos=[2.0, 1.0]) == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)
+
+
+@pytest.mark.parametrize("calibrator", [HistogramCalibrator, IsotonicCalibrator])
+def test_calibration_recovers_exact_ratio_from_a_distorted_score(calibrator):
+    # a monotonic but badly scaled score s = exp(x): calibration must recover log r = x - 1/2
+    x1, x0 = gaussian_samples(80_000, 1.0, seed=1)
+    cal = calibrator(np.exp(x1 / 3), np.exp(x0 / 3))
+    grid = np.linspace(-1.0, 2.0, 13)
+    got = cal(np.exp(grid / 3)).numpy()
+    np.testing.assert_allclose(got, grid - 0.5, atol=0.12)
+
+
+def test_calibrators_reject_bad_input():
+    with pytest.raises(ShapeMismatchError, match="score_num"):
+        HistogramCalibrator(np.zeros((3, 2)), np.zeros(3))
+    with pytest.raises(ShapeMismatchError, match="NaN"):
+        IsotonicCalibrator(np.array([np.nan, 1.0]), np.zeros(3))
+
+
+def test_closure_passes_with_exact_ratio_and_fails_without():
+    torch.manual_seed(0)
+    x1, x0 = gaussian_samples(6000, 0.6, seed=2)
+    exact = torch.as_tensor(0.6 * x0 - 0.18)  # log N(x;0.6,1)/N(x;0,1)
+    good = closure_test(x0, x1, exact, epochs=8, seed=1)
+    assert good.passed and abs(good.auc - 0.5) < 0.03 and 0 < good.auc_error < 0.02
+    bad = closure_test(x0, x1, torch.zeros(len(x0)), epochs=8, seed=1)
+    # unweighted: the classifier separates the samples with AUC ≈ Φ(0.6/√2) = 0.664
+    assert not bad.passed and bad.auc == pytest.approx(norm.cdf(0.6 / math.sqrt(2)), abs=0.03)
