@@ -22,12 +22,13 @@ from ..events import Events
 from ..exceptions import ConfigError, ShapeMismatchError
 from ..nets.mlp import Standardize
 from .checks import check_finite, check_theta
-from .ratio import _Estimator, _register
+from ..publish import register_publishable
+from .ratio import _Estimator
 
 __all__ = ["LikelihoodEstimator"]
 
 
-@_register
+@register_publishable
 class LikelihoodEstimator(_Estimator):
     r"""Conditional flow; ``forward(x, theta) -> log p̂(x|θ)``, ``(N,)``.
 
@@ -119,9 +120,9 @@ class LikelihoodEstimator(_Estimator):
             generator: Source of the base-distribution noise (reproducible sampling).
         """
         t = torch.as_tensor(theta)
-        single = t.dim() == 1 or (t.dim() == 0 and self.space.dim == 1)
-        t = check_theta(t.reshape(1, -1) if single else t, 1 if single else t.shape[0] if t.dim() == 2 else -1,
-                        self.space, like=self.theta_ref)
+        single = t.dim() <= 1
+        t = t.reshape(1, -1) if single else t
+        t = check_theta(t, t.shape[0], self.space, like=self.theta_ref)
         with torch.no_grad():
             dist = self.flow(self.theta_norm(t))
             z = torch.randn(n, t.shape[0], self.x_features, generator=generator, dtype=t.dtype).to(t.device)

@@ -23,17 +23,10 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
+from ..publish import register_publishable
 from .checks import as_space, check_finite, check_theta, check_x
 
 __all__ = ["RatioEstimator"]
-
-
-def _register(cls: type) -> type:
-    try:  # publishing lives in another module that may not exist yet
-        from ..publish import register_publishable
-    except ImportError:  # pragma: no cover
-        return cls
-    return register_publishable(cls)
 
 
 class _Estimator(nn.Module):
@@ -77,7 +70,7 @@ class _Estimator(nn.Module):
             )
 
 
-@_register
+@register_publishable
 class RatioEstimator(_Estimator):
     r"""Parameterised ratio estimator; ``forward(x, theta) -> log r̂(x|θ)``, ``(N,)``.
 
@@ -140,7 +133,7 @@ class RatioEstimator(_Estimator):
         swapped = torch.cat([theta[..., p:], theta[..., :p]], dim=-1)
         return self.net(x, theta, mask)[..., 0] - self.net(x, swapped, mask)[..., 0]
 
-    def _theta(self, x: Tensor, theta: Any, theta1: Any) -> Tensor:
+    def _theta(self, x: Tensor, theta: Any, theta1: Any) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
         t0 = check_theta(theta, n, self.space, like=self.theta_ref, argument="theta")
         t1 = self.theta_ref.expand(n, -1) if theta1 is None else check_theta(theta1, n, self.space, like=self.theta_ref, argument="theta1")

@@ -22,12 +22,13 @@ from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
 from .checks import check_finite
-from .ratio import _Estimator, _register
+from ..publish import register_publishable
+from .ratio import _Estimator
 
 __all__ = ["ScoreEstimator"]
 
 
-@_register
+@register_publishable
 class ScoreEstimator(_Estimator):
     r"""SALLY network ``forward(x) -> t̂(x)``, ``(N, P)``, the score at the space's reference point.
 
