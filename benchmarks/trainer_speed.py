@@ -19,6 +19,7 @@ Usage: ``python benchmarks/trainer_speed.py [--quick] [--json]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -130,7 +131,8 @@ def run_sbi(theta: Tensor, x: Tensor, *, seed: int = 0, max_epochs: int | None =
     inference = NRE_A(prior=BoxUniform(-torch.ones(2), torch.ones(2)), show_progress_bars=False)
     inference.append_simulations(theta, x)
     t0 = time.perf_counter()
-    net = inference.train() if max_epochs is None else inference.train(max_num_epochs=max_epochs)
+    with contextlib.redirect_stdout(sys.stderr):  # sbi prints its convergence message on stdout
+        net = inference.train() if max_epochs is None else inference.train(max_num_epochs=max_epochs)
     wall = time.perf_counter() - t0
     epochs = int(inference.epoch) if hasattr(inference, "epoch") else len(inference._summary["training_loss"])
     net.eval()

@@ -231,6 +231,29 @@ def test_streaming_from_a_store() -> None:
         fit(nn.Linear(2, 1), mse, store, stream=True, **QUIET)
 
 
+def test_real_store_streamed_and_loaded(tmp_path: Path) -> None:
+    from sbilab.store import SimulationStore
+
+    with SimulationStore.create(tmp_path / "sims", max_chunk_rows=250, fsync=False) as store:
+        store.append(linear_data(600))
+    store = SimulationStore.open(tmp_path / "sims")
+    results = []
+    for stream in (True, False):
+        torch.manual_seed(0)
+        results.append(fit(nn.Linear(2, 1), mse, store, validation=linear_data(200, seed=9), stream=stream,
+                           epochs=80, batch_size=100, learning_rate=0.05, patience=None, **QUIET))
+    for res in results:
+        torch.testing.assert_close(coefficients(res.model), torch.tensor([2.0, -3.0, 0.5], dtype=torch.float64),
+                                   atol=1e-3, rtol=0)
+
+
+def test_progress_bar_on_stderr(capsys: pytest.CaptureFixture) -> None:
+    fit(nn.Linear(2, 1), mse, linear_data(100), epochs=2, progress=True)
+    assert "fit" in capsys.readouterr().err
+    fit(nn.Linear(2, 1), mse, linear_data(100), epochs=2, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_checkpoint_finished_and_mismatch(tmp_path: Path) -> None:
     ev = linear_data(300, noise=0.1)
     path = tmp_path / "run.pt"

@@ -19,57 +19,26 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..events import Events
-from ..exceptions import ConfigError, ShapeMismatchError, TrainingDivergedError
+from ..exceptions import ConfigError, TrainingDivergedError
 from ..nets.ensemble import Ensemble
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
+from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
+from .result import FitResult
 from .stopping import EarlyStopping
 
 __all__ = ["fit", "FitResult", "Loss"]
 
 Loss = Callable[[nn.Module, Events], Tensor]
 _D = TrainingConfig  # defaults of fit's keyword arguments
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` returns.
-
-    Attributes:
-        model: The trained module (the estimator itself, trained in place) or the Ensemble,
-            holding the best weights (per member for ensembles).
-        history: Per-epoch lists ``"train_loss"``, ``"val_loss"``, ``"val_loss_smoothed"``,
-            ``"lr"`` (at the end of the epoch), ``"time"`` (seconds of the epoch) and, for
-            ensembles, ``"val_loss_members"`` (a list of K losses per epoch). Losses are the
-            members' mean of the weighted mean per-event loss.
-        best_epoch: Epoch (counted from 1) whose weights were kept; ``history[key][best_epoch - 1]``.
-            For ensembles, the latest of the members' best epochs.
-        best_epochs: Best epoch of every member.
-        best_val_loss: Mean over members of their best validation losses (NaN without validation).
-        epochs_run: Number of epochs trained.
-        stopped_early: Whether early stopping ended the run before ``epochs``.
-        config: The options of the run.
-        device: The device it ran on.
-    """
-
-    model: nn.Module
-    history: dict[str, list]
-    best_epoch: int
-    best_epochs: tuple[int, ...]
-    best_val_loss: float
-    epochs_run: int
-    stopped_early: bool
-    config: TrainingConfig
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -121,7 +90,8 @@ def fit(
             template of an :class:`~sbilab.nets.ensemble.Ensemble` of K re-initialised copies.
         loss: ``loss(model, batch) -> (N,)`` per-event losses, ``(K, N)`` for ensembles. A loss
             that differentiates w.r.t. inputs (score matching) also works in validation: it is
-            evaluated with gradients enabled but no parameter update.
+            evaluated with gradients enabled but no parameter update (detected when it fails
+            under ``no_grad``, or declared by a ``needs_input_grad = True`` attribute).
         data: Training Events ``(N, ...)``, or a store with ``__len__`` and ``batches(...)``.
         validation: Explicit validation Events; default: a random ``validation_fraction`` of ``data``.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ... The data are moved there
@@ -188,9 +158,9 @@ class _Run:
         if not params:
             raise ConfigError(f"fit: {type(estimator).__name__} has no trainable parameters.")
         self.params = params
-        self.optimizer = _adam(params, config)
+        self.optimizer = adam(params, config)
         self.stopper = EarlyStopping(self.k, config)
-        self.best = _clone_state(self.model)
+        self.best = clone_state(self.model)
         self.history: dict[str, list] = {key: [] for key in ("train_loss", "val_loss", "val_loss_smoothed", "lr", "time")}
         if self.k > 1:
             self.history["val_loss_members"] = []
@@ -226,7 +196,7 @@ class _Run:
     def _member_losses(self, batch: Events) -> Tensor:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
             per_event = self.loss(self.model, batch)
-        return _reduce(per_event, batch.weights, self.k, len(batch))
+        return reduce_losses(per_event, batch.weights, self.k, len(batch))
 
     @torch.no_grad()
     def _no_grad_losses(self, batch: Events) -> Tensor:
@@ -280,7 +250,7 @@ class _Run:
                     self.optimizer.zero_grad(set_to_none=True)
                     objective.backward()
                     if cfg.clip_norm is not None:
-                        _clip(self.params, cfg.clip_norm, self.k if isinstance(model, Ensemble) else 1)
+                        clip_gradients(self.params, cfg.clip_norm, self.k if isinstance(model, Ensemble) else 1)
                     self.optimizer.step()
                     step += 1
                     batch_losses.append(members.detach())
@@ -315,7 +285,7 @@ class _Run:
                 self._diverged(epoch, "validation", torch.tensor(members).sum())
             improved = self.stopper.update(epoch, members)
             if improved:
-                _copy_best(self.best, self.model, improved, self.k)
+                copy_best(self.best, self.model, improved, self.k)
             val = sum(members) / len(members)
             smoothed = sum(s for s in self.stopper.smoothed if s is not None) / self.k
         else:
@@ -381,57 +351,3 @@ class _Run:
             best_val_loss=best_val, epochs_run=len(self.history["train_loss"]), stopped_early=stopped_early,
             config=self.config, device=self.device,
         )
-
-
-# ---------------------------------------------------------------------- helpers
-def _adam(params: list[Tensor], config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW, fused where this torch build supports it for the parameters' device."""
-    try:
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-
-def _reduce(per_event: Tensor, weights: Tensor | None, k: int, n: int) -> Tensor:
-    """Weighted mean over events of per-event losses ``(N,)`` or ``(K, N)``; returns ``()`` or ``(K,)``."""
-    expected = (n,) if k == 1 else (k, n)
-    if not isinstance(per_event, Tensor) or tuple(per_event.shape) != expected:
-        got = tuple(per_event.shape) if isinstance(per_event, Tensor) else type(per_event).__name__
-        raise ShapeMismatchError(
-            f"fit: the loss returned {got} for a batch of {n} events; it must return per-event losses of shape "
-            f"{expected} (no mean: fit applies the event weights and reduces)."
-        )
-    if per_event.dtype in (torch.float16, torch.bfloat16):
-        per_event = per_event.float()
-    if weights is None:
-        return per_event.mean(dim=-1)
-    return (per_event * weights).sum(dim=-1) / weights.sum()
-
-
-def _clip(params: list[Tensor], max_norm: float, k: int) -> None:
-    """Clip the gradient norm to ``max_norm``; per member (leading axis) for ensembles."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    if k == 1:
-        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return
-    squares = torch.stack([g.reshape(k, -1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)
-    scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.reshape((k,) + (1,) * (g.dim() - 1)))
-
-
-def _clone_state(model: nn.Module) -> dict[str, Tensor]:
-    return {name: t.detach().clone() for name, t in model.state_dict().items()}
-
-
-@torch.no_grad()
-def _copy_best(best: dict[str, Tensor], model: nn.Module, members: list[int], k: int) -> None:
-    """Copy the current weights of the improved ``members`` into ``best`` (all of them for k = 1)."""
-    for name, t in model.state_dict().items():
-        if k == 1:
-            best[name].copy_(t)
-        else:
-            index = torch.tensor(members, device=t.device)
-            best[name][index] = t[index]
