@@ -129,31 +129,36 @@ def fit_toys(
     converged = torch.zeros(t, dtype=torch.bool)
     ll, g, h = _value_grad_hess(log_ratio, x, theta, free, chunk_events)
     for _ in range(iterations):
-        g = g * mask
-        neg_h = -(h * mask[:, None] * mask[None, :]) + torch.diag(1 - mask)  # fixed directions: identity
+        # active set: a parameter at a bound whose gradient points outwards is held there
+        outward = ((theta <= low) & (g < 0)) | ((theta >= high) & (g > 0))
+        m = mask[None, :] * (~outward).to(torch.float64)  # (T, P)
+        g = g * m
+        neg_h = -(h * m[:, :, None] * m[:, None, :]) + torch.diag_embed(1 - m)  # held directions: identity
         # make -H positive definite: Levenberg-style shift where needed
         evals = torch.linalg.eigvalsh(neg_h)
         shift = torch.clamp(1e-6 * evals.abs().max(dim=1).values - evals.min(dim=1).values, min=0.0)
-        step = torch.linalg.solve(neg_h + shift[:, None, None] * eye, g.unsqueeze(-1)).squeeze(-1) * mask
+        step = torch.linalg.solve(neg_h + shift[:, None, None] * eye, g.unsqueeze(-1)).squeeze(-1) * m
         gain = 0.5 * (g * step).sum(1)
         converged = gain < tolerance
         if bool(converged.all()):
             break
-        alpha = torch.ones(t, dtype=torch.float64)
-        accepted = converged.clone()
-        new_theta = theta.clone()
+        act = torch.nonzero(~converged)[:, 0]  # only toys still moving are re-evaluated
+        xa, theta_a, step_a, ll_a = x[act], theta[act], step[act], ll[act]
+        alpha = torch.ones(len(act), dtype=torch.float64)
+        accepted = torch.zeros(len(act), dtype=torch.bool)
+        new_theta = theta_a.clone()
         for _ in range(12):  # backtracking, per toy
-            trial = torch.minimum(torch.maximum(theta + alpha[:, None] * step, low), high)
+            trial = torch.minimum(torch.maximum(theta_a + alpha[:, None] * step_a, low), high)
             with torch.no_grad():
-                ll_trial = toy_log_likelihood(log_ratio, x, trial, chunk_events=chunk_events)
-            ok = (~accepted) & (ll_trial >= ll - 1e-12)
+                ll_trial = toy_log_likelihood(log_ratio, xa, trial, chunk_events=chunk_events)
+            ok = (~accepted) & (ll_trial >= ll_a - 1e-12)
             new_theta[ok] = trial[ok]
             accepted |= ok
             if bool(accepted.all()):
                 break
             alpha = torch.where(accepted, alpha, alpha / 2)
-        theta = new_theta
-        ll, g, h = _value_grad_hess(log_ratio, x, theta, free, chunk_events)
+        theta[act] = new_theta
+        ll[act], g[act], h[act] = _value_grad_hess(log_ratio, xa, new_theta, free, chunk_events)
     if not return_covariance:
         return theta, -2 * ll, converged
     neg_h = -(h * mask[:, None] * mask[None, :]) + torch.diag(1 - mask)
@@ -186,8 +191,9 @@ def profile_likelihood_ratio(
     """
     t = x.shape[0]
     theta = torch.as_tensor(theta, dtype=torch.float64).expand(t, space.dim)
+    start = options.pop("start", None)
     if best is None:
-        theta_hat, nll_hat, _ = fit_toys(log_ratio, x, space, **options)
+        theta_hat, nll_hat, _ = fit_toys(log_ratio, x, space, start=start, **options)
     else:
         theta_hat, nll_hat = best
     if parameter is None:
