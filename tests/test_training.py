@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from sbilab import Events
 from sbilab.exceptions import ConfigError, ShapeMismatchError, TrainingDivergedError
 from sbilab.nets.ensemble import Ensemble
-from sbilab.training import TrainingConfig, fit, load_checkpoint
+from sbilab.training import FitResult, TrainingConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False)
@@ -317,3 +317,37 @@ def _worker_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_ensemble_resume_after_crash_is_bitwise_identical(tmp_path: Path) -> None:
+    ev = linear_data(400, noise=0.3)
+    calls = {"n": 0, "crash_at": None}
+
+    def loss(model: Ensemble, batch: Events) -> Tensor:
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == calls["crash_at"]:
+                raise _Crash  # dies in the middle of epoch 3, like a killed job
+        return mse_ensemble(model, batch)
+
+    def run(checkpoint: Path | None) -> FitResult:
+        torch.manual_seed(0)
+        template = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
+        return fit(template, loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,
+                   checkpoint=checkpoint, resume=True, **QUIET)
+
+    straight = run(None)
+    calls.update(n=0, crash_at=2 * 4 + 2)
+    with pytest.raises(_Crash):
+        run(tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 2
+    calls.update(crash_at=None)
+    resumed = run(tmp_path / "c.pt")
+    assert resumed.history == {**straight.history, "time": resumed.history["time"]}
+    assert resumed.best_epochs == straight.best_epochs
+    for name, t in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], t), name
