@@ -50,6 +50,8 @@ class TrainingConfig:
         smoothing: Weight of the past in the exponential moving average of the validation
             loss that early stopping watches, in [0, 1); ``0`` watches the raw loss.
         min_delta: Relative improvement of the smoothed validation loss that resets patience.
+            Default 0: losses with a high floor (ALICE's soft-label entropy, NLLs) improve by
+            tiny relative amounts while the estimator still gets markedly better.
         ensemble: Number of ensemble members trained at once (``1``: the estimator itself).
         amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
         seed: Seed of the validation split, the batch order, ensemble initialisation and any
@@ -68,7 +70,7 @@ class TrainingConfig:
     validation_fraction: float = 0.1
     patience: int | None = 10
     smoothing: float = 0.5
-    min_delta: float = 1e-3
+    min_delta: float = 0.0
     ensemble: int = 1
     amp: bool = False
     seed: int = 0
