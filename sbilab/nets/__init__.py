@@ -1,7 +1,8 @@
 """Networks: MLPs, standardisation, set embeddings, flows."""
 
 from .conditioned import ConditionedNetwork
+from .ensemble import Ensemble
 from .mlp import MLP, ResidualMLP, Standardize, activation
 from .sets import DeepSets, SetTransformer, set_embedding
 
-__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding"]
+__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding", "Ensemble"]

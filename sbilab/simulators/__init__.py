@@ -1,6 +1,6 @@
 """Simulators: the protocol, parameter spaces, augmentation, toys and adapters."""
 
-from .augment import augment, joint_log_ratio, joint_score, ratio_training_data
+from .augment import augment, doubly_ratio_training_data, joint_log_ratio, joint_score, ratio_training_data, score_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
 from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
@@ -17,6 +17,8 @@ __all__ = [
     "joint_log_ratio",
     "joint_score",
     "ratio_training_data",
+    "score_training_data",
+    "doubly_ratio_training_data",
     "GaussianLatent",
     "Resonance",
     "Morphing",
