@@ -265,7 +265,7 @@ class UnbinnedLikelihood:
             message = "HESSE covariance is not accurate (forced positive definite or failed)"
         minos_res: dict[str, tuple[float, float]] = {}
         if minos and free and valid:
-            targets = free if minos is True else [n for n in minos if self._index(n) is not None]
+            targets = free if minos is True else [n for n in minos if self._index(n) >= 0 and n in free]
             for name in targets:
                 try:
                     m.minos(name)
