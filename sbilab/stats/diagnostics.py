@@ -1,0 +1,381 @@
+r"""Posterior diagnostics: SBC, expected coverage, TARP and classifier two-sample tests.
+
+The first three reduce to one check. For a correct posterior a per-observation statistic
+:math:`f_i \in [0, 1]` is uniformly distributed over simulations :math:`(\theta_i, x_i)`:
+
+* SBC (Talts et al., arXiv:1804.06788): the rank of :math:`\theta_{i,j}` among posterior
+  samples, per parameter :math:`j`.
+* Expected coverage (Hermans et al., arXiv:2110.06581, Delaunoy et al. arXiv:2210.04815): the
+  credibility of the smallest highest-density region containing :math:`\theta_i`,
+  :math:`f_i = P_{\theta\sim q(\cdot|x_i)}[q(\theta|x_i) > q(\theta_i|x_i)]`.
+* TARP (Lemos et al., arXiv:2302.03026): the fraction of samples closer to a random reference
+  point than :math:`\theta_i`.
+
+Discrete ranks are randomised (:math:`u = (r + U)/(S+1)`), so under the null hypothesis they are
+exactly uniform; the test statistic is the largest distance between their empirical CDF and the
+diagonal, :math:`D = \sup_c |\hat F(c) - c|` (for coverage, :math:`\hat F(c)` is the empirical
+coverage of credibility level :math:`c`). It passes when :math:`D` is below the tolerance, by
+default the Dvoretzky–Kiefer–Wolfowitz bound :math:`\sqrt{\ln(2k/\alpha)/(2N)}` at significance
+:math:`\alpha = 0.01` (Bonferroni over :math:`k` parameters for SBC).
+
+The classifier two-sample test (C2ST; Lopez-Paz & Oquab, arXiv:1610.06545) follows the sbibm
+benchmark (Lueckmann et al., arXiv:2101.04653): both sample sets are z-scored with the first
+set's moments, an MLP with two hidden layers of ``10·D`` ReLU units is trained with Adam to tell
+them apart, and its held-out accuracy over 5 folds is reported (0.5: indistinguishable, 1:
+disjoint); the AUC variant reports the area under the ROC curve instead. All 5 folds are trained
+at once as one batched network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..exceptions import ShapeMismatchError
+
+__all__ = ["UniformityResult", "C2STResult", "sbc", "expected_coverage", "tarp", "c2st", "dkw_tolerance"]
+
+
+def dkw_tolerance(n: int, *, significance: float = 0.01, tests: int = 1) -> float:
+    r"""DKW band half-width :math:`\sqrt{\ln(2k/\alpha)/(2n)}` for ``n`` draws and ``k`` tests.
+
+    Example:
+        >>> round(dkw_tolerance(1000), 4)
+        0.0515
+    """
+    return math.sqrt(math.log(2 * tests / significance) / (2 * n))
+
+
+@dataclass(frozen=True)
+class UniformityResult:
+    """Outcome of SBC, expected coverage or TARP.
+
+    Attributes:
+        name: ``"sbc"``, ``"coverage"`` or ``"tarp"``.
+        statistic: Largest deviation :math:`D` of the empirical CDF(s) from the diagonal.
+        tolerance: The bound :math:`D` must stay under.
+        passed: ``statistic <= tolerance`` (one-sided for conservative coverage).
+        values: The uniform-under-the-null statistics, ``(N,)`` or ``(N, P)`` numpy array.
+        levels: Credibility levels of :attr:`curve`, ``(L,)``.
+        curve: Empirical CDF at ``levels`` (coverage / ECP), ``(L,)`` or ``(L, P)``.
+        extra: Further figures (e.g. TARP's ATC, per-parameter deviations).
+    """
+
+    name: str
+    statistic: float
+    tolerance: float
+    passed: bool
+    values: np.ndarray = field(repr=False)
+    levels: np.ndarray = field(repr=False)
+    curve: np.ndarray = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def plot(self, path: str | Path, *, labels: list[str] | None = None) -> Path:
+        """Draw the CDF(s) against the diagonal with the tolerance band to a PNG file."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(4.2, 4))
+        curve = self.curve.reshape(len(self.levels), -1)
+        for j in range(curve.shape[1]):
+            label = labels[j] if labels else (f"parameter {j}" if curve.shape[1] > 1 else self.name)
+            ax.plot(self.levels, curve[:, j], label=label)
+        ax.fill_between(self.levels, self.levels - self.tolerance, self.levels + self.tolerance, color="grey", alpha=0.3, label="tolerance")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        names = {"sbc": ("normalised rank", "empirical CDF"), "coverage": ("credibility level", "expected coverage"),
+                 "tarp": ("credibility level", "expected coverage probability")}
+        ax.set_xlabel(names.get(self.name, ("level", "CDF"))[0])
+        ax.set_ylabel(names.get(self.name, ("level", "CDF"))[1])
+        ax.set_title(f"{self.name}: D={self.statistic:.3f} (tol {self.tolerance:.3f}) {'pass' if self.passed else 'FAIL'}")
+        ax.legend(fontsize=7)
+        return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class C2STResult:
+    """Classifier two-sample test outcome: ``accuracy`` (or AUC) averaged over folds."""
+
+    accuracy: float
+    auc: float
+    folds: np.ndarray
+    tolerance: float
+    passed: bool
+    probabilities: tuple[np.ndarray, np.ndarray] = field(repr=False)
+
+    def plot(self, path: str | Path) -> Path:
+        """Histogram of held-out classifier outputs for both sets to a PNG file."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(4.2, 4))
+        bins = np.linspace(0, 1, 41)
+        ax.hist(self.probabilities[0], bins=bins, alpha=0.6, label="set A")
+        ax.hist(self.probabilities[1], bins=bins, alpha=0.6, label="set B")
+        ax.set_xlabel("classifier P(set B)")
+        ax.set_title(f"C2ST accuracy {self.accuracy:.3f}, AUC {self.auc:.3f}")
+        ax.legend()
+        return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------- uniformity
+def _as_samples(samples: Any, theta: Any) -> tuple[Tensor, Tensor]:
+    s = torch.as_tensor(samples, dtype=torch.float64)
+    t = torch.as_tensor(theta, dtype=torch.float64)
+    if t.dim() != 2 or s.dim() != 3 or s.shape[1:] != t.shape:
+        raise ShapeMismatchError(
+            f"samples must be (S, N, P) and theta (N, P) with matching N, P; got {tuple(s.shape)} and {tuple(t.shape)}."
+        )
+    return s, t
+
+
+def _randomised(count_below: Tensor, count_equal: Tensor, s: int, generator: torch.Generator) -> Tensor:
+    """Exactly uniform u from a rank among ``s`` draws (ties broken at random)."""
+    jitter = torch.rand(count_below.shape, generator=generator, dtype=torch.float64)
+    return (count_below + jitter * (count_equal + 1)) / (s + 1)
+
+
+def _uniformity(name: str, u: Tensor, *, tolerance: float | None, significance: float, one_sided: bool = False,
+                extra: dict[str, Any] | None = None) -> UniformityResult:
+    u2 = u.reshape(u.shape[0], -1)
+    n, k = u2.shape
+    levels = torch.linspace(0, 1, 101, dtype=torch.float64)
+    curve = (u2.unsqueeze(0) <= levels[:, None, None]).double().mean(1)  # (L, k)
+    # exact sup over all c of |F_n(c) - c| (KS statistic), evaluated at the jumps
+    srt = u2.sort(0).values
+    i = torch.arange(1, n + 1, dtype=torch.float64)[:, None]
+    above = (i / n - srt).max(0).values  # F_n above the diagonal
+    below = (srt - (i - 1) / n).max(0).values  # F_n below the diagonal (over-confident coverage)
+    dev = below if one_sided else torch.maximum(above, below)
+    tol = dkw_tolerance(n, significance=significance, tests=k) if tolerance is None else float(tolerance)
+    stat = float(dev.max())
+    info = {"deviation_per_column": dev.tolist(), "n": n, **(extra or {})}
+    return UniformityResult(name, stat, tol, stat <= tol, u.numpy(), levels.numpy(), curve.squeeze(-1).numpy() if k == 1 else curve.numpy(), info)
+
+
+def sbc(samples: Any, theta: Any, *, tolerance: float | None = None, significance: float = 0.01, seed: int = 0) -> UniformityResult:
+    r"""Simulation-based calibration (arXiv:1804.06788).
+
+    Args:
+        samples: Posterior draws ``(S, N, P)`` for the ``N`` observations ``x_i``.
+        theta: The parameters ``(N, P)`` each ``x_i`` was simulated at (drawn from the prior).
+        tolerance: Largest allowed deviation; default: DKW bound at ``significance``.
+        seed: Seed of the tie-breaking jitter.
+
+    Returns:
+        :class:`UniformityResult` with ``values`` the normalised ranks ``(N, P)``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> theta = torch.randn(500, 1, generator=g)
+        >>> exact = sbc(torch.randn(99, 500, 1, generator=g), theta)   # same distribution: calibrated
+        >>> exact.passed, sbc(0.3 * torch.randn(99, 500, 1, generator=g), theta).passed
+        (True, False)
+    """
+    s, t = _as_samples(samples, theta)
+    below = (s < t).sum(0).double()
+    equal = (s == t).sum(0).double()
+    u = _randomised(below, equal, s.shape[0], torch.Generator().manual_seed(seed))
+    return _uniformity("sbc", u, tolerance=tolerance, significance=significance)
+
+
+def expected_coverage(log_prob_samples: Any, log_prob_true: Any, *, tolerance: float | None = None, significance: float = 0.01,
+                      conservative_ok: bool = False, seed: int = 0) -> UniformityResult:
+    r"""Expected coverage of highest-posterior-density regions (arXiv:2110.06581, 2210.04815).
+
+    Args:
+        log_prob_samples: :math:`\log q(\theta_s|x_i)` of ``S`` posterior draws, ``(S, N)``.
+        log_prob_true: :math:`\log q(\theta_i|x_i)` at the true parameters, ``(N,)``.
+        tolerance: Largest allowed deviation of coverage from credibility.
+        conservative_ok: If ``True``, only under-coverage (over-confidence) fails.
+
+    Returns:
+        :class:`UniformityResult`; ``curve`` is the expected coverage at ``levels``.
+    """
+    lq = torch.as_tensor(log_prob_samples, dtype=torch.float64)
+    lt = torch.as_tensor(log_prob_true, dtype=torch.float64)
+    if lq.dim() != 2 or lt.shape != lq.shape[1:]:
+        raise ShapeMismatchError(f"expected_coverage: need (S, N) and (N,), got {tuple(lq.shape)} and {tuple(lt.shape)}.")
+    higher = (lq > lt).sum(0).double()
+    equal = (lq == lt).sum(0).double()
+    u = _randomised(higher, equal, lq.shape[0], torch.Generator().manual_seed(seed))
+    return _uniformity("coverage", u, tolerance=tolerance, significance=significance, one_sided=conservative_ok)
+
+
+def tarp(samples: Any, theta: Any, *, references: Any = None, tolerance: float | None = None, significance: float = 0.01,
+         seed: int = 0) -> UniformityResult:
+    r"""Tests of Accuracy with Random Points (arXiv:2302.03026).
+
+    Parameters are scaled to the range of ``theta``; reference points are drawn uniformly over
+    that box unless given. ``extra["atc"]`` is the area between the ECP curve and the diagonal
+    above level 0.5, as in the paper's software.
+
+    Args:
+        samples: Posterior draws ``(S, N, P)``.
+        theta: True parameters ``(N, P)``.
+        references: Reference points ``(N, P)`` (default: uniform in the scaled box).
+    """
+    s, t = _as_samples(samples, theta)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = t.min(0).values, t.max(0).values
+    scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    s, t = (s - lo) / scale, (t - lo) / scale
+    ref = torch.rand(t.shape, generator=g, dtype=torch.float64) if references is None else (torch.as_tensor(references, dtype=torch.float64) - lo) / scale
+    d_samples = (s - ref).norm(dim=-1)  # (S, N)
+    d_true = (t - ref).norm(dim=-1)  # (N,)
+    u = _randomised((d_samples < d_true).sum(0).double(), (d_samples == d_true).sum(0).double(), s.shape[0], g)
+    result = _uniformity("tarp", u, tolerance=tolerance, significance=significance)
+    half = result.levels >= 0.5
+    atc = float((result.curve[half] - result.levels[half]).sum())
+    result.extra["atc"] = atc
+    return result
+
+
+# ---------------------------------------------------------------------------------- C2ST
+def _auc(scores: Tensor, labels: Tensor) -> Tensor:
+    """ROC AUC per row by the Mann-Whitney statistic: ``scores, labels (K, n)`` -> ``(K,)``."""
+    ranks = scores.argsort(-1).argsort(-1).double() + 1
+    pos = labels.double()
+    n_pos, n_neg = pos.sum(-1), (1 - pos).sum(-1)
+    return ((ranks * pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def c2st(a: Any, b: Any, *, folds: int = 5, hidden: int | None = None, batch_size: int = 200, learning_rate: float = 1e-3,
+         weight_decay: float = 1e-4, max_epochs: int = 1000, tol: float = 1e-4, patience: int = 10, tolerance: float = 0.05,
+         seed: int = 0) -> C2STResult:
+    r"""Classifier two-sample test with sbibm's MLP classifier, all folds trained in one batch.
+
+    Defaults follow scikit-learn's ``MLPClassifier`` as configured by sbibm: two hidden
+    ReLU layers of ``10·D`` units, Adam (lr 1e-3), batches of 200, L2 penalty 1e-4, stop when the
+    training loss has not improved by ``tol`` for ``patience`` epochs.
+
+    Args:
+        a: Samples ``(n, D)`` (e.g. reference posterior); its moments z-score both sets.
+        b: Samples ``(m, D)`` (e.g. approximate posterior).
+        tolerance: Passes when accuracy <= 0.5 + tolerance.
+
+    Returns:
+        :class:`C2STResult` with mean held-out accuracy and AUC over the folds.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> near = c2st(torch.randn(1000, 2, generator=g), torch.randn(1000, 2, generator=g), max_epochs=50)
+        >>> far = c2st(torch.randn(1000, 2, generator=g), 5 + torch.randn(1000, 2, generator=g), max_epochs=50)
+        >>> near.accuracy < 0.56, far.accuracy > 0.99
+        (True, True)
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batched matmuls: threading only adds contention
+    try:
+        return _c2st(a, b, folds=folds, hidden=hidden, batch_size=batch_size, learning_rate=learning_rate,
+                     weight_decay=weight_decay, max_epochs=max_epochs, tol=tol, patience=patience, tolerance=tolerance, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _c2st(a: Any, b: Any, *, folds: int, hidden: int | None, batch_size: int, learning_rate: float, weight_decay: float,
+          max_epochs: int, tol: float, patience: int, tolerance: float, seed: int) -> C2STResult:
+    xa = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+    xb = torch.as_tensor(np.asarray(b), dtype=torch.float32)
+    if xa.dim() != 2 or xb.dim() != 2 or xa.shape[1] != xb.shape[1]:
+        raise ShapeMismatchError(f"c2st: a and b must be (n, D) and (m, D), got {tuple(xa.shape)} and {tuple(xb.shape)}.")
+    if not bool(torch.isfinite(xa).all() & torch.isfinite(xb).all()):
+        raise ShapeMismatchError("c2st: samples contain NaN or inf values.")
+    mean, std = xa.mean(0), xa.std(0).clamp_min(1e-12)
+    data = torch.cat([(xa - mean) / std, (xb - mean) / std])
+    target = torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))])
+    g = torch.Generator().manual_seed(seed)
+    n, d = data.shape
+    perm = torch.randperm(n, generator=g)
+    bounds = torch.linspace(0, n, folds + 1).round().long()
+    test_sets = [perm[bounds[k]:bounds[k + 1]] for k in range(folds)]
+    n_train = min(n - len(t) for t in test_sets)
+    train_sets = torch.stack([torch.cat([perm[: bounds[k]], perm[bounds[k + 1]:]])[:n_train] for k in range(folds)])
+    h = hidden or 10 * d
+    params = _init_mlp(folds, (d, h, h, 1), g)
+    final = [p.detach().clone() for p in params]
+    opt = torch.optim.Adam(params, lr=learning_rate)
+    best = torch.full((folds,), math.inf)
+    stall = torch.zeros(folds, dtype=torch.long)
+    active = torch.ones(folds, dtype=torch.bool)
+    bs = min(batch_size, n_train)
+    for epoch in range(max_epochs):
+        order = torch.rand(folds, n_train, generator=g).argsort(-1)
+        idx = train_sets.gather(1, order)
+        total = torch.zeros(folds)
+        for start in range(0, n_train, bs):
+            bi = idx[:, start:start + bs]
+            logits = _mlp(params, data[bi])
+            nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, target[bi], reduction="none").mean(-1)
+            l2 = sum((w**2).sum((1, 2)) for w in params[0::2]) * (0.5 * weight_decay / bi.shape[1])
+            opt.zero_grad()
+            (nll + l2).sum().backward()
+            opt.step()
+            total += (nll + l2).detach() * bi.shape[1]
+        epoch_loss = total / n_train
+        improved = epoch_loss < best - tol
+        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
+        best = torch.minimum(best, epoch_loss)
+        stopping = active & (stall >= patience)
+        for p, f in zip(params, final):
+            f[stopping] = p.detach()[stopping]
+        active &= ~stopping
+        if not bool(active.any()):
+            break
+    _LAST_EPOCHS[0] = epoch + 1
+    for p, f in zip(params, final):
+        f[active] = p.detach()[active]
+    accs, aucs, prob_a, prob_b = [], [], [], []
+    with torch.no_grad():
+        for k, test in enumerate(test_sets):
+            logit = _mlp([f[k:k + 1] for f in final], data[test].unsqueeze(0))[0]
+            y = target[test]
+            accs.append(float(((logit > 0).float() == y).float().mean()))
+            aucs.append(float(_auc(logit[None], y[None])[0]))
+            prob = torch.sigmoid(logit)
+            prob_a.append(prob[y == 0].numpy())
+            prob_b.append(prob[y == 1].numpy())
+    acc = float(np.mean(accs))
+    return C2STResult(acc, float(np.mean(aucs)), np.asarray(accs), tolerance, acc <= 0.5 + tolerance,
+                      (np.concatenate(prob_a), np.concatenate(prob_b)))
+
+
+_LAST_EPOCHS = [0]  # epochs run by the last c2st call (for benchmarks)
+
+
+def _init_mlp(k: int, sizes: tuple[int, ...], g: torch.Generator) -> list[Tensor]:
+    """Glorot-uniform weights ``(K, in, out)`` and zero-mean biases, as scikit-learn initialises."""
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        factor = 2.0 if i == len(sizes) - 2 else 6.0  # sklearn: sqrt(2/(in+out)) for the logistic output
+        bound = math.sqrt(factor / (fan_in + fan_out))
+        params.append(((torch.rand(k, fan_in, fan_out, generator=g) * 2 - 1) * bound).requires_grad_())
+        params.append(((torch.rand(k, 1, fan_out, generator=g) * 2 - 1) * bound).requires_grad_())
+    return params
+
+
+def _mlp(params: list[Tensor], x: Tensor) -> Tensor:
+    """Batched MLP: ``x (K, n, D)`` -> logits ``(K, n)``."""
+    h = x
+    for i in range(0, len(params) - 2, 2):
+        h = torch.relu(torch.baddbmm(params[i + 1], h, params[i]))
+    return torch.baddbmm(params[-1], h, params[-2]).squeeze(-1)
