@@ -232,10 +232,12 @@ def tarp(samples: Any, theta: Any, *, references: Any = None, tolerance: float |
     Args:
         samples: Posterior draws ``(S, N, P)``.
         theta: True parameters ``(N, P)``.
-        references: Reference points ``(N, P)`` (default: uniform in the scaled box).
+        references: Reference points ``(N, P)`` (default: uniform in the scaled box, from a
+            stream derived from ``seed``). They must not depend on ``theta`` beyond ``x``.
     """
     s, t = _as_samples(samples, theta)
-    g = torch.Generator().manual_seed(seed)
+    # offset the stream: references drawn from the seed that also simulated theta would depend on it
+    g = torch.Generator().manual_seed(seed + 0x7A4F_5EED)
     lo, hi = t.min(0).values, t.max(0).values
     scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     s, t = (s - lo) / scale, (t - lo) / scale
