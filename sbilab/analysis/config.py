@@ -2,8 +2,13 @@ r"""Analysis configurations: one ``analysis.toml`` per folder in ``analyses/``.
 
 A configuration is read once into frozen dataclasses; every problem (missing file, TOML
 syntax, unknown key, wrong type, value out of range) raises :class:`ConfigError` naming the
-file, the key and what to write instead. ``[quick]`` overrides ``[training]`` keys for
-``--quick`` runs.
+file, the key and what to write instead.
+
+Sections: ``[analysis]`` (``name``, ``description``, ``kind``: which pipeline runs it, see
+:data:`KINDS`), ``[simulator]`` (``toy`` and its options), ``[truth]`` (every parameter, nuisances
+included), ``[observed]``, ``[training]``, ``[fit]``, ``[nuisances]`` (Gaussian constraints,
+``name = {mean = 2.0, sigma = 0.2}``), ``[eft]`` (the ``eft_limits`` pipeline) and ``[quick]``:
+overrides of ``[training]``, ``[fit]`` or ``[eft]`` keys (and ``observed_events``) for ``--quick`` runs.
 """
 
 from __future__ import annotations
@@ -16,10 +21,21 @@ from typing import Any
 
 from ..exceptions import ConfigError
 
-__all__ = ["AnalysisConfig", "TrainingSection", "ObservedSection", "FitSection", "load_config", "TOYS", "METHODS"]
+__all__ = [
+    "AnalysisConfig",
+    "TrainingSection",
+    "ObservedSection",
+    "FitSection",
+    "EftSection",
+    "load_config",
+    "TOYS",
+    "METHODS",
+    "KINDS",
+]
 
-TOYS = ("gaussian", "resonance", "morphing")
+TOYS = ("gaussian", "resonance", "resonance_background", "morphing")
 METHODS = ("carl", "rolr", "rascal", "alice", "alices", "cascal", "scandal", "nde")
+KINDS = ("measurement", "eft_limits")
 
 
 @dataclass(frozen=True)
@@ -51,30 +67,82 @@ class FitSection:
 
 
 @dataclass(frozen=True)
+class EftSection:
+    """Options of the ``eft_limits`` pipeline (:mod:`sbilab.analysis.eft`).
+
+    Attributes:
+        luminosity: Integrated luminosity (pb⁻¹); the expected yield is ``luminosity * σ(θ)``.
+        histogram_bins: Bins of the observable's histogram (quantiles of the reference template).
+        score_bins: Bins of the SALLINO histogram of the score projection.
+        template_events: Simulated events at the reference that fill the morphed templates.
+        asimov_events: Size of the weighted Asimov sample of the unbinned fits.
+        score_simulations: Training events of the SALLY score estimator.
+        cls: Confidence levels of the intervals.
+    """
+
+    luminosity: float = 300.0
+    histogram_bins: int = 8
+    score_bins: int = 8
+    template_events: int = 200_000
+    asimov_events: int = 20_000
+    score_simulations: int = 50_000
+    cls: tuple[float, ...] = (0.683, 0.95)
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
-    """A complete measurement: simulator, truth, observed sample, training, fit."""
+    """A complete analysis: which pipeline, simulator, truth, observed sample, training, fit."""
 
     name: str
     path: Path
     toy: str
     toy_options: dict[str, Any]
     truth: dict[str, float]
+    kind: str = "measurement"
     observed: ObservedSection = ObservedSection()
     training: TrainingSection = TrainingSection()
     fit: FitSection = FitSection()
+    eft: EftSection = EftSection()
     quick: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    background: dict[str, Any] = field(default_factory=dict)
-    nuisances: dict[str, Any] = field(default_factory=dict)
+    nuisances: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def quick_version(self) -> "AnalysisConfig":
-        """The configuration with ``[quick]`` overrides applied to ``[training]`` (and ``observed``)."""
-        training = dict(self.quick)
-        observed = training.pop("observed_events", None)
-        new = dataclasses.replace(self, training=_section(TrainingSection, {**dataclasses.asdict(self.training), **training}, self.path, "quick"))
+        """The configuration with the ``[quick]`` overrides applied to ``[training]``, ``[fit]``, ``[eft]`` and ``[observed]``."""
+        quick = dict(self.quick)
+        observed = quick.pop("observed_events", None)
+        sections = {}
+        for attr, cls in _QUICK_SECTIONS:
+            keys = {f.name for f in dataclasses.fields(cls)}
+            values = {k: quick.pop(k) for k in list(quick) if k in keys}
+            sections[attr] = _section(cls, {**dataclasses.asdict(getattr(self, attr)), **values}, self.path, "quick")
+        new = dataclasses.replace(self, **sections)
         if observed is not None:
             new = dataclasses.replace(new, observed=dataclasses.replace(self.observed, n_events=int(observed)))
         return new
+
+
+_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection))
+
+
+def _convert(value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int):
+        if isinstance(value, float) and not value.is_integer():
+            raise TypeError
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, (str, bool)):
+            raise TypeError
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return tuple(_convert(v, default[0]) for v in value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise TypeError
+    return value
 
 
 def _section(cls: type, values: dict[str, Any], path: Path, where: str) -> Any:
@@ -87,27 +155,31 @@ def _section(cls: type, values: dict[str, Any], path: Path, where: str) -> Any:
     for key, value in values.items():
         default = getattr(defaults, key)
         try:
-            if isinstance(default, bool):
-                value = bool(value)
-            elif isinstance(default, int):
-                if isinstance(value, float) and not value.is_integer():
-                    raise TypeError
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            elif isinstance(default, tuple):
-                value = tuple(int(v) for v in value)
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    raise TypeError
+            value = _convert(value, default)
         except (TypeError, ValueError):
             raise ConfigError(
                 f"{path}: [{where}] {key} = {value!r} has the wrong type; expected {type(default).__name__} like {default!r}."
             ) from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and key not in ("seed", "alpha"):
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in numbers) and key not in ("seed", "alpha"):
             raise ConfigError(f"{path}: [{where}] {key} = {value!r} must be positive.")
         out[key] = value
     return cls(**out)
+
+
+def _nuisances(raw: dict[str, Any], path: Path) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name, spec in raw.items():
+        if isinstance(spec, dict) and set(spec) == {"mean", "sigma"}:
+            mean, sigma = spec["mean"], spec["sigma"]
+        elif isinstance(spec, (list, tuple)) and len(spec) == 2:
+            mean, sigma = spec
+        else:
+            raise ConfigError(f"{path}: [nuisances] {name} = {spec!r}; write {name} = {{ mean = 2.0, sigma = 0.2 }} (a Gaussian constraint).")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, sigma)) or not sigma > 0:
+            raise ConfigError(f"{path}: [nuisances] {name} needs a number mean and a positive number sigma, got {spec!r}.")
+        out[str(name)] = (float(mean), float(sigma))
+    return out
 
 
 def load_config(folder_or_file: str | Path) -> AnalysisConfig:
@@ -129,17 +201,22 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err}).") from None
-    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "background", "nuisances"}
+    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed sections are {sorted(allowed)}.")
     for required in ("analysis", "simulator", "truth"):
         if required not in raw:
             raise ConfigError(f"{path}: missing section [{required}].")
+    kind = raw["analysis"].get("kind", "measurement")
+    if kind not in KINDS:
+        raise ConfigError(f"{path}: [analysis] kind = {kind!r}; choose one of {list(KINDS)}.")
     simulator = dict(raw["simulator"])
     toy = simulator.pop("toy", None)
     if toy not in TOYS:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {list(TOYS)}.")
+    if kind == "eft_limits" and toy != "morphing":
+        raise ConfigError(f"{path}: [analysis] kind = 'eft_limits' needs [simulator] toy = 'morphing', got {toy!r}.")
     truth = raw["truth"]
     if not truth or not all(isinstance(v, (int, float)) for v in truth.values()):
         raise ConfigError(f"{path}: [truth] must give a number for every parameter, e.g. M = 100.0.")
@@ -149,11 +226,21 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
     fit = _section(FitSection, raw.get("fit", {}), path, "fit")
     if not 0.0 < fit.cl < 1.0:
         raise ConfigError(f"{path}: [fit] cl = {fit.cl} must lie in (0, 1), e.g. 0.683.")
+    eft = _section(EftSection, raw.get("eft", {}), path, "eft")
+    if not all(0.0 < c < 1.0 for c in eft.cls):
+        raise ConfigError(f"{path}: [eft] cls = {list(eft.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
     quick = dict(raw.get("quick", {}))
-    _section(TrainingSection, {k: v for k, v in quick.items() if k != "observed_events"}, path, "quick")
+    rest = {k: v for k, v in quick.items() if k != "observed_events"}
+    for attr, cls in _QUICK_SECTIONS:
+        keys = {f.name for f in dataclasses.fields(cls)}
+        _section(cls, {k: rest.pop(k) for k in list(rest) if k in keys}, path, "quick")
+    if rest:
+        allowed = sorted({f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)} | {"observed_events"})
+        raise ConfigError(f"{path}: unknown key(s) {sorted(rest)} in [quick]; allowed keys are {allowed}.")
     return AnalysisConfig(
         name=str(raw["analysis"].get("name", path.parent.name)),
         description=str(raw["analysis"].get("description", "")),
+        kind=kind,
         path=path,
         toy=toy,
         toy_options=simulator,
@@ -161,7 +248,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         observed=_section(ObservedSection, raw.get("observed", {}), path, "observed"),
         training=training,
         fit=fit,
+        eft=eft,
         quick=quick,
-        background=dict(raw.get("background", {})),
-        nuisances=dict(raw.get("nuisances", {})),
+        nuisances=_nuisances(dict(raw.get("nuisances", {})), path),
     )

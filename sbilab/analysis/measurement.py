@@ -1,194 +1,169 @@
-r"""The measurement pipeline behind ``sbilab run``: simulate, train, fit, compare, write.
+r"""The measurement pipeline (``[analysis] kind = "measurement"``): simulate, train, fit, compare, write.
 
 1. Build the toy simulator named in the configuration and draw the "observed" sample at the
    true parameters (a fixed seed: the same observed data for every method).
-2. Draw the augmented training set (:func:`~sbilab.simulators.ratio_training_data`) and train
-   a :class:`~sbilab.estimators.RatioEstimator` with the configured loss through
-   :func:`~sbilab.training.fit` (or a :class:`~sbilab.estimators.LikelihoodEstimator` for
-   NDE/SCANDAL).
+2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`).
 3. Fit the observed events with an unbinned likelihood (iminuit) under the learned ratio and
-   under the exact likelihood of the toy; profile every parameter (nuisances re-minimised).
+   under the exact likelihood of the toy; profile every parameter. Nuisance parameters
+   (``[nuisances]``) are re-minimised at every profile point and pay their Gaussian constraint
+   :math:`((\eta - m)/s)^2`; the same fits are repeated with the nuisances fixed at their
+   nominal values, so the widening of the intervals by the nuisances is reported, together
+   with its asymptotic expectation from the toy's Fisher information
+   (:func:`~sbilab.analysis.intervals.fisher_widths`).
 4. Write ``results.json`` (per parameter ``best``, ``lo``, ``hi`` and ``exact_best``,
-   ``exact_lo``, ``exact_hi``), the trained estimator (HDF5, :mod:`sbilab.publish`) and a plot
-   of the :math:`-2\Delta\log L` profiles, learned against exact.
+   ``exact_lo``, ``exact_hi``; with nuisances also the ``fixed_nuisances`` intervals and the
+   widening ratios), the trained estimator (HDF5, :mod:`sbilab.publish`) and a plot of the
+   :math:`-2\Delta\log L` profiles, learned against exact.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError
-from ..simulators import ratio_training_data
-from ..simulators.base import Simulator
 from .config import AnalysisConfig
+from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
+from .intervals import Interval, fisher_widths, scan_intervals
+from .plots import plot_profiles
 
-__all__ = ["build_simulator", "run_analysis"]
+__all__ = ["build_simulator", "run_measurement"]
 
-
-def build_simulator(config: AnalysisConfig) -> Simulator:
-    """The toy simulator named by ``[simulator] toy`` with the remaining keys as options."""
-    from ..simulators import toys
-
-    classes = {"gaussian": "GaussianLatent", "resonance": "Resonance", "morphing": "Morphing"}
-    try:
-        return getattr(toys, classes[config.toy])(**config.toy_options)
-    except TypeError as err:
-        raise ConfigError(f"{config.path}: [simulator] options {config.toy_options} do not fit the {config.toy!r} toy ({err}).") from None
+_truth = truth_point  # kept for callers of the first version
 
 
-def _truth(config: AnalysisConfig, sim: Simulator) -> Tensor:
-    names = list(sim.space.names)
-    if sorted(config.truth) != sorted(names):
-        raise ConfigError(f"{config.path}: [truth] gives {sorted(config.truth)} but the {config.toy!r} toy has parameters {names}.")
-    theta = torch.tensor([[config.truth[n] for n in names]])
-    sim.space.check(theta, argument=f"{config.path}: [truth]")
-    return theta[0]
+def _fit(fn, observed: Events, sim, cfg: AnalysisConfig, fixed: dict[str, float], log) -> tuple[Any, Any]:
+    from ..stats import UnbinnedLikelihood
+
+    constraints = {k: v for k, v in cfg.nuisances.items() if k not in fixed}
+    nll = UnbinnedLikelihood(fn, observed, sim.space, constraints=constraints, fixed=fixed)
+    best = nll.fit()
+    free = [n for n in nll.names if n not in fixed]
+    log(("  " + ", ".join(f"{n} = {best.best[n]:.4f} ± {best.errors[n]:.4f}" for n in free))
+        + ("" if best.valid else f"  [NOT VALID: {best.message}]"))
+    return nll, best
 
 
-def _train(config: AnalysisConfig, sim: Simulator, *, device: str, progress: bool, log: Callable[[str], None]):
-    from ..estimators import LikelihoodEstimator, RatioEstimator, get_loss
-    from ..training import fit
-
-    tr = config.training
-    generator = torch.Generator().manual_seed(tr.seed)
-    started = time.perf_counter()
-    if tr.method in ("nde", "scandal"):
-        from ..simulators import augment
-
-        data = augment(sim, sim.simulate(tr.n_simulations, generator=generator))
-        estimator = LikelihoodEstimator.from_events(data, sim.space)
-        loss = get_loss(tr.method, alpha=tr.alpha) if tr.method == "scandal" else get_loss("nde")
-    else:
-        data = ratio_training_data(sim, tr.n_simulations // 2, generator=generator)
-        estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
-        options = {"alpha": tr.alpha} if tr.method in ("rascal", "alices", "cascal") else {}
-        loss = get_loss(tr.method, **options)
-    log(f"training {tr.method.upper()} on {len(data)} simulated events ({tr.epochs} epochs at most, ensemble of {tr.ensemble})")
-    result = fit(estimator, loss, data, epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                 patience=tr.patience, min_delta=0.0, ensemble=tr.ensemble, seed=tr.seed, device=device, progress=progress)
-    model = result.model.to("cpu").eval()
-    return estimator, model, result, time.perf_counter() - started
-
-
-def _learned_log_ratio(model: torch.nn.Module, estimator: torch.nn.Module, sim: Simulator) -> Callable[[Tensor, Tensor], Tensor]:
-    from ..estimators import LikelihoodEstimator, ensemble_log_prob, ensemble_log_ratio
-    from ..nets.ensemble import Ensemble
-
-    ref = sim.space.reference
-    if isinstance(estimator, LikelihoodEstimator):
-        if isinstance(model, Ensemble):
-            return lambda x, t: ensemble_log_prob(model, x, t)[0] - ensemble_log_prob(model, x, ref.to(x.dtype).expand(len(x), -1))[0]
-        return lambda x, t: model.log_prob(x, t) - model.log_prob(x, ref.to(x.dtype).expand(len(x), -1))
-    if isinstance(model, Ensemble):
-        return lambda x, t: ensemble_log_ratio(model, x, t)[0]
-    return model.log_ratio
-
-
-def _profiles(nll, best, names, errors, cfg, log):
-    profiles = {}
+def _scan(nll, best, names: list[str], widths: dict[str, float], cfg: AnalysisConfig) -> dict[str, tuple[Any, Interval]]:
+    """Profile every parameter on best ± scan_sigmas × width and read off the interval (crossings refined)."""
+    out = {}
     for name in names:
-        lo, hi = nll.limits[names.index(name)]
-        half = cfg.fit.scan_sigmas * max(errors[name], 1e-6)
-        grid = np.linspace(max(lo, best.best[name] - half), min(hi, best.best[name] + half), cfg.fit.scan_points)
-        profiles[name] = nll.profile(name, grid, best=best)
-        log(f"  profiled {name} on {len(grid)} points")
-    return profiles
+        lo, hi = nll.limits[nll.names.index(name)]
+        half = cfg.fit.scan_sigmas * max(widths[name], 1e-6)
+        grid = np.linspace(max(lo, best.best[name] - half), min(hi, best.best[name] + half), max(cfg.fit.scan_points, 3))
+        profile, (interval,) = scan_intervals(nll, name, grid, [cfg.fit.cl], best=best)
+        out[name] = (profile, interval)
+    return out
 
 
-def _plot(path: Path, learned: dict, exact: dict, level: float, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    names = list(learned)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for prof, style, label in ((exact[name], "k-", "exact likelihood"), (learned[name], "C1--", "learned ratio")):
-            ax.plot(prof.values, prof.delta_nll, style, label=label)
-        ax.axhline(level, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(name)
-        ax.set_ylabel(r"$-2\Delta\log L$ (profiled)")
-        ax.set_ylim(0, max(4 * level, 4.0))
-        ax.legend(frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def run_analysis(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
+def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the measurement described by ``config``; write results to ``out``; return a printable summary."""
     from scipy.stats import chi2
 
     from ..publish import save
-    from ..stats import UnbinnedLikelihood
 
     log = (lambda msg: print(f"[sbilab] {msg}", flush=True)) if progress else (lambda msg: None)
     cfg = config.quick_version() if quick else config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sim = build_simulator(cfg)
-    truth = _truth(cfg, sim)
+    truth = truth_point(cfg, sim)
     names = list(sim.space.names)
+    pois = [n for n in names if n not in cfg.nuisances]
     observed_events = sim.simulate(cfg.observed.n_events, theta=truth, generator=torch.Generator().manual_seed(cfg.observed.seed))
     observed = Events.observed(observed_events.x)
-    log(f"{cfg.name}: {len(observed)} observed events at {dict(zip(names, truth.tolist()))}")
+    log(f"{cfg.name}: {len(observed)} observed events at {dict(zip(names, truth.tolist()))}"
+        + (f"; nuisances {cfg.nuisances}" if cfg.nuisances else ""))
 
-    estimator, model, training, train_seconds = _train(cfg, sim, device=device, progress=progress, log=log)
-    ref = sim.space.reference
-    exact_fn = lambda x, t: sim.log_prob(x, t) - sim.log_prob(x, ref.to(x.dtype).expand(len(x), -1))  # noqa: E731
-    fits = {}
-    for label, fn in (("learned", _learned_log_ratio(model, estimator, sim)), ("exact", exact_fn)):
-        nll = UnbinnedLikelihood(fn, observed, sim.space)
-        best = nll.fit()
-        log(f"{label} fit: " + ", ".join(f"{n} = {best.best[n]:.4f} ± {best.errors[n]:.4f}" for n in names)
-            + ("" if best.valid else f"  [NOT VALID: {best.message}]"))
-        fits[label] = (nll, best)
-    level = float(chi2.ppf(cfg.fit.cl, 1))
-    exact_errors = fits["exact"][1].errors
-    profiles = {label: _profiles(nll, best, names, exact_errors, cfg, log) for label, (nll, best) in fits.items()}
-    intervals = {label: {n: nll.interval(n, cfg.fit.cl, best=best) for n in names} for label, (nll, best) in fits.items()}
+    trained = train_ratio(cfg, sim, device=device, progress=progress, log=log)
+    functions = {"learned": learned_log_ratio(trained, sim), "exact": exact_log_ratio(sim)}
+    nominal = {k: m for k, (m, _) in cfg.nuisances.items()}
+    fits, fixed_fits = {}, {}
+    for label, fn in functions.items():
+        log(f"{label} fit" + (" (nuisances profiled)" if nominal else ""))
+        fits[label] = _fit(fn, observed, sim, cfg, {}, log)
+        if nominal:
+            log(f"{label} fit (nuisances fixed at {nominal})")
+            fixed_fits[label] = _fit(fn, observed, sim, cfg, nominal, log)
+
+    fisher = None
+    if hasattr(sim, "fisher_information"):
+        fisher = fisher_widths(sim.fisher_information(truth.to(torch.float64)), len(observed), names, cfg.nuisances)
+    widths = {n: fits["exact"][1].errors[n] for n in names}
+    scans = {label: _scan(nll, best, names, widths, cfg) for label, (nll, best) in fits.items()}
+    fixed_scans = {label: _scan(nll, best, pois, widths, cfg) for label, (nll, best) in fixed_fits.items()}
+    profiles = {label: {n: p for n, (p, _) in scan.items()} for label, scan in scans.items()}
+    fixed_profiles = {label: {n: p for n, (p, _) in scan.items()} for label, scan in fixed_scans.items()}
+    log("profiles done")
 
     results: dict[str, Any] = {}
+    exact_error = lambda n: fits["exact"][1].errors[n]  # noqa: E731
     for n in names:
-        lo, hi = intervals["learned"][n]
-        elo, ehi = intervals["exact"][n]
-        results[n] = {
-            "truth": cfg.truth[n],
-            "best": fits["learned"][1].best[n], "lo": lo, "hi": hi,
-            "exact_best": fits["exact"][1].best[n], "exact_lo": elo, "exact_hi": ehi,
-            "width_ratio": (hi - lo) / (ehi - elo),
-        }
+        learned, exact = scans["learned"][n][1], scans["exact"][n][1]
+        lo, hi, elo, ehi = learned.lo, learned.hi, exact.lo, exact.hi
+        r = {"truth": cfg.truth[n], "best": fits["learned"][1].best[n], "lo": lo, "hi": hi,
+             "exact_best": fits["exact"][1].best[n], "exact_lo": elo, "exact_hi": ehi,
+             "width_ratio": (hi - lo) / (ehi - elo), "error": fits["learned"][1].errors[n], "exact_error": exact_error(n),
+             "at_scan_edge": learned.lo_at_bound or learned.hi_at_bound}
+        if fisher is not None:
+            r["fisher_half_width"] = fisher[n]["profiled"] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
+        if n in cfg.nuisances:
+            r["constraint"] = {"mean": cfg.nuisances[n][0], "sigma": cfg.nuisances[n][1]}
+        elif fixed_fits:
+            fl, fe = fixed_scans["learned"][n][1], fixed_scans["exact"][n][1]
+            flo, fhi, eflo, efhi = fl.lo, fl.hi, fe.lo, fe.hi
+            r["fixed_nuisances"] = {"best": fixed_fits["learned"][1].best[n], "lo": flo, "hi": fhi,
+                                    "exact_best": fixed_fits["exact"][1].best[n], "exact_lo": eflo, "exact_hi": efhi}
+            r["widening"] = (hi - lo) / (fhi - flo)
+            r["exact_widening"] = (ehi - elo) / (efhi - eflo)
+            if fisher is not None:
+                r["fixed_nuisances"]["fisher_half_width"] = fisher[n]["fixed"] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
+                r["fisher_widening"] = fisher[n]["profiled"] / fisher[n]["fixed"]
+        results[n] = r
+
+    def dump(prof: dict) -> dict:
+        return {n: {"values": list(p.values), "delta_nll": list(p.delta_nll)} for n, p in prof.items()}
+
     document = {
-        "analysis": cfg.name, "quick": quick, "cl": cfg.fit.cl, "parameters": results,
+        "analysis": cfg.name, "kind": cfg.kind, "quick": quick, "cl": cfg.fit.cl, "parameters": results,
+        "nuisances": {k: {"mean": m, "sigma": s} for k, (m, s) in cfg.nuisances.items()},
         "n_observed": len(observed), "method": cfg.training.method, "n_simulations": cfg.training.n_simulations,
-        "training": {"epochs_run": training.epochs_run, "best_epoch": training.best_epoch,
-                     "best_val_loss": training.best_val_loss, "seconds": train_seconds, "device": str(training.device)},
+        "training": trained.record(),
         "fit_valid": {label: best.valid for label, (_, best) in fits.items()},
-        "profiles": {label: {n: {"values": list(p.values), "delta_nll": list(p.delta_nll)} for n, p in prof.items()}
-                     for label, prof in profiles.items()},
+        "profiles": {label: dump(p) for label, p in profiles.items()},
+        "profiles_fixed_nuisances": {label: dump(p) for label, p in fixed_profiles.items()},
     }
     (out / "results.json").write_text(json.dumps(document, indent=2))
-    save(out / "estimator.h5", model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
-    plotted = _plot(out / "profiles.png", profiles["learned"], profiles["exact"], level, f"{cfg.name}: {cfg.training.method.upper()} vs exact")
+    save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
+    curves = {n: [(profiles["exact"][n], "k-", "exact likelihood"), (profiles["learned"][n], "C1--", "learned ratio")] for n in names}
+    for n in pois:
+        for label, style in (("exact", "k:"), ("learned", "C1:")):
+            if label in fixed_profiles:
+                curves[n].append((fixed_profiles[label][n], style, f"{label}, nuisances fixed"))
+    plotted = plot_profiles(out / "profiles.png", curves, [float(chi2.ppf(cfg.fit.cl, 1))],
+                            f"{cfg.name}: {cfg.training.method.upper()} vs exact")
+    return _summary(cfg, results, len(observed), out, plotted)
 
-    lines = [f"{cfg.name}: {cfg.training.method.upper()} from {cfg.training.n_simulations} simulations, {len(observed)} observed events",
-             f"{'param':>8} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
+
+def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool) -> str:
+    lines = [f"{cfg.name}: {cfg.training.method.upper()} from {cfg.training.n_simulations} simulations, {n_observed} observed events",
+             f"{'param':>10} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
     for n, r in results.items():
-        lines.append(f"{n:>8} {r['truth']:9.3f} {r['best']:10.3f} [{r['lo']:.3f}, {r['hi']:.3f}]".ljust(50)
+        lines.append(f"{n:>10} {r['truth']:9.3f} {r['best']:10.3f} [{r['lo']:.3f}, {r['hi']:.3f}]".ljust(52)
                      + f" {r['exact_best']:10.3f} [{r['exact_lo']:.3f}, {r['exact_hi']:.3f}]".ljust(31) + f" {r['width_ratio']:8.3f}")
+    fixed = {n: r for n, r in results.items() if "fixed_nuisances" in r}
+    if fixed:
+        lines.append(f"nuisances fixed at nominal {sorted(cfg.nuisances)}; widening = width(profiled) / width(fixed)")
+        lines.append(f"{'param':>10} {'learned, fixed':>24} {'exact, fixed':>24} {'widening (learned)':>19} {'(exact)':>8} {'(Fisher)':>9}")
+        for n, r in fixed.items():
+            f = r["fixed_nuisances"]
+            lines.append(f"{n:>10} {f['best']:9.3f} [{f['lo']:.3f}, {f['hi']:.3f}]".ljust(35)
+                         + f" {f['exact_best']:9.3f} [{f['exact_lo']:.3f}, {f['exact_hi']:.3f}]".ljust(25)
+                         + f" {r['widening']:18.3f} {r['exact_widening']:8.3f} {r.get('fisher_widening', math.nan):9.3f}")
     lines.append(f"wrote {out / 'results.json'}, {out / 'estimator.h5'}" + (f", {out / 'profiles.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

@@ -1,0 +1,112 @@
+r"""Intervals from profile likelihoods, and their asymptotic (Fisher) expectations.
+
+:func:`scan_intervals` profiles :math:`-2\Delta\log L` on a grid spanning the whole allowed
+range and returns, per confidence level, the outermost crossings of the :math:`\chi^2_1`
+threshold, each refined by root finding between the bracketing grid points (so disjoint
+allowed regions, common for quadratic EFT likelihoods, are not missed: the reported interval
+is their hull, and ``disjoint`` says so). :func:`fisher_widths` gives the expected
+:math:`\pm1\sigma` half-widths :math:`\sqrt{[(nI + C)^{-1}]_{jj}}` with Gaussian constraints
+:math:`C = \mathrm{diag}(1/s_k^2)` on the nuisance parameters, and with the nuisances fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..stats import FitResult, ProfileResult, UnbinnedLikelihood
+
+__all__ = ["Interval", "scan_intervals", "fisher_widths"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A profile-likelihood interval: ``lo``, ``hi`` (a bound of the range if the threshold is not crossed)."""
+
+    cl: float
+    lo: float
+    hi: float
+    lo_at_bound: bool
+    hi_at_bound: bool
+    disjoint: bool
+
+    def to_dict(self) -> dict:
+        return {"cl": self.cl, "lo": self.lo, "hi": self.hi, "lo_at_bound": self.lo_at_bound,
+                "hi_at_bound": self.hi_at_bound, "disjoint": self.disjoint}
+
+
+def scan_intervals(nll: UnbinnedLikelihood, name: str, grid: Sequence[float], cls: Sequence[float], *,
+                   best: FitResult) -> tuple[ProfileResult, list[Interval]]:
+    r"""Profile ``name`` on ``grid (K,)`` (other free parameters re-minimised) and read off intervals.
+
+    Returns:
+        The profile and one :class:`Interval` per confidence level in ``cls``.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import chi2
+
+    profile = nll.profile(name, grid, best=best)
+    x = np.asarray(profile.values)
+    y = np.minimum(np.asarray(profile.delta_nll), 1e6)
+    y = np.where(np.isfinite(y), y, 1e6)
+    out = []
+    for cl in cls:
+        level = float(chi2.ppf(cl, 1))
+
+        def excess(v: float) -> float:
+            return nll.fit(start=best.best, fixed={name: v}).nll_min - best.nll_min - level
+
+        below = y < level
+        if best.best[name] >= x[0] and best.best[name] <= x[-1]:  # the minimum itself is allowed
+            below |= np.isclose(x, x[np.argmin(np.abs(x - best.best[name]))])
+        crossings = []
+        for i in range(len(x) - 1):
+            if below[i] != below[i + 1]:
+                try:
+                    crossings.append(float(brentq(excess, x[i], x[i + 1], xtol=1e-5 * (x[-1] - x[0]))))
+                except ValueError:  # the refined profile does not change sign: interpolate
+                    crossings.append(float(x[i] + (level - y[i]) * (x[i + 1] - x[i]) / (y[i + 1] - y[i])))
+        lo = float(x[0]) if below[0] else (crossings[0] if crossings else math.nan)
+        hi = float(x[-1]) if below[-1] else (crossings[-1] if crossings else math.nan)
+        runs = int(below[0]) + sum(1 for i in range(len(x) - 1) if not below[i] and below[i + 1])
+        out.append(Interval(float(cl), lo, hi, bool(below[0]), bool(below[-1]), runs > 1))
+    return profile, out
+
+
+def fisher_widths(fisher: torch.Tensor, n: float, names: Sequence[str],
+                  constraints: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    r"""Expected :math:`\pm1\sigma` half-widths from the per-event Fisher information ``fisher (P, P)``.
+
+    Args:
+        fisher: Per-event Fisher information at the truth.
+        n: Number of events.
+        names: Parameter names, in the order of ``fisher``.
+        constraints: Gaussian constraints ``{nuisance: (mean, sigma)}``.
+
+    Returns:
+        ``{name: {"profiled": ..., "fixed": ...}}``: with the nuisances profiled under their
+        constraints, and with the nuisances fixed (only for the other parameters).
+
+    Example:
+        >>> f = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> w = fisher_widths(f, 100, ["mu", "eta"], {"eta": (0.0, 1e9)})
+        >>> round(w["mu"]["profiled"], 4), round(w["mu"]["fixed"], 4)  # 1/sqrt(75), 1/sqrt(100)
+        (0.1155, 0.1)
+    """
+    f = n * fisher.to(torch.float64).clone()
+    nuisance = [i for i, name in enumerate(names) if name in constraints]
+    for i in nuisance:
+        f[i, i] += 1.0 / constraints[names[i]][1] ** 2
+    profiled = torch.linalg.inv(f).diagonal().sqrt()
+    keep = [i for i in range(len(names)) if i not in nuisance]
+    fixed = torch.linalg.inv(f[keep][:, keep]).diagonal().sqrt()
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = {"profiled": float(profiled[i])}
+        if i in keep:
+            out[name]["fixed"] = float(fixed[keep.index(i)])
+    return out
