@@ -1,19 +1,54 @@
-"""sbilab: simulation-based inference for particle physics, centred on likelihood ratios."""
+"""sbilab: simulation-based inference for particle physics, centred on likelihood ratios.
 
-from . import exceptions
+The flow of data: a :class:`Simulator` produces :class:`Events` (stored in a
+:class:`SimulationStore`), :func:`fit` trains an estimator (:class:`RatioEstimator`,
+:class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`) with a loss
+from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurements and limits,
+and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle).
+"""
+
+from . import calibration, exceptions, inference, publish, simulators, stats
+from .estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
-from .simulators import ParameterSpace, Simulator, augment, joint_log_ratio, joint_score, ratio_training_data
+from .exceptions import SbilabError
+from .nets import Ensemble
+from .simulators import ParameterSpace, Simulator, augment, joint_log_ratio, joint_score, ratio_training_data, score_training_data
+from .stats import UnbinnedLikelihood
+from .store import SimulationStore
+from .training import FitResult, TrainingConfig, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # submodules
+    "calibration",
     "exceptions",
+    "inference",
+    "publish",
+    "simulators",
+    "stats",
+    # data
     "Events",
     "ParameterSpace",
     "Simulator",
+    "SimulationStore",
     "augment",
     "joint_log_ratio",
     "joint_score",
     "ratio_training_data",
+    "score_training_data",
+    # estimators and training
+    "RatioEstimator",
+    "ScoreEstimator",
+    "LikelihoodEstimator",
+    "PosteriorEstimator",
+    "Ensemble",
+    "get_loss",
+    "fit",
+    "FitResult",
+    "TrainingConfig",
+    # statistics
+    "UnbinnedLikelihood",
+    "SbilabError",
 ]

@@ -16,6 +16,7 @@ from .losses import (
     sally_loss,
     scandal_loss,
 )
+from .posterior import FLOWS, PosteriorEstimator
 from .ratio import RatioEstimator
 from .score import ScoreEstimator
 
@@ -23,6 +24,8 @@ __all__ = [
     "RatioEstimator",
     "ScoreEstimator",
     "LikelihoodEstimator",
+    "PosteriorEstimator",
+    "FLOWS",
     "carl_loss",
     "rolr_loss",
     "rascal_loss",

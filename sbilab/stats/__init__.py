@@ -7,6 +7,7 @@ of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,
 
 from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
 from .binned import PyhfModel, apply_patch, build_workspace, load_workspace, numpy_minuit, to_json
+from .diagnostics import C2STResult, UniformityResult, c2st, dkw_tolerance, expected_coverage, sbc, tarp
 from .fisher import (
     FisherTable,
     counts_fisher,
@@ -64,4 +65,12 @@ __all__ = [
     "apply_patch",
     "to_json",
     "numpy_minuit",
+    # diagnostics of posteriors
+    "sbc",
+    "expected_coverage",
+    "tarp",
+    "c2st",
+    "dkw_tolerance",
+    "UniformityResult",
+    "C2STResult",
 ]

@@ -1,0 +1,61 @@
+"""The public API is locked: a change to what sbilab exports must change this test on purpose."""
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import sbilab
+from sbilab import exceptions
+
+PUBLIC = {
+    "sbilab": {
+        "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
+        "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
+        "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
+        "PosteriorEstimator", "Ensemble", "get_loss", "fit", "FitResult", "TrainingConfig", "UnbinnedLikelihood",
+        "SbilabError",
+    },
+    "sbilab.estimators": {
+        "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "FLOWS", "carl_loss",
+        "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
+        "scandal_loss", "npe_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
+        "ensemble_log_prob", "member_spread",
+    },
+    "sbilab.training": {"fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_are_locked(module):
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == PUBLIC[module]
+
+
+def test_every_all_name_exists_in_every_package():
+    root = Path(sbilab.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        mod = importlib.import_module(name)
+        for public in getattr(mod, "__all__", ()):
+            assert hasattr(mod, public), f"{name}.__all__ lists {public!r} which it does not define"
+
+
+def test_exceptions_form_one_hierarchy():
+    for name in exceptions.__all__:
+        cls = getattr(exceptions, name)
+        assert inspect.isclass(cls) and issubclass(cls, exceptions.SbilabError)
+        assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
+
+
+def test_no_pickle_in_library_code():
+    root = Path(sbilab.__file__).parent
+    pattern = re.compile(r"^\s*import pickle|pickle\.load|cloudpickle|dill\.")
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert not any(pattern.search(line) for line in text.splitlines()), f"pickle use in {path}"
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}: {line.strip()}"
