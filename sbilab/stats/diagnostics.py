@@ -84,7 +84,8 @@ class UniformityResult:
         for j in range(curve.shape[1]):
             label = labels[j] if labels else (f"parameter {j}" if curve.shape[1] > 1 else self.name)
             ax.plot(self.levels, curve[:, j], label=label)
-        ax.fill_between(self.levels, self.levels - self.tolerance, self.levels + self.tolerance, color="grey", alpha=0.3, label="tolerance")
+        ax.fill_between(self.levels, np.clip(self.levels - self.tolerance, 0, 1), np.clip(self.levels + self.tolerance, 0, 1),
+                        color="grey", alpha=0.3, label="tolerance")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         names = {"sbc": ("normalised rank", "empirical CDF"), "coverage": ("credibility level", "expected coverage"),
                  "tarp": ("credibility level", "expected coverage probability")}
