@@ -59,7 +59,7 @@ def log(*args: object) -> None:
 # ---------------------------------------------------------------------------- estimators
 def build_well_trained(sim: Resonance, quick: bool, seed: int) -> RatioEstimator:
     """ALICES (cross-entropy on the joint soft label + joint score term)."""
-    n, epochs = (6_000, 3) if quick else (50_000, 20)
+    n, epochs = (2_500, 2) if quick else (50_000, 20)
     data = ratio_training_data(sim, n, generator=torch.Generator().manual_seed(seed))
     est = RatioEstimator.from_events(data, sim.space, hidden=(64, 64))
     return fit(est, alices_loss, data, epochs=epochs, batch_size=256, learning_rate=2e-3, patience=6, seed=seed, progress=False).model
@@ -74,7 +74,7 @@ def build_under_trained(sim: Resonance, quick: bool, seed: int) -> RatioEstimato
 
 def build_sally(sim: Resonance, quick: bool, seed: int) -> ScoreEstimator:
     """SALLY: regression on the joint score at the reference."""
-    n, epochs = (6_000, 3) if quick else (50_000, 20)
+    n, epochs = (2_500, 2) if quick else (50_000, 20)
     data = score_training_data(sim, n, generator=torch.Generator().manual_seed(seed + 2))
     est = ScoreEstimator.from_events(data, sim.space, hidden=(64, 64))
     return fit(est, sally_loss, data, epochs=epochs, batch_size=256, learning_rate=2e-3, patience=6, seed=seed, progress=False).model
@@ -137,13 +137,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer toys and a short training (< 60 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object of figures on stdout")
-    parser.add_argument("--toys", type=int, default=None, help="toy experiments (default 1000, quick 60)")
+    parser.add_argument("--toys", type=int, default=None, help="toy experiments (default 1000, quick 16)")
     parser.add_argument("--exact-toys", type=int, default=None, help="toys fitted with the exact likelihood for the width ratio")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    n_toys = args.toys or (30 if args.quick else 1000)
-    n_exact = args.exact_toys or (5 if args.quick else 100)
+    n_toys = args.toys or (16 if args.quick else 1000)
+    n_exact = args.exact_toys or (2 if args.quick else 100)
     chunk = 131_072
     start = time.time()
     # the trained space covers ±10σ around the truth for 1000 events
@@ -196,7 +196,7 @@ def main() -> None:
     width_vs_cr = {n: float(well["sigma"].mean(0)[i] / cr[i]) for i, n in enumerate(names)}
 
     log("Fisher information from SALLY ...")
-    x_ref = sim.simulate(200_000 if not args.quick else 50_000, theta=sim.space.reference, generator=torch.Generator().manual_seed(args.seed + 300)).x
+    x_ref = sim.simulate(200_000 if not args.quick else 20_000, theta=sim.space.reference, generator=torch.Generator().manual_seed(args.seed + 300)).x
     info_sally = sally_fisher(estimators["sally"], x_ref)
     info_exact = sim.fisher_information()
     fisher_rel = float(torch.linalg.norm(info_sally - info_exact) / torch.linalg.norm(info_exact))
