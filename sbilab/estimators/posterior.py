@@ -85,6 +85,9 @@ class PosteriorEstimator(nn.Module):
         sets: Observations are padded sets ``(M, F)`` (e.g. the events of one dataset, or the
             particles of one event), embedded permutation-invariantly.
         flow: One of :data:`FLOWS` (``"nsf"``, ``"maf"``, ``"nsf_coupling"``, ``"realnvp"``).
+            Autoregressive flows (``nsf``, ``maf``) evaluate densities in one pass but sample in
+            ``P`` sequential passes; for more than a few parameters and many samples the coupling
+            flows (one pass either way) sample far faster.
         transforms: Number of flow transforms.
         hidden: Hidden widths of each transform's conditioner.
         bins: Spline bins (spline flows only).
