@@ -72,8 +72,9 @@ class EftSection:
 
     Attributes:
         luminosity: Integrated luminosity (pb⁻¹); the expected yield is ``luminosity * σ(θ)``.
-        histogram_bins: Bins of the observable's histogram (quantiles of the reference template).
-        score_bins: Bins of the SALLINO histogram of the score projection.
+        histogram_bins: Bins of the observable's histogram: fixed width on [0, histogram_max], the last an overflow bin.
+        histogram_max: Upper edge of the last fixed-width bin of the observable.
+        score_bins: Bins of the SALLINO histogram of the score projection (equal population at the reference).
         template_events: Simulated events at the reference that fill the morphed templates.
         asimov_events: Size of the weighted Asimov sample of the unbinned fits.
         score_simulations: Training events of the SALLY score estimator.
@@ -82,6 +83,7 @@ class EftSection:
 
     luminosity: float = 300.0
     histogram_bins: int = 8
+    histogram_max: float = 175.0
     score_bins: int = 8
     template_events: int = 200_000
     asimov_events: int = 20_000

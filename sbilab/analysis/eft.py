@@ -8,7 +8,8 @@ whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are 
 
 ``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[training] method``)
 ``unbinned_exact``    the same with the toy's exact ratio (the best any method can do)
-``histogram``         binned Poisson likelihood of the observable (pT), morphed templates
+``histogram``         binned Poisson likelihood of the observable (pT; fixed-width bins up to
+                      ``histogram_max`` plus overflow), morphed templates
 ``sallino_learned``   binned likelihood of the SALLINO observable :math:`\hat t(x)\cdot u`: the
                       learned SALLY score at the SM projected on the most sensitive direction u
                       (leading eigenvector of the SALLY Fisher information; arXiv:1805.00020)
@@ -62,10 +63,15 @@ def _scores(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _templates(sim, cfg: AnalysisConfig, score_model) -> tuple[dict[str, MorphedHistogram], dict[str, Any], dict[str, list]]:
-    """Morphed templates of pT and of the SALLINO observables from events at the SM with component weights."""
+    """Morphed templates of pT and of the SALLINO observables from component-weighted events.
+
+    The template events come from the toy's weighted-event proposal :math:`q(x)`, which covers every
+    component (events drawn at the SM alone would leave the hard BSM tail nearly empty), with
+    component weights :math:`f_c(x)/q(x)`.
+    """
     ref = sim.space.reference
-    x = sim.simulate(cfg.eft.template_events, theta=ref, generator=torch.Generator().manual_seed(cfg.observed.seed + 7)).x.to(torch.float64)
-    weights = sim.component_shapes(x) / (sim.differential_cross_section(x, ref) / sim.cross_section(ref.reshape(1, -1)))[:, None]
+    x, _ = sim.sample_weighted(cfg.eft.template_events, ref.reshape(1, -1), generator=torch.Generator().manual_seed(cfg.observed.seed + 7))
+    weights = sim.component_shapes(x) / sim.proposal_log_prob(x).exp()[:, None]
     learned_t = _scores(score_model, x)
     exact_t = sim.score(x, ref)
     u = {"sallino_learned": _direction(learned_t), "sallino_exact": _direction(exact_t)}
@@ -77,8 +83,12 @@ def _templates(sim, cfg: AnalysisConfig, score_model) -> tuple[dict[str, Morphed
     hists = {}
     for key, h in observables.items():
         values = h(x)
-        bins = cfg.eft.histogram_bins if key == "histogram" else cfg.eft.score_bins
-        hists[key] = MorphedHistogram(values, weights, quantile_edges(values, bins), sim.basis, sim.space, luminosity=cfg.eft.luminosity)
+        if key == "histogram":  # fixed-width bins with an overflow bin, as an analysis of pT would use
+            edges = torch.linspace(0.0, cfg.eft.histogram_max, cfg.eft.histogram_bins, dtype=torch.float64)
+            edges = torch.cat([torch.tensor([-torch.inf], dtype=torch.float64), edges[1:], torch.tensor([torch.inf], dtype=torch.float64)])
+        else:  # equal-population bins of the score projection at the SM
+            edges = quantile_edges(values, cfg.eft.score_bins)
+        hists[key] = MorphedHistogram(values, weights, edges, sim.basis, sim.space, luminosity=cfg.eft.luminosity)
     return hists, observables, {k: v.tolist() for k, v in u.items()}
 
 

@@ -4,7 +4,8 @@ r"""Intervals from profile likelihoods, and their asymptotic (Fisher) expectatio
 range and returns, per confidence level, the outermost crossings of the :math:`\chi^2_1`
 threshold, each refined by root finding between the bracketing grid points (so disjoint
 allowed regions, common for quadratic EFT likelihoods, are not missed: the reported interval
-is their hull, and ``disjoint`` says so). :func:`fisher_widths` gives the expected
+is their hull, and ``disjoint`` says so; regions narrower than the grid step can be missed,
+except the one around the best fit, which is always a scan point). :func:`fisher_widths` gives the expected
 :math:`\pm1\sigma` half-widths :math:`\sqrt{[(nI + C)^{-1}]_{jj}}` with Gaussian constraints
 :math:`C = \mathrm{diag}(1/s_k^2)` on the nuisance parameters, and with the nuisances fixed.
 """
@@ -49,6 +50,10 @@ def scan_intervals(nll: UnbinnedLikelihood, name: str, grid: Sequence[float], cl
     from scipy.optimize import brentq
     from scipy.stats import chi2
 
+    grid = np.asarray(grid, dtype=np.float64)
+    centre = best.best[name]
+    if grid[0] <= centre <= grid[-1] and not np.isclose(grid, centre, rtol=0, atol=1e-9 * (grid[-1] - grid[0])).any():
+        grid = np.sort(np.append(grid, centre))  # the minimum is always a scan point: intervals narrower than the grid step
     profile = nll.profile(name, grid, best=best)
     x = np.asarray(profile.values)
     y = np.minimum(np.asarray(profile.delta_nll), 1e6)
@@ -61,8 +66,6 @@ def scan_intervals(nll: UnbinnedLikelihood, name: str, grid: Sequence[float], cl
             return nll.fit(start=best.best, fixed={name: v}).nll_min - best.nll_min - level
 
         below = y < level
-        if best.best[name] >= x[0] and best.best[name] <= x[-1]:  # the minimum itself is allowed
-            below |= np.isclose(x, x[np.argmin(np.abs(x - best.best[name]))])
         crossings = []
         for i in range(len(x) - 1):
             if below[i] != below[i + 1]:
