@@ -107,6 +107,18 @@ def _likelihoods(sim, cfg, fns, hists, observables, x: torch.Tensor, weights: to
     return {k: nlls[k] for k in METHOD_LABELS}
 
 
+def _global_fit(nll, space):
+    """Lowest of MIGRAD fits started at the reference and at the 3^P points at ±half the range (quadratic likelihoods have valleys)."""
+    import itertools
+
+    centre, half = space.reference.numpy(), (space.high - space.low).numpy() / 4
+    starts = [centre] + [np.clip(centre + half * np.array(s), space.low.numpy(), space.high.numpy())
+                         for s in itertools.product((-1.0, 0.0, 1.0), repeat=space.dim) if any(s)]
+    fits = [nll.fit(start=dict(zip(space.names, map(float, s)))) for s in starts]
+    valid = [f for f in fits if f.valid] or fits
+    return min(valid, key=lambda f: f.nll_min)
+
+
 def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the EFT-limits analysis described by ``config``; write results to ``out``; return a printable summary."""
     from ..publish import save
@@ -141,7 +153,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     curves: dict[str, list] = {}
     for data_label, nlls in datasets.items():
         for method, nll in nlls.items():
-            best = nll.fit()
+            best = _global_fit(nll, sim.space)
             entry = {"valid": best.valid, "best": best.best, "parameters": {}}
             for name in names:
                 i = names.index(name)

@@ -44,17 +44,27 @@ def scan_intervals(nll: UnbinnedLikelihood, name: str, grid: Sequence[float], cl
                    best: FitResult) -> tuple[ProfileResult, list[Interval]]:
     r"""Profile ``name`` on ``grid (K,)`` (other free parameters re-minimised) and read off intervals.
 
+    If the profile dips below the global minimum (a minimiser stuck in a flat valley), the global
+    fit is redone from the lowest profile point and the scan repeated.
+
     Returns:
         The profile and one :class:`Interval` per confidence level in ``cls``.
     """
     from scipy.optimize import brentq
     from scipy.stats import chi2
 
-    grid = np.asarray(grid, dtype=np.float64)
-    centre = best.best[name]
-    if grid[0] <= centre <= grid[-1] and not np.isclose(grid, centre, rtol=0, atol=1e-9 * (grid[-1] - grid[0])).any():
-        grid = np.sort(np.append(grid, centre))  # the minimum is always a scan point: intervals narrower than the grid step
-    profile = nll.profile(name, grid, best=best)
+    base = np.asarray(grid, dtype=np.float64)
+    for _ in range(3):  # a profile point below the global minimum means the minimiser missed it: refit from there
+        centre = best.best[name]
+        grid = base
+        if base[0] <= centre <= base[-1] and not np.isclose(base, centre, rtol=0, atol=1e-9 * (base[-1] - base[0])).any():
+            grid = np.sort(np.append(base, centre))  # the minimum is always a scan point: intervals narrower than the grid step
+        profile = nll.profile(name, grid, best=best)
+        deltas = np.asarray(profile.delta_nll)
+        if not np.nanmin(deltas) < -1e-3:
+            break
+        better = nll.fit(start=best.best, fixed={name: float(grid[int(np.nanargmin(deltas))])})
+        best = nll.fit(start=better.best)
     x = np.asarray(profile.values)
     y = np.minimum(np.asarray(profile.delta_nll), 1e6)
     y = np.where(np.isfinite(y), y, 1e6)
