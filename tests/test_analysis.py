@@ -32,6 +32,7 @@ n_simulations = 20000
 epochs = 20
 batch_size = 256
 hidden = [32, 32]
+patience = 0
 seed = 2
 [fit]
 scan_points = 7

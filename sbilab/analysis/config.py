@@ -163,7 +163,7 @@ def _section(cls: type, values: dict[str, Any], path: Path, where: str) -> Any:
                 f"{path}: [{where}] {key} = {value!r} has the wrong type; expected {type(default).__name__} like {default!r}."
             ) from None
         numbers = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in numbers) and key not in ("seed", "alpha"):
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in numbers) and key not in ("seed", "alpha", "patience"):
             raise ConfigError(f"{path}: [{where}] {key} = {value!r} must be positive.")
         out[key] = value
     return cls(**out)

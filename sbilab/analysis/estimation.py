@@ -78,7 +78,7 @@ def _fit(estimator: nn.Module, loss, data, tr: TrainingSection, *, device: str, 
     from ..training import fit
 
     result = fit(estimator, loss, data, epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                 patience=tr.patience, min_delta=0.0, ensemble=tr.ensemble, seed=tr.seed, device=device, progress=progress)
+                 patience=tr.patience or None, min_delta=0.0, ensemble=tr.ensemble, seed=tr.seed, device=device, progress=progress)
     return Trained(estimator, result.model.to("cpu").eval(), result.epochs_run, result.best_epoch, result.best_val_loss,
                    time.perf_counter() - started, str(result.device), len(data))
 
@@ -93,11 +93,15 @@ def train_ratio(config: AnalysisConfig, sim: Simulator, *, device: str = "auto",
     started = time.perf_counter()
     if tr.method in ("nde", "scandal"):
         data = augment(sim, sim.simulate(tr.n_simulations, generator=generator))
-        estimator = LikelihoodEstimator.from_events(data, sim.space)
+        with torch.random.fork_rng():  # seeded network initialisation, caller's RNG untouched
+            torch.manual_seed(tr.seed)
+            estimator = LikelihoodEstimator.from_events(data, sim.space)
         loss = get_loss(tr.method, alpha=tr.alpha) if tr.method == "scandal" else get_loss("nde")
     else:
         data = ratio_training_data(sim, tr.n_simulations // 2, generator=generator)
-        estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
+        with torch.random.fork_rng():
+            torch.manual_seed(tr.seed)
+            estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
         options = {"alpha": tr.alpha} if tr.method in ("rascal", "alices", "cascal") else {}
         loss = get_loss(tr.method, **options)
     log(f"training {tr.method.upper()} on {len(data)} simulated events ({tr.epochs} epochs at most, ensemble of {tr.ensemble})")
@@ -112,7 +116,9 @@ def train_score(config: AnalysisConfig, sim: Simulator, n: int, *, device: str =
     tr = config.training
     started = time.perf_counter()
     data = score_training_data(sim, n, generator=torch.Generator().manual_seed(tr.seed + 1))
-    estimator = ScoreEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
+    with torch.random.fork_rng():
+        torch.manual_seed(tr.seed + 1)
+        estimator = ScoreEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
     log(f"training SALLY on {len(data)} events at the reference point")
     return _fit(estimator, get_loss("sally"), data, tr, device=device, progress=progress, started=started)
 
