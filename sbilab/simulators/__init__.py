@@ -5,7 +5,7 @@ from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
 from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
 from .space import ParameterSpace
-from .toys import GaussianLatent, Morphing, Resonance
+from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "GaussianLatent",
     "Resonance",
     "Morphing",
+    "ResonanceBackground",
     "MorphingBasis",
     "WeightedEvents",
     "CallableSimulator",

@@ -3,5 +3,6 @@
 from .gaussian import GaussianLatent
 from .morphing import Morphing
 from .resonance import Resonance
+from .resonance_bkg import ResonanceBackground
 
-__all__ = ["GaussianLatent", "Resonance", "Morphing"]
+__all__ = ["GaussianLatent", "Resonance", "Morphing", "ResonanceBackground"]
