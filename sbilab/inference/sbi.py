@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError, ShapeMismatchError
+from ..exceptions import ConfigError, SamplingError, ShapeMismatchError
 from ..simulators.space import ParameterSpace
 from .mcmc import draw_from
 
@@ -118,7 +118,10 @@ class SbiPosterior:
     def sample_batched(self, sample_shape: Any, x: Tensor, show_progress_bars: bool = False, **_: Any) -> Tensor:
         """``(*sample_shape, B, P)`` samples for ``B`` observations at once."""
         if not self._amortised:
-            raise NotImplementedError("SbiPosterior.sample_batched: only amortised posteriors sample many x at once.")
+            raise SamplingError(
+                "SbiPosterior.sample_batched: only amortised posteriors (a PosteriorEstimator) sample many "
+                "observations at once; for a ratio or likelihood estimator call sample(shape, x) per observation."
+            )
         n = max(1, self._n(sample_shape))
         out = self.posterior.sample(n, torch.as_tensor(x), generator=self.generator)
         return out.reshape(*torch.Size(sample_shape if isinstance(sample_shape, (tuple, list, torch.Size)) else (sample_shape,)), *out.shape[1:])

@@ -9,6 +9,8 @@ streamed.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Any, Iterator, Protocol, runtime_checkable
 
@@ -41,20 +43,22 @@ def fits_on_device(nbytes: int, device: torch.device, *, fraction: float = 0.5) 
     return nbytes <= fraction * free
 
 
-class BatchSource:
+class BatchSource(abc.ABC):
     """Interface: ``len(source)`` events, ``n_batches(batch_size)``, ``epoch(batch_size)`` yields Events on the device."""
 
     device: torch.device
     generator: torch.Generator
 
-    def __len__(self) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of training events."""
 
     def n_batches(self, batch_size: int) -> int:
         return max(1, math.ceil(len(self) / batch_size))
 
-    def epoch(self, batch_size: int) -> Iterator[Events]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def epoch(self, batch_size: int) -> Iterator[Events]:
+        """One pass over the data in batches of ``batch_size``, already on ``self.device``."""
 
     def fingerprint(self) -> dict[str, Any]:
         """Cheap summary of the data, checked when a run is resumed."""

@@ -104,7 +104,11 @@ def _gauss_legendre(lo: float, hi: float, max_width: float, order: int = 16) -> 
 
 
 class _Acceptance(torch.autograd.Function):
-    """A(θ) by quadrature in the forward pass, closed-form (differentiable) gradient in the backward."""
+    """A(θ) by quadrature in the forward pass, closed-form (differentiable) gradient in the backward.
+
+    Generic over toys that define ``_acceptance_value(theta) -> (N,)`` and
+    ``_acceptance_gradient(theta) -> (N, P)`` (also used by ``ResonanceBackground``).
+    """
 
     @staticmethod
     def forward(ctx, theta: Tensor, sim: "Resonance") -> Tensor:  # type: ignore[override]

@@ -41,28 +41,12 @@ from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator
 from ..space import ParameterSpace
-from .resonance import _gauss_legendre, faddeeva, voigt_log_pdf
+from .resonance import _Acceptance, _gauss_legendre, faddeeva, voigt_log_pdf
 
 __all__ = ["ResonanceBackground"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
-
-
-class _Acceptance(torch.autograd.Function):
-    """A(M, Γ, σ) by quadrature in the forward pass, closed-form gradient in the backward pass."""
-
-    @staticmethod
-    def forward(ctx, theta: Tensor, sim: "ResonanceBackground") -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(theta)
-        ctx.sim = sim
-        with torch.no_grad():
-            return sim._acceptance_value(theta)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (theta,) = ctx.saved_tensors
-        return grad_out.unsqueeze(1) * ctx.sim._acceptance_gradient(theta), None
 
 
 class ResonanceBackground(Simulator):
