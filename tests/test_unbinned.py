@@ -184,3 +184,33 @@ def test_bad_input_raises_named_errors(x):
         UnbinnedLikelihood(exact_log_ratio, ev, unbounded)
     res = UnbinnedLikelihood(exact_log_ratio, ev, unbounded, limits={"theta": (-3.0, 3.0)}).fit()
     assert res.best["theta"] == pytest.approx(float(x.double().mean()), abs=1e-4)
+
+
+def test_bound_method_of_a_float32_module_is_evaluated_in_float64():
+    # A float32 network summed over many events is too coarse for MIGRAD (EDM ~ 1e-5): the
+    # likelihood must copy the module behind `estimator.log_ratio` to float64.
+    import torch
+    from torch import nn
+
+    from sbilab import Events, ParameterSpace
+    from sbilab.stats import UnbinnedLikelihood
+
+    class GaussRatio(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(0.2))  # float32, 1/(σ_z² + σ_x²)
+
+        def log_ratio(self, x, theta):
+            return self.scale * (x[:, 0] * theta[:, 0] - 0.5 * theta[:, 0] ** 2)
+
+    module = GaussRatio()
+    x = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 5**0.5 + 0.3
+    space = ParameterSpace(("theta",), low=(-2.0,), high=(2.0,))
+    nll = UnbinnedLikelihood(module.log_ratio, Events.observed(x), space)
+    s = float(module.scale.detach().double())
+    for th in (0.1, 0.3, 0.7):
+        exact = -2 * s * float((x[:, 0] * th - 0.5 * th**2).sum())
+        assert abs(nll([th]) - exact) < 1e-9 * abs(exact)
+    assert module.scale.dtype == torch.float32  # the caller's module is untouched
+    res = nll.fit()
+    assert res.valid and abs(res.best["theta"] - float(x.mean())) < 1e-5

@@ -48,11 +48,15 @@ YieldModel = Callable[[Tensor], Tensor]
 
 
 def _as_float64(log_ratio: LogRatio) -> LogRatio:
-    if isinstance(log_ratio, nn.Module):
-        module = copy.deepcopy(log_ratio).double().eval()
+    """A float64 copy of a module estimator, or of the module behind a bound method such as
+    ``estimator.log_ratio``: a sum over many events in float32 is too coarse for MIGRAD's
+    convergence criterion (EDM ~ 1e-5 in -2 log L)."""
+    owner = getattr(log_ratio, "__self__", None)
+    if isinstance(log_ratio, nn.Module) or isinstance(owner, nn.Module):
+        module = copy.deepcopy(log_ratio if isinstance(log_ratio, nn.Module) else owner).double().eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        return module
+        return module if isinstance(log_ratio, nn.Module) else getattr(module, log_ratio.__name__)
     return log_ratio
 
 
@@ -173,6 +177,8 @@ class UnbinnedLikelihood:
         if self._cache is not None and self._cache[0] == key and (self._cache[2] is not None or not need_grad):
             return self._cache[1], self._cache[2]
         need_grad = need_grad and self.use_gradient
+        if not np.all(np.isfinite(theta)):  # MINOS can probe NaN points; report them as failed steps
+            return math.nan, (np.full(len(self.names), math.nan) if need_grad else None)
         th = torch.tensor(np.asarray(theta, dtype=np.float64), device=self._x.device).requires_grad_(need_grad)
         grad = torch.zeros_like(th) if need_grad else None
         total = torch.zeros((), dtype=torch.float64, device=self._x.device)
@@ -226,8 +232,16 @@ class UnbinnedLikelihood:
         if all(m.fixed[n] for n in self.names):
             return m
         m.migrad()
-        if not m.valid:  # one retry with the better strategy before reporting failure
+        # Retries before reporting failure: MIGRAD continued from where it stopped with the more
+        # careful strategy (this usually settles an EDM just above tolerance), then a SIMPLEX
+        # restart for a start far from the minimum.
+        for _ in range(2):
+            if m.valid:
+                return m
             m.strategy = 2
+            m.migrad()
+        if not m.valid:
+            m.simplex()
             m.migrad()
         return m
 
@@ -270,6 +284,8 @@ class UnbinnedLikelihood:
                 try:
                     m.minos(name)
                     me = m.merrors[name]
+                    if not me.is_valid:
+                        raise RuntimeError("no valid crossing found (the profile may be flat or hit a bound)")
                     minos_res[name] = (float(m.values[name] + me.lower), float(m.values[name] + me.upper))
                 except RuntimeError as err:  # MINOS failure is reported, not raised
                     minos_res[name] = (math.nan, math.nan)
