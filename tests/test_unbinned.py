@@ -213,4 +213,4 @@ def test_bound_method_of_a_float32_module_is_evaluated_in_float64():
         assert abs(nll([th]) - exact) < 1e-9 * abs(exact)
     assert module.scale.dtype == torch.float32  # the caller's module is untouched
     res = nll.fit()
-    assert res.valid and abs(res.best["theta"] - float(x.mean())) < 1e-5
+    assert res.valid and abs(res.best["theta"] - float(x.mean())) < 0.01 * res.errors["theta"]
