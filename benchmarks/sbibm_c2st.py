@@ -6,7 +6,7 @@ the C2ST (sbibm's MLP classifier, reimplemented in torch in ``sbilab.stats.diagn
 between those samples and sbibm's reference posterior samples; wall time covers training plus
 sampling. A resonance-toy section checks SBC and expected coverage of a trained posterior.
 
-Needs the ``bench`` extra (see benchmarks/README_sbibm.md): sbibm 1.1.0 installed with
+Needs the ``bench`` extra (see benchmarks/README.md): sbibm 1.1.0 installed with
 ``--no-deps``, plus pyro-ppl and pandas.
 
     python benchmarks/sbibm_c2st.py --quick          # two_moons, 10^3 simulations, 2 observations
@@ -17,6 +17,7 @@ Needs the ``bench`` extra (see benchmarks/README_sbibm.md): sbibm 1.1.0 installe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -76,7 +77,8 @@ def run_sbi(theta, x, prior, x_obs, n_samples, seed):
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     inference = NPE(prior=prior, show_progress_bars=False)
-    estimator = inference.append_simulations(theta, x).train(show_train_summary=False)
+    with contextlib.redirect_stdout(sys.stderr):  # sbi prints its convergence message on stdout
+        estimator = inference.append_simulations(theta, x).train(show_train_summary=False)
     posterior = inference.build_posterior(estimator)
     samples = torch.stack([posterior.sample((n_samples,), x=xo[None], show_progress_bars=False) for xo in x_obs], 1)
     return samples, time.perf_counter() - t0, inference._summary["epochs_trained"][-1]
@@ -158,7 +160,7 @@ def resonance_calibration(*, n_sim: int, n_test: int, events_per_set: int, seed:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two_moons, 10^3 simulations, two observations, 2000 samples")
+    ap.add_argument("--quick", action="store_true", help="two_moons, 10^3 simulations, two observations, 1500 samples")
     ap.add_argument("--json", action="store_true", help="print one JSON object with the figures on stdout")
     ap.add_argument("--tasks", nargs="+", default=None, choices=TASKS)
     ap.add_argument("--budgets", nargs="+", type=int, default=None)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = args.tasks or (["two_moons"] if args.quick else list(TASKS))
     budgets = args.budgets or ([1000] if args.quick else [1000, 10000])
     n_obs = args.observations or (2 if args.quick else 10)
-    n_samples = args.samples or (2000 if args.quick else 10000)
+    n_samples = args.samples or (1500 if args.quick else 10000)
     c2st_samples = min(args.c2st_samples or n_samples, n_samples)
     t_start = time.perf_counter()
     result: dict = {"c2st": {}, "time_s": {}, "epochs": {}, "settings": {
@@ -202,10 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     at_1e4 = [(n, result["c2st"][n]["10000"]) for n in tasks if "10000" in result["c2st"][n]]
     result["targets"] = {"sbilab_c2st_le_sbi_at_1e4": all(v["sbilab"] <= v["sbi"] for _, v in at_1e4) if at_1e4 else None,
                          "time_ratio_le_1/3": result["time_ratio"] <= 1 / 3, "published_npe_1e4": PUBLISHED_NPE_1E4}
-    if not args.no_resonance:
+    if not (args.no_resonance or args.quick):  # --quick stays under 60 s: no resonance check
         log("resonance toy: SBC and expected coverage")
-        result["resonance"] = resonance_calibration(n_sim=1000 if args.quick else 4000, n_test=100 if args.quick else 300,
-                                                    events_per_set=100 if args.quick else 200, seed=args.seed)
+        result["resonance"] = resonance_calibration(n_sim=4000, n_test=300, events_per_set=200, seed=args.seed)
         log(f"  {result['resonance']}")
     result["wall_s"] = time.perf_counter() - t_start
     if args.json:
