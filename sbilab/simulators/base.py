@@ -18,7 +18,7 @@ from torch import Tensor
 from ..events import Events
 from .space import ParameterSpace
 
-__all__ = ["Simulator", "JointLikelihood", "ExactLikelihood", "has_joint_likelihood", "has_exact_likelihood"]
+__all__ = ["Simulator", "JointLikelihood", "ExactLikelihood", "has_joint_likelihood", "has_exact_likelihood", "autograd_score"]
 
 
 class Simulator(abc.ABC):
@@ -84,3 +84,19 @@ def has_joint_likelihood(simulator: Any) -> bool:
 
 def has_exact_likelihood(simulator: Any) -> bool:
     return callable(getattr(simulator, "log_prob", None))
+
+
+def autograd_score(log_prob: Any, x: Tensor, theta: Tensor, n_parameters: int) -> Tensor:
+    r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, P)``, by autograd of a toy's ``log_prob``.
+
+    Args:
+        log_prob: ``log_prob(x, theta) -> (N,)``, differentiable in θ.
+        x: ``(N, D)``.
+        theta: ``(P,)`` or ``(N, P)``.
+    """
+    x = torch.as_tensor(x)
+    theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device).reshape(-1, n_parameters).expand(x.shape[0], n_parameters)
+    with torch.enable_grad():
+        point = theta.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(log_prob(x, point).sum(), point)
+    return grad

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
-from ..base import Simulator
+from ..base import Simulator, autograd_score
 from ..space import ParameterSpace
 
 __all__ = ["Resonance", "faddeeva", "voigt_log_pdf"]
@@ -269,12 +269,7 @@ class Resonance(Simulator):
 
     def score(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, 2)``, by autograd of :meth:`log_prob`."""
-        x = torch.as_tensor(x)
-        theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device).reshape(-1, 2).expand(x.shape[0], 2)
-        with torch.enable_grad():
-            point = theta.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.log_prob(x, point).sum(), point)
-        return grad
+        return autograd_score(self.log_prob, x, theta, 2)
 
     def fisher_information(self, theta: Tensor | None = None) -> Tensor:
         r"""Per-event Fisher information :math:`E[t t^T]`, ``(2, 2)`` float64, at ``theta (2,)``.

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
-from ..base import Simulator
+from ..base import Simulator, autograd_score
 from ..space import ParameterSpace
 from .resonance import _Acceptance, _gauss_legendre, faddeeva, voigt_log_pdf
 
@@ -210,12 +210,7 @@ class ResonanceBackground(Simulator):
 
     def score(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, 3)``, by autograd of :meth:`log_prob`."""
-        x = torch.as_tensor(x)
-        theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device).reshape(-1, 3).expand(x.shape[0], 3)
-        with torch.enable_grad():
-            point = theta.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.log_prob(x, point).sum(), point)
-        return grad
+        return autograd_score(self.log_prob, x, theta, 3)
 
     def fisher_information(self, theta: Tensor | None = None) -> Tensor:
         r"""Per-event Fisher information :math:`E[t t^T]`, ``(3, 3)`` float64, at ``theta (3,)`` (default: reference).
