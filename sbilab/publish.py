@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .durable import atomic_write
 from .exceptions import PublishError
 
 __all__ = [
@@ -192,8 +192,8 @@ def _write(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np
     if not path.parent.is_dir():
         raise PublishError(f"cannot write {path}: the folder {path.parent} does not exist.")
     header["spec_sha256"] = hashlib.sha256(_canonical(header)).hexdigest()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["sbilab_schema"] = PUBLISH_SCHEMA
             f.attrs["sbilab_schema_version"] = PUBLISH_SCHEMA_VERSION
@@ -201,14 +201,11 @@ def _write(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np
             group = f.create_group(_GROUP)
             for name, array in arrays.items():
                 group.create_dataset(name, data=array)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as err:
         raise PublishError(f"cannot write {path}: {err}") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

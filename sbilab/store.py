@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .durable import atomic_write, atomic_write_text, fsync_and_hash
 from .events import Events
 from .exceptions import StoreError
 
@@ -66,39 +67,6 @@ STORE_SCHEMA_VERSION = 1
 _MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _SEGMENT_ROWS = 65536  # rows per streamed segment of a packed single-file store
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_and_hash(path: Path, *, fsync: bool) -> tuple[int, str]:
-    """Flush ``path`` to disk and return its size and SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-        if fsync:
-            os.fsync(fh.fileno())
-        return fh.tell(), digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str, *, fsync: bool) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        if fsync:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        _fsync_dir(path.parent)
 
 
 def _sbilab_version() -> str:
@@ -223,7 +191,7 @@ class SimulationStore:
             raise StoreError(f"SimulationStore.create: metadata for {path} is not JSON-serialisable ({err}).") from err
         path.mkdir(parents=True)
         lock = cls._acquire_lock(path)
-        _atomic_write_text(path / _MANIFEST, text, fsync=fsync)
+        atomic_write_text(path / _MANIFEST, text, fsync=fsync)
         return cls(path, manifest, packed=False, lock=lock)
 
     @classmethod
@@ -264,7 +232,7 @@ class SimulationStore:
             lock = cls._acquire_lock(path)
             listed = {c["file"] for c in chunks}
             for orphan in path.iterdir():  # chunks and temp files of a killed writer
-                if orphan.name.startswith(("chunk-", f"{_MANIFEST}.tmp")) and orphan.name not in listed:
+                if orphan.name.startswith(("chunk-", f".{_MANIFEST}.tmp")) and orphan.name not in listed:
                     orphan.unlink()
         return cls(path, manifest, packed=False, lock=lock)
 
@@ -372,14 +340,14 @@ class SimulationStore:
             f.attrs["rows"] = rows
             for key, a in arrays.items():
                 f.create_dataset(key, data=a, compression=self._manifest["compression"])
-        size, digest = _fsync_and_hash(tmp, fsync=self._fsync)
+        size, digest = fsync_and_hash(tmp, fsync=self._fsync)
         os.replace(tmp, final)
         manifest = dict(self._manifest)
         if not manifest["fields"]:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
-        _atomic_write_text(self.path / _MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        atomic_write_text(self.path / _MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
         self._manifest = manifest
         self._segments.append((final, 0, rows, size))
 
@@ -504,7 +472,7 @@ class SimulationStore:
             path = self.path / c["file"]
             if not path.is_file():
                 raise StoreError(f"{path} is missing: the manifest lists it as a committed chunk.")
-            size, digest = _fsync_and_hash(path, fsync=False)
+            size, digest = fsync_and_hash(path, fsync=False)
             if size != c["bytes"] or digest != c["sha256"]:
                 raise StoreError(f"{path} is corrupt: its SHA-256 or size differs from the committed chunk.")
 
@@ -529,9 +497,9 @@ class SimulationStore:
         if len(self) == 0:
             raise StoreError(f"{self.path} is empty; nothing to pack.")
         manifest = {k: v for k, v in self._manifest.items() if k != "chunks"}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         n, fields = len(self), self._manifest["fields"]
-        try:
+
+        def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 f.attrs["sbilab_schema"] = STORE_SCHEMA
                 f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
@@ -549,9 +517,6 @@ class SimulationStore:
                     row += m
                 for name, d in digests.items():
                     ds[name].attrs["sha256"] = d.hexdigest()
-            _fsync_and_hash(tmp, fsync=True)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        atomic_write(path, write)
         return path

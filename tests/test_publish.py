@@ -274,3 +274,19 @@ def test_no_pickle_is_involved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(torch, "load", trap)
     x = torch.randn(4, 3)
     assert torch.equal(load(path)(x), trained_toy()(x))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    from sbilab.durable import atomic_write, atomic_write_text
+
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # no temporary left behind
