@@ -103,6 +103,12 @@ def _gauss_legendre(lo: float, hi: float, max_width: float, order: int = 16) -> 
     return torch.from_numpy(nodes), torch.from_numpy(weights)
 
 
+def restrict_to_window(log_p: Tensor, x: Tensor, window: tuple[float, float]) -> Tensor:
+    """``log_p (N,)`` inside the open fiducial window on ``x (N,)``, ``-inf`` outside."""
+    lo, hi = window
+    return torch.where((x > lo) & (x < hi), log_p, torch.full_like(log_p, -math.inf))
+
+
 class _Acceptance(torch.autograd.Function):
     """A(θ) by quadrature in the forward pass, closed-form (differentiable) gradient in the backward.
 
@@ -263,9 +269,7 @@ class Resonance(Simulator):
         th = theta.to(torch.float64).reshape(-1, 2).expand(x.shape[0], 2)
         xx = x[:, 0].to(torch.float64)
         log_p = voigt_log_pdf(xx - th[:, 0], self.sigma_det, th[:, 1] / 2) - torch.log(self.acceptance(th))
-        lo, hi = self.window
-        inside = (xx > lo) & (xx < hi)
-        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf)).to(x.dtype)
+        return restrict_to_window(log_p, xx, self.window).to(x.dtype)
 
     def score(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, 2)``, by autograd of :meth:`log_prob`."""

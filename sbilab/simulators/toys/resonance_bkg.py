@@ -41,7 +41,7 @@ from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator, autograd_score
 from ..space import ParameterSpace
-from .resonance import _Acceptance, _gauss_legendre, faddeeva, voigt_log_pdf
+from .resonance import _Acceptance, _gauss_legendre, faddeeva, restrict_to_window, voigt_log_pdf
 
 __all__ = ["ResonanceBackground"]
 
@@ -204,9 +204,7 @@ class ResonanceBackground(Simulator):
         xx = x[:, 0].to(_F64)
         log_sig = voigt_log_pdf(xx - th[:, 0], th[:, 2], th[:, 1] / 2) - torch.log(self.acceptance(th))
         log_p = self._mix(log_sig, self._log_background(xx))
-        lo, hi = self.window
-        inside = (xx > lo) & (xx < hi)
-        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf)).to(x.dtype)
+        return restrict_to_window(log_p, xx, self.window).to(x.dtype)
 
     def score(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, 3)``, by autograd of :meth:`log_prob`."""
