@@ -85,6 +85,53 @@ def test_rolr_regresses_r_on_reference_events_and_inverse_r_on_theta_events(batc
     assert torch.allclose(L.rolr_loss(model, shifted), expected, rtol=1e-12)
 
 
+class _Constant(nn.Module):
+    """log r̂ = c for every event."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(c, dtype=torch.float64))
+
+    def forward(self, x, theta, mask=None):
+        return self.c + 0.0 * theta[:, 0]  # θ-independent, but on the graph for the score term
+
+
+def test_rolr_clips_targets_and_predictions_in_log_space() -> None:
+    # joint log-ratios far beyond ±10 (and a prediction of ±12) give the loss of the clipped values
+    log_r = torch.tensor([40.0, -40.0, 3.0, -3.0], dtype=torch.float64)
+    label = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    ev = Events(x=x, theta=torch.zeros(4, 1, dtype=torch.float64), log_r_joint=log_r, label=label)
+    e = math.exp
+    for c in (12.0, -12.0):
+        model = _Constant(c)
+        out = L.rolr_loss(model, ev)
+        cc = max(-10.0, min(10.0, c))
+        expected = [(e(cc) - e(10.0)) ** 2, (e(-cc) - e(10.0)) ** 2, (e(-cc) - e(-3.0)) ** 2, (e(cc) - e(-3.0)) ** 2]
+        assert out.tolist() == pytest.approx(expected, rel=1e-12)
+        (grad,) = torch.autograd.grad(out.sum(), model.c)
+        assert grad.item() == 0.0  # a clipped prediction gets no gradient
+    with pytest.raises(ConfigError, match="clip"):
+        L.rolr_loss(_Constant(0.0), ev, clip=0.0)
+
+
+@pytest.mark.parametrize("label", [0.0, 1.0])
+def test_rolr_minimiser_is_the_conditional_mean_of_r_or_inverse_r(label: float) -> None:
+    # one x, joint log-ratios z: reference events (y = 0) give r̂ = E[r], theta events (y = 1) 1/r̂ = E[1/r]
+    log_r = torch.tensor([-2.5, -0.3, 0.4, 1.9, 2.4], dtype=torch.float64)
+    ev = Events(x=torch.zeros(5, 2, dtype=torch.float64), theta=torch.zeros(5, 1, dtype=torch.float64),
+                log_r_joint=log_r, label=torch.full((5,), label, dtype=torch.float64))
+    exact = math.log(log_r.exp().mean()) if label == 0.0 else -math.log((-log_r).exp().mean())
+    best = _Constant(exact)
+    (grad,) = torch.autograd.grad(L.rolr_loss(best, ev).sum(), best.c)
+    assert abs(grad.item()) < 1e-12
+    for shift in (-0.05, 0.05):
+        assert L.rolr_loss(_Constant(exact + shift), ev).sum() > L.rolr_loss(best, ev).sum()
+    # RASCAL with a zero score mismatch is ROLR with the same clip
+    ev_s = ev.replace(score_joint=torch.zeros(5, 1, dtype=torch.float64))
+    assert torch.allclose(L.rascal_loss(best, ev_s, alpha=2.0), L.rolr_loss(best, ev), rtol=1e-14)
+
+
 def test_score_term_is_masked_to_events_drawn_at_theta(batch: Events) -> None:
     model = LinearInTheta().double()
     wrong = batch.replace(score_joint=batch.score_joint + 0.3)

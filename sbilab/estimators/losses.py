@@ -174,6 +174,8 @@ def alices_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tenso
 
 # ---------------------------------------------------------------------------- regressions
 def _rolr(log_r: Tensor, batch: Events, clip: float) -> Tensor:
+    if not clip > 0:
+        raise ConfigError(f"ROLR/RASCAL: clip must be a positive log-ratio bound (default 10), got {clip!r}.")
     r_hat_log = log_r.clamp(-clip, clip)
     r_log = batch.log_r_joint.clamp(-clip, clip)
     num = (torch.exp(-r_hat_log) - torch.exp(-r_log)) ** 2  # drawn at theta: regress 1/r
@@ -184,12 +186,28 @@ def _rolr(log_r: Tensor, batch: Events, clip: float) -> Tensor:
 def rolr_loss(model: nn.Module, batch: Events, *, clip: float = 10.0) -> Tensor:
     r"""ROLR: regression on the joint likelihood ratio (Brehmer, Cranmer, Louppe, Pavez, arXiv:1805.00013, 1805.00020).
 
-    .. math:: \ell = (1-y)\,(\hat r - r(x,z|\theta))^2 + y\,(\hat r^{-1} - r(x,z|\theta)^{-1})^2 .
+    .. math:: \ell = (1-y)\,\bigl(e^{[\log\hat r]_c} - e^{[\log r(x,z|\theta)]_c}\bigr)^2
+                   + y\,\bigl(e^{-[\log\hat r]_c} - e^{-[\log r(x,z|\theta)]_c}\bigr)^2,
+              \qquad [u]_c = \min(\max(u, -c), c).
 
     Events drawn at the reference (:math:`y = 0`) regress :math:`r`, whose conditional mean under
     :math:`p(z|x,\theta_\mathrm{ref})` is :math:`r(x|\theta)`; events drawn at θ (:math:`y = 1`)
     regress :math:`1/r`, whose conditional mean under :math:`p(z|x,\theta)` is :math:`1/r(x|\theta)`.
-    Both log-ratios are clipped to ``[-clip, clip]`` before exponentiation. Needs ``label``, ``log_r_joint``.
+    Both the target and the prediction are clipped in log space to ``[-clip, clip]`` (default
+    ±10, as MadMiner does) before exponentiation, so a joint ratio of :math:`e^{\pm 40}` or a
+    runaway network output cannot overflow the loss; inside the clip the minimiser is unchanged,
+    and a clipped prediction gets no gradient.
+
+    Note: in log space the error is weighted by :math:`\hat r^2` (:math:`y = 0`) or
+    :math:`\hat r^{-2}` (:math:`y = 1`), and the per-event loss carries the whole conditional
+    variance of :math:`r(x,z)` given :math:`x`; a validation loss built from it is therefore
+    noisy, and picking the "best" epoch on it can select an under-trained network (see
+    ``benchmarks/README.md``, "Ratio accuracy").
+
+    Args:
+        clip: Bound :math:`c > 0` on :math:`|\log r|` for targets and predictions.
+
+    Needs ``label``, ``log_r_joint``.
     """
     _require(batch, "ROLR", "label", "log_r_joint")
     log_r, _ = _forward(model, batch)
@@ -199,7 +217,8 @@ def rolr_loss(model: nn.Module, batch: Events, *, clip: float = 10.0) -> Tensor:
 def rascal_loss(model: nn.Module, batch: Events, *, alpha: float = 1.0, clip: float = 10.0) -> Tensor:
     r"""RASCAL = ROLR + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1805.00020).
 
-    The score term is masked to ``label = 1`` events. Needs ``label``, ``log_r_joint``, ``score_joint``.
+    The regression part is :func:`rolr_loss` with the same log-space ``clip``; the score term is
+    masked to ``label = 1`` events. Needs ``label``, ``log_r_joint``, ``score_joint``.
     """
     _require(batch, "RASCAL", "label", "log_r_joint", "score_joint")
     log_r, grad = _forward(model, batch, grad=True)
