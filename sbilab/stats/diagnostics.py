@@ -22,8 +22,9 @@ The classifier two-sample test (C2ST; Lopez-Paz & Oquab, arXiv:1610.06545) follo
 benchmark (Lueckmann et al., arXiv:2101.04653): both sample sets are z-scored with the first
 set's moments, an MLP with two hidden layers of ``10·D`` ReLU units is trained with Adam to tell
 them apart, and its held-out accuracy over 5 folds is reported (0.5: indistinguishable, 1:
-disjoint); the AUC variant reports the area under the ROC curve instead. All 5 folds are trained
-at once as one batched network.
+disjoint); the AUC variant reports the area under the ROC curve instead. It lives in
+:mod:`sbilab.stats.two_sample` (:func:`c2st`, and :func:`c2st_batch` for many tests trained as
+one batched network).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import torch
 from torch import Tensor
 
 from ..exceptions import ShapeMismatchError
+from .two_sample import C2STResult, c2st, c2st_batch
 
-__all__ = ["UniformityResult", "C2STResult", "sbc", "expected_coverage", "tarp", "c2st", "dkw_tolerance"]
+__all__ = ["UniformityResult", "C2STResult", "sbc", "expected_coverage", "tarp", "c2st", "c2st_batch", "dkw_tolerance"]
 
 
 def dkw_tolerance(n: int, *, significance: float = 0.01, tests: int = 1) -> float:
@@ -93,30 +95,6 @@ class UniformityResult:
         ax.set_ylabel(names.get(self.name, ("level", "CDF"))[1])
         ax.set_title(f"{self.name}: D={self.statistic:.3f} (tol {self.tolerance:.3f}) {'pass' if self.passed else 'FAIL'}")
         ax.legend(fontsize=7)
-        return _save(fig, path)
-
-
-@dataclass(frozen=True)
-class C2STResult:
-    """Classifier two-sample test outcome: ``accuracy`` (or AUC) averaged over folds."""
-
-    accuracy: float
-    auc: float
-    folds: np.ndarray
-    tolerance: float
-    passed: bool
-    probabilities: tuple[np.ndarray, np.ndarray] = field(repr=False)
-
-    def plot(self, path: str | Path) -> Path:
-        """Histogram of held-out classifier outputs for both sets to a PNG file."""
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(4.2, 4))
-        bins = np.linspace(0, 1, 41)
-        ax.hist(self.probabilities[0], bins=bins, alpha=0.6, label="set A")
-        ax.hist(self.probabilities[1], bins=bins, alpha=0.6, label="set B")
-        ax.set_xlabel("classifier P(set B)")
-        ax.set_title(f"C2ST accuracy {self.accuracy:.3f}, AUC {self.auc:.3f}")
-        ax.legend()
         return _save(fig, path)
 
 
@@ -251,134 +229,3 @@ def tarp(samples: Any, theta: Any, *, references: Any = None, tolerance: float |
     atc = float((result.curve[half] - result.levels[half]).sum())
     result.extra["atc"] = atc
     return result
-
-
-# ---------------------------------------------------------------------------------- C2ST
-def _auc(scores: Tensor, labels: Tensor) -> Tensor:
-    """ROC AUC per row by the Mann-Whitney statistic: ``scores, labels (K, n)`` -> ``(K,)``."""
-    ranks = scores.argsort(-1).argsort(-1).double() + 1
-    pos = labels.double()
-    n_pos, n_neg = pos.sum(-1), (1 - pos).sum(-1)
-    return ((ranks * pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def c2st(a: Any, b: Any, *, folds: int = 5, hidden: int | None = None, batch_size: int = 200, learning_rate: float = 1e-3,
-         weight_decay: float = 1e-4, max_epochs: int = 1000, tol: float = 1e-4, patience: int = 10, tolerance: float = 0.05,
-         seed: int = 0) -> C2STResult:
-    r"""Classifier two-sample test with sbibm's MLP classifier, all folds trained in one batch.
-
-    Defaults follow scikit-learn's ``MLPClassifier`` as configured by sbibm: two hidden
-    ReLU layers of ``10·D`` units, Adam (lr 1e-3), batches of 200, L2 penalty 1e-4, stop when the
-    training loss has not improved by ``tol`` for ``patience`` epochs.
-
-    Args:
-        a: Samples ``(n, D)`` (e.g. reference posterior); its moments z-score both sets.
-        b: Samples ``(m, D)`` (e.g. approximate posterior).
-        tolerance: Passes when accuracy <= 0.5 + tolerance.
-
-    Returns:
-        :class:`C2STResult` with mean held-out accuracy and AUC over the folds.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> near = c2st(torch.randn(1000, 2, generator=g), torch.randn(1000, 2, generator=g), max_epochs=50)
-        >>> far = c2st(torch.randn(1000, 2, generator=g), 5 + torch.randn(1000, 2, generator=g), max_epochs=50)
-        >>> near.accuracy < 0.56, far.accuracy > 0.99
-        (True, True)
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batched matmuls: threading only adds contention
-    try:
-        return _c2st(a, b, folds=folds, hidden=hidden, batch_size=batch_size, learning_rate=learning_rate,
-                     weight_decay=weight_decay, max_epochs=max_epochs, tol=tol, patience=patience, tolerance=tolerance, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _c2st(a: Any, b: Any, *, folds: int, hidden: int | None, batch_size: int, learning_rate: float, weight_decay: float,
-          max_epochs: int, tol: float, patience: int, tolerance: float, seed: int) -> C2STResult:
-    xa = torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    xb = torch.as_tensor(np.asarray(b), dtype=torch.float32)
-    if xa.dim() != 2 or xb.dim() != 2 or xa.shape[1] != xb.shape[1]:
-        raise ShapeMismatchError(f"c2st: a and b must be (n, D) and (m, D), got {tuple(xa.shape)} and {tuple(xb.shape)}.")
-    if not bool(torch.isfinite(xa).all() & torch.isfinite(xb).all()):
-        raise ShapeMismatchError("c2st: samples contain NaN or inf values.")
-    mean, std = xa.mean(0), xa.std(0).clamp_min(1e-12)
-    data = torch.cat([(xa - mean) / std, (xb - mean) / std])
-    target = torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))])
-    g = torch.Generator().manual_seed(seed)
-    n, d = data.shape
-    perm = torch.randperm(n, generator=g)
-    bounds = torch.linspace(0, n, folds + 1).round().long()
-    test_sets = [perm[bounds[k]:bounds[k + 1]] for k in range(folds)]
-    n_train = min(n - len(t) for t in test_sets)
-    train_sets = torch.stack([torch.cat([perm[: bounds[k]], perm[bounds[k + 1]:]])[:n_train] for k in range(folds)])
-    h = hidden or 10 * d
-    params = _init_mlp(folds, (d, h, h, 1), g)
-    final = [p.detach().clone() for p in params]
-    opt = torch.optim.Adam(params, lr=learning_rate)
-    best = torch.full((folds,), math.inf)
-    stall = torch.zeros(folds, dtype=torch.long)
-    active = torch.ones(folds, dtype=torch.bool)
-    bs = min(batch_size, n_train)
-    for epoch in range(max_epochs):
-        order = torch.rand(folds, n_train, generator=g).argsort(-1)
-        idx = train_sets.gather(1, order)
-        total = torch.zeros(folds)
-        for start in range(0, n_train, bs):
-            bi = idx[:, start:start + bs]
-            logits = _mlp(params, data[bi])
-            nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, target[bi], reduction="none").mean(-1)
-            l2 = sum((w**2).sum((1, 2)) for w in params[0::2]) * (0.5 * weight_decay / bi.shape[1])
-            opt.zero_grad()
-            (nll + l2).sum().backward()
-            opt.step()
-            total += (nll + l2).detach() * bi.shape[1]
-        epoch_loss = total / n_train
-        improved = epoch_loss < best - tol
-        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
-        best = torch.minimum(best, epoch_loss)
-        stopping = active & (stall >= patience)
-        for p, f in zip(params, final):
-            f[stopping] = p.detach()[stopping]
-        active &= ~stopping
-        if not bool(active.any()):
-            break
-    _LAST_EPOCHS[0] = epoch + 1
-    for p, f in zip(params, final):
-        f[active] = p.detach()[active]
-    accs, aucs, prob_a, prob_b = [], [], [], []
-    with torch.no_grad():
-        for k, test in enumerate(test_sets):
-            logit = _mlp([f[k:k + 1] for f in final], data[test].unsqueeze(0))[0]
-            y = target[test]
-            accs.append(float(((logit > 0).float() == y).float().mean()))
-            aucs.append(float(_auc(logit[None], y[None])[0]))
-            prob = torch.sigmoid(logit)
-            prob_a.append(prob[y == 0].numpy())
-            prob_b.append(prob[y == 1].numpy())
-    acc = float(np.mean(accs))
-    return C2STResult(acc, float(np.mean(aucs)), np.asarray(accs), tolerance, acc <= 0.5 + tolerance,
-                      (np.concatenate(prob_a), np.concatenate(prob_b)))
-
-
-_LAST_EPOCHS = [0]  # epochs run by the last c2st call (for benchmarks)
-
-
-def _init_mlp(k: int, sizes: tuple[int, ...], g: torch.Generator) -> list[Tensor]:
-    """Glorot-uniform weights ``(K, in, out)`` and zero-mean biases, as scikit-learn initialises."""
-    params = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        factor = 2.0 if i == len(sizes) - 2 else 6.0  # sklearn: sqrt(2/(in+out)) for the logistic output
-        bound = math.sqrt(factor / (fan_in + fan_out))
-        params.append(((torch.rand(k, fan_in, fan_out, generator=g) * 2 - 1) * bound).requires_grad_())
-        params.append(((torch.rand(k, 1, fan_out, generator=g) * 2 - 1) * bound).requires_grad_())
-    return params
-
-
-def _mlp(params: list[Tensor], x: Tensor) -> Tensor:
-    """Batched MLP: ``x (K, n, D)`` -> logits ``(K, n)``."""
-    h = x
-    for i in range(0, len(params) - 2, 2):
-        h = torch.relu(torch.baddbmm(params[i + 1], h, params[i]))
-    return torch.baddbmm(params[-1], h, params[-2]).squeeze(-1)
