@@ -7,8 +7,10 @@ file, the key and what to write instead.
 Sections: ``[analysis]`` (``name``, ``description``, ``kind``: which pipeline runs it, see
 :data:`KINDS`), ``[simulator]`` (``toy`` and its options), ``[truth]`` (every parameter, nuisances
 included), ``[observed]``, ``[training]``, ``[fit]``, ``[nuisances]`` (Gaussian constraints,
-``name = {mean = 2.0, sigma = 0.2}``), ``[eft]`` (the ``eft_limits`` pipeline) and ``[quick]``:
-overrides of ``[training]``, ``[fit]`` or ``[eft]`` keys (and ``observed_events``) for ``--quick`` runs.
+``name = {mean = 2.0, sigma = 0.2}``), ``[eft]`` (the ``eft_limits`` pipeline), ``[search]`` (the
+``search`` pipeline) and ``[quick]``: overrides of ``[training]``, ``[fit]``, ``[eft]`` or
+``[search]`` keys (and ``observed_events``) for ``--quick`` runs. Key names are unique across
+these sections, so a ``[quick]`` key names its section unambiguously.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "ObservedSection",
     "FitSection",
     "EftSection",
+    "SearchSection",
     "load_config",
     "TOYS",
     "METHODS",
@@ -35,7 +38,7 @@ __all__ = [
 
 TOYS = ("gaussian", "resonance", "resonance_background", "morphing")
 METHODS = ("carl", "rolr", "rascal", "alice", "alices", "cascal", "scandal", "nde")
-KINDS = ("measurement", "eft_limits")
+KINDS = ("measurement", "eft_limits", "search")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,42 @@ class EftSection:
 
 
 @dataclass(frozen=True)
+class SearchSection:
+    r"""Options of the ``search`` pipeline (:mod:`sbilab.analysis.search`): a binned resonance search with pyhf.
+
+    Attributes:
+        signal_events: Expected signal events S in the window at the nominal resolution for
+            :math:`\mu = 1` (the signal yield is :math:`\mu S`).
+        background_events: Expected background events B in the window.
+        mu_true: Signal strength at which the observed data are drawn (0: background only).
+        x_bins: Fixed-width bins of the raw observable x over the window.
+        observable_bins: Bins of the classifier and exact-ratio observables, with equal expected
+            background per bin.
+        mc_events: Simulated events per template sample (one sample at each of the nominal, low
+            and high resolution; the process label splits each into signal and background).
+            Their finite number is the MC statistical uncertainty (``staterror``).
+        background_norm_uncertainty: Relative background normalisation uncertainty (``normsys``).
+        resolution_uncertainty: Relative shift of the detector resolution for the signal-shape
+            templates (``histosys`` at :math:`\sigma_\mathrm{det}(1 \mp u)`).
+        limit_cl: Confidence level of the CLs upper limits.
+        mu_max: Upper end of the scan of the signal strength.
+        mu_points: Points of the scan on (0, mu_max].
+    """
+
+    signal_events: float = 75.0
+    background_events: float = 1000.0
+    mu_true: float = 0.0
+    x_bins: int = 10
+    observable_bins: int = 10
+    mc_events: int = 200_000
+    background_norm_uncertainty: float = 0.1
+    resolution_uncertainty: float = 0.1
+    limit_cl: float = 0.95
+    mu_max: float = 3.0
+    mu_points: int = 31
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """A complete analysis: which pipeline, simulator, truth, observed sample, training, fit."""
 
@@ -105,12 +144,13 @@ class AnalysisConfig:
     training: TrainingSection = TrainingSection()
     fit: FitSection = FitSection()
     eft: EftSection = EftSection()
+    search: SearchSection = SearchSection()
     quick: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     nuisances: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def quick_version(self) -> "AnalysisConfig":
-        """The configuration with the ``[quick]`` overrides applied to ``[training]``, ``[fit]``, ``[eft]`` and ``[observed]``."""
+        """The configuration with the ``[quick]`` overrides applied to ``[training]``, ``[fit]``, ``[eft]``, ``[search]`` and ``[observed]``."""
         quick = dict(self.quick)
         observed = quick.pop("observed_events", None)
         sections = {}
@@ -124,7 +164,11 @@ class AnalysisConfig:
         return new
 
 
-_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection))
+_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection), ("search", SearchSection))
+_QUICK_KEYS = [f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)]
+assert len(_QUICK_KEYS) == len(set(_QUICK_KEYS)), "a [quick] key would be ambiguous between sections"
+_MAY_BE_NEGATIVE = ("seed", "alpha", "patience")
+_MAY_BE_ZERO = ("mu_true",)
 
 
 def _convert(value: Any, default: Any) -> Any:
@@ -163,7 +207,10 @@ def _section(cls: type, values: dict[str, Any], path: Path, where: str) -> Any:
                 f"{path}: [{where}] {key} = {value!r} has the wrong type; expected {type(default).__name__} like {default!r}."
             ) from None
         numbers = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in numbers) and key not in ("seed", "alpha", "patience"):
+        numeric = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if key in _MAY_BE_ZERO and any(v < 0 for v in numeric):
+            raise ConfigError(f"{path}: [{where}] {key} = {value!r} must be >= 0.")
+        if key not in _MAY_BE_NEGATIVE + _MAY_BE_ZERO and any(v <= 0 for v in numeric):
             raise ConfigError(f"{path}: [{where}] {key} = {value!r} must be positive.")
         out[key] = value
     return cls(**out)
@@ -182,6 +229,16 @@ def _nuisances(raw: dict[str, Any], path: Path) -> dict[str, tuple[float, float]
             raise ConfigError(f"{path}: [nuisances] {name} needs a number mean and a positive number sigma, got {spec!r}.")
         out[str(name)] = (float(mean), float(sigma))
     return out
+
+
+def _check_search(search: SearchSection, path: Path, where: str) -> None:
+    """Ranges of the ``[search]`` keys that the generic type and sign checks do not cover."""
+    for key in ("background_norm_uncertainty", "resolution_uncertainty", "limit_cl"):
+        value = getattr(search, key)
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"{path}: [{where}] {key} = {value!r} must lie in (0, 1), e.g. {getattr(SearchSection(), key)!r}.")
+    if search.mu_points < 2:
+        raise ConfigError(f"{path}: [{where}] mu_points = {search.mu_points} must be at least 2, e.g. 31.")
 
 
 def load_config(folder_or_file: str | Path) -> AnalysisConfig:
@@ -203,7 +260,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err}).") from None
-    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft"}
+    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft", "search"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed sections are {sorted(allowed)}.")
@@ -219,6 +276,8 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {list(TOYS)}.")
     if kind == "eft_limits" and toy != "morphing":
         raise ConfigError(f"{path}: [analysis] kind = 'eft_limits' needs [simulator] toy = 'morphing', got {toy!r}.")
+    if kind == "search" and toy != "resonance_background":
+        raise ConfigError(f"{path}: [analysis] kind = 'search' needs [simulator] toy = 'resonance_background', got {toy!r}.")
     truth = raw["truth"]
     if not truth or not all(isinstance(v, (int, float)) for v in truth.values()):
         raise ConfigError(f"{path}: [truth] must give a number for every parameter, e.g. M = 100.0.")
@@ -231,11 +290,18 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
     eft = _section(EftSection, raw.get("eft", {}), path, "eft")
     if not all(0.0 < c < 1.0 for c in eft.cls):
         raise ConfigError(f"{path}: [eft] cls = {list(eft.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
+    search = _section(SearchSection, raw.get("search", {}), path, "search")
+    _check_search(search, path, "search")
+    if kind == "search" and training.method != "carl":
+        raise ConfigError(f"{path}: [analysis] kind = 'search' trains a signal-vs-background classifier; "
+                          f"set [training] method = 'carl' (got {training.method!r}).")
     quick = dict(raw.get("quick", {}))
     rest = {k: v for k, v in quick.items() if k != "observed_events"}
     for attr, cls in _QUICK_SECTIONS:
         keys = {f.name for f in dataclasses.fields(cls)}
-        _section(cls, {k: rest.pop(k) for k in list(rest) if k in keys}, path, "quick")
+        section = _section(cls, {k: rest.pop(k) for k in list(rest) if k in keys}, path, "quick")
+        if cls is SearchSection:
+            _check_search(section, path, "quick")
     if rest:
         allowed = sorted({f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)} | {"observed_events"})
         raise ConfigError(f"{path}: unknown key(s) {sorted(rest)} in [quick]; allowed keys are {allowed}.")
@@ -251,6 +317,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         training=training,
         fit=fit,
         eft=eft,
+        search=search,
         quick=quick,
         nuisances=_nuisances(dict(raw.get("nuisances", {})), path),
     )

@@ -7,6 +7,8 @@ kind                 pipeline
                      parameters (nuisances profiled with constraints), learned vs exact
 ``"eft_limits"``     :func:`sbilab.analysis.eft.run_eft_limits`: expected and observed limits on
                      morphing couplings, learned ratio vs histograms vs SALLINO, learned vs exact
+``"search"``         :func:`sbilab.analysis.search.run_search`: binned resonance search with pyhf
+                     (CLs limits, significances) on raw x, a learned classifier and the exact s/b
 ===================  =========================================================================
 """
 
@@ -20,7 +22,8 @@ from .config import KINDS, AnalysisConfig
 __all__ = ["run_analysis", "PIPELINES"]
 
 PIPELINES = {"measurement": ("sbilab.analysis.measurement", "run_measurement"),
-             "eft_limits": ("sbilab.analysis.eft", "run_eft_limits")}
+             "eft_limits": ("sbilab.analysis.eft", "run_eft_limits"),
+             "search": ("sbilab.analysis.search", "run_search")}
 assert set(PIPELINES) == set(KINDS)
 
 
