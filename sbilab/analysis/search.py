@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError, ParameterSpaceError
+from ..exceptions import ConfigError, OutOfSupportError
 from .config import AnalysisConfig
 from .estimation import Trained, _fit, build_simulator, truth_point
 from .templates import quantile_edges
@@ -143,7 +143,7 @@ class _Templates:
             theta[2] = theta[2] * factor
             try:
                 sim.space.check(theta.reshape(1, -1), argument="theta")
-            except ParameterSpaceError:
+            except OutOfSupportError:
                 raise ConfigError(f"{cfg.path}: [search] resolution_uncertainty = {sc.resolution_uncertainty} moves sigma_det to "
                                   f"{float(theta[2]):.3f}, outside the toy's range; use a smaller value.") from None
             x, is_signal = _sample(sim, theta, sc.mc_events, cfg.observed.seed + 1)  # one seed: common random numbers
@@ -260,12 +260,13 @@ def _plot(path: Path, results: dict[str, dict], reference: dict[str, float], cl:
         e = r["expected_limits"]
         right.fill_betweenx([i - 0.3, i + 0.3], e["-2"], e["+2"], color="gold", lw=0)
         right.fill_betweenx([i - 0.3, i + 0.3], e["-1"], e["+1"], color="limegreen", lw=0)
-        right.plot([e["median"]] * 2, [i - 0.3, i + 0.3], "k--")
-        right.plot([r["observed_limit"]], [i], "ko")
-    right.axvline(reference["expected_limit"], color="grey", ls=":", label="unbinned exact, stat. only (expected)")
+        right.plot([e["median"]] * 2, [i - 0.3, i + 0.3], "k--", label="expected (median, ±1σ, ±2σ)" if i == 0 else None)
+        right.plot([r["observed_limit"]], [i], "ko", label="observed" if i == 0 else None)
+    right.axvline(reference["expected_limit"], color="grey", ls=":", label="expected, unbinned exact, stat. only")
     right.set_yticks(range(len(results)), [OBSERVABLES[k][1] for k in results])
     right.set(xlabel=rf"{cl:.0%} CL upper limit on $\mu$")
-    right.legend(frameon=False, fontsize="x-small")
+    right.set_ylim(-0.5, len(results) + 0.3)
+    right.legend(frameon=False, fontsize="x-small", loc="upper right", ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
