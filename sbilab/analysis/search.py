@@ -152,20 +152,26 @@ class _Templates:
             if name == "signal":
                 self.x["background"], self.yields["background"] = x[~is_signal], sc.background_events
 
-    def workspace(self, h: Callable[[Tensor], Tensor], edges: Tensor, observed: Tensor, cfg: AnalysisConfig):
-        """The HistFactory workspace of observable ``h`` binned by ``edges`` with the observed counts ``observed (B,)``."""
+    def workspace(self, h: Callable[[Tensor], Tensor], edges: Tensor, observed: Tensor, cfg: AnalysisConfig, *, without: str | None = None):
+        """The HistFactory workspace of observable ``h`` binned by ``edges`` with the observed counts ``observed (B,)``.
+
+        ``without`` drops one systematic (``"bkg_norm"``, ``"sigma_det"`` or ``"staterror"``) to measure its impact.
+        """
         from ..stats.binned import build_workspace
 
         counts = {k: _hist(h(v), edges) for k, v in self.x.items()}
         weight = {k: self.yields[k] / len(self.x[k]) for k in self.x}
         nominal = {k: (counts[k] * weight[k]).tolist() for k in counts}
         u = cfg.search.background_norm_uncertainty
+        systematics = {
+            "normsys": {"background": {"bkg_norm": (1.0 - u, 1.0 + u)}},
+            "histosys": {"signal": {"sigma_det": (nominal["signal_lo"], nominal["signal_hi"])}},
+            "staterror": {k: (counts[k].sqrt() * weight[k]).tolist() for k in ("signal", "background")},
+        }
+        dropped = {"bkg_norm": "normsys", "sigma_det": "histosys", "staterror": "staterror"}.get(without)
         return build_workspace(
             signal={"signal": nominal["signal"]}, backgrounds={"background": nominal["background"]}, observed=observed.tolist(),
-            normsys={"background": {"bkg_norm": (1.0 - u, 1.0 + u)}},
-            histosys={"signal": {"sigma_det": (nominal["signal_lo"], nominal["signal_hi"])}},
-            staterror={k: (counts[k].sqrt() * weight[k]).tolist() for k in ("signal", "background")},
-            poi_bounds=(0.0, 10.0 * cfg.search.mu_max),
+            **{k: v for k, v in systematics.items() if k != dropped}, poi_bounds=(0.0, 10.0 * cfg.search.mu_max),
         )
 
 
@@ -187,6 +193,15 @@ def _cached_model(workspace):
     return model
 
 
+def _prefit_discovery(model):
+    """The q0 test on the Asimov dataset at μ = 1 with nominal nuisance parameters (the pre-fit expected significance)."""
+    from ..stats.binned import hypotest
+
+    nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
+    nominal[model.poi_index] = 1.0
+    return hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
+
+
 def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) -> dict[str, Any]:
     """Limits, CLs at μ = 1, significances and the CLs scan of one workspace."""
     from ..stats.asymptotic import asimov_significance
@@ -199,9 +214,7 @@ def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) 
     tests = [hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
     at_one = hypotest(model, 1.0)
     discovery = hypotest(model, 0.0, test_statistic="q0")
-    nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
-    nominal[model.poi_index] = 1.0
-    prefit = hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
+    prefit = _prefit_discovery(model)
     stat_only = math.sqrt(sum(asimov_significance(s, b) ** 2 for s, b in zip(templates["signal"], templates["background"]) if s > 0))
     _, best, _ = model.fit(model.observed)
     valid = all(t.valid for t in (*tests, at_one, discovery, prefit))
@@ -316,11 +329,15 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     results: dict[str, dict] = {}
     for key, h in observables.items():
         t0 = time.perf_counter()
-        workspace = templates.workspace(h, edges[key], _hist(h(x_obs), edges[key]), cfg)
+        observed = _hist(h(x_obs), edges[key])
+        workspace = templates.workspace(h, edges[key], observed, cfg)
         to_json(workspace, out / f"workspace_{key}.json")
         samples = {s["name"]: s["data"] for s in workspace["channels"][0]["samples"]}
-        results[key] = {"bins": edges[key].tolist(), **_analyse(workspace, samples, cfg)}
-        r = results[key]
+        r = results[key] = {"bins": edges[key].tolist(), **_analyse(workspace, samples, cfg)}
+        r["expected_significance_without"] = {}  # the impact of each systematic
+        for syst in ("bkg_norm", "sigma_det", "staterror"):
+            test = _prefit_discovery(_cached_model(templates.workspace(h, edges[key], observed, cfg, without=syst)))
+            r["expected_significance_without"][syst] = math.sqrt(max(test.q_obs, 0.0))
         log(f"  {key:<8} limit obs {r['observed_limit']:.3f} exp {r['expected_limits']['median']:.3f}, CLs(mu=1) {r['cls_mu1']:.4f}, "
             f"Z obs {r['significance_observed']:.2f} exp {r['expected_significance']:.2f} ({time.perf_counter() - t0:.1f} s)")
     reference = _unbinned(log_densities, sim.window, sc.signal_events, sc.background_events, sc.limit_cl)
@@ -351,6 +368,8 @@ def _summary(cfg: AnalysisConfig, doc: dict, out: Path, plotted: bool) -> str:
                      f"{'[' + ', '.join(f'{e[k]:.3f}' for k in ('-2', '-1', 'median', '+1', '+2')) + ']':>42} {r['cls_mu1']:9.4f} "
                      f"{r['significance_observed']:6.2f} {r['expected_significance']:6.2f} {r['stat_only_significance']:6.2f}"
                      + ("" if r["valid"] else "  [a fit did not converge]"))
+    lines.append("expected significance without one systematic: " + "; ".join(
+        f"{key} " + ", ".join(f"{k} {v:.2f}" for k, v in r["expected_significance_without"].items()) for key, r in doc["observables"].items()))
     ref = doc["unbinned_exact"]
     lines.append(f"unbinned exact densities, statistics only: expected limit {ref['expected_limit']:.3f}, Z exp {ref['expected_significance']:.2f}")
     if any(math.isnan(v) for r in doc["observables"].values() for v in (r["observed_limit"], *r["expected_limits"].values())):
