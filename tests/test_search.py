@@ -18,6 +18,7 @@ import torch
 
 from sbilab.analysis import load_config, run_analysis
 from sbilab.exceptions import ConfigError
+from sbilab.publish import load
 from sbilab.stats.asymptotic import asimov_significance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,6 @@ SHIPPED = (ROOT / "analyses" / "resonance_search" / "analysis.toml").read_text()
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    torch.set_num_threads(1)
     summary = run_analysis(load_config(ROOT / "analyses" / "resonance_search"), out=out, quick=True, progress=False)
     return out, json.loads((out / "results.json").read_text()), summary
 
@@ -39,7 +39,11 @@ def _workspace(out: Path, key: str) -> pyhf.Workspace:
 def test_outputs_and_pyhf_reinterpretation(quick):
     out, doc, summary = quick
     assert set(doc["observables"]) == {"x", "learned", "exact"} and "exact" in summary
-    assert (out / "estimator.h5").is_file() and (out / "limits.png").is_file()
+    assert (out / "limits.png").is_file()
+    classifier = load(out / "estimator.h5")  # the published classifier: signal-like at the peak, background-like at the edge
+    with torch.no_grad():
+        logit = classifier(torch.tensor([[100.0], [86.0]]), classifier.theta_ref.expand(2, -1))
+    assert logit[0] > 0 > logit[1]
     pyhf.set_backend("numpy")
     for key, r in doc["observables"].items():
         ws = _workspace(out, key)

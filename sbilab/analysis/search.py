@@ -54,6 +54,7 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import ConfigError, OutOfSupportError
+from ..stats.binned import PyhfModel, build_workspace, hypotest, to_json, upper_limit
 from .config import AnalysisConfig
 from .estimation import Trained, _fit, build_simulator, truth_point
 from .templates import quantile_edges
@@ -157,8 +158,6 @@ class _Templates:
 
         ``without`` drops one systematic (``"bkg_norm"``, ``"sigma_det"`` or ``"staterror"``) to measure its impact.
         """
-        from ..stats.binned import build_workspace
-
         counts = {k: _hist(h(v), edges) for k, v in self.x.items()}
         weight = {k: self.yields[k] / len(self.x[k]) for k in self.x}
         nominal = {k: (counts[k] * weight[k]).tolist() for k in counts}
@@ -175,28 +174,24 @@ class _Templates:
         )
 
 
-def _cached_model(workspace):
-    """A :class:`~sbilab.stats.binned.PyhfModel` that remembers its fits: a CLs scan refits the same data at the same μ
-    many times (the free fit, the μ = 0 fit and the Asimov data are shared by every tested μ)."""
-    from ..stats.binned import PyhfModel
+class _CachedModel(PyhfModel):
+    """A :class:`~sbilab.stats.binned.PyhfModel` that remembers its fits: a CLs scan refits the same data at the
+    same μ many times (the free fit, the μ = 0 fit and the Asimov data are shared by every tested μ)."""
 
-    class Cached(PyhfModel):
-        def fit(self, data, poi=None):
-            key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
-            if key not in self._fits:
-                self._fits[key] = super().fit(data, poi)
-            twice_nll, pars, ok = self._fits[key]
-            return twice_nll, pars.copy(), ok
+    def __init__(self, workspace) -> None:
+        super().__init__(workspace)
+        self._fits: dict[tuple, tuple[float, np.ndarray, bool]] = {}
 
-    model = Cached(workspace)
-    model._fits = {}
-    return model
+    def fit(self, data: Any, poi: float | None = None) -> tuple[float, np.ndarray, bool]:
+        key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
+        if key not in self._fits:
+            self._fits[key] = super().fit(data, poi)
+        twice_nll, pars, ok = self._fits[key]
+        return twice_nll, pars.copy(), ok
 
 
 def _prefit_discovery(model):
     """The q0 test on the Asimov dataset at μ = 1 with nominal nuisance parameters (the pre-fit expected significance)."""
-    from ..stats.binned import hypotest
-
     nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
     nominal[model.poi_index] = 1.0
     return hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
@@ -205,10 +200,9 @@ def _prefit_discovery(model):
 def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) -> dict[str, Any]:
     """Limits, CLs at μ = 1, significances and the CLs scan of one workspace."""
     from ..stats.asymptotic import asimov_significance
-    from ..stats.binned import hypotest, upper_limit
 
     sc = cfg.search
-    model = _cached_model(workspace)
+    model = _CachedModel(workspace)
     scan = np.linspace(0.0, sc.mu_max, sc.mu_points + 1)[1:]
     limit = upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
     tests = [hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
@@ -298,7 +292,6 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
             shift leaves the toy's parameter range.
     """
     from ..publish import save
-    from ..stats.binned import to_json
 
     log = (lambda msg: print(f"[sbilab] {msg}", flush=True)) if progress else (lambda msg: None)
     cfg = config.quick_version() if quick else config
@@ -336,7 +329,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
         r = results[key] = {"bins": edges[key].tolist(), **_analyse(workspace, samples, cfg)}
         r["expected_significance_without"] = {}  # the impact of each systematic
         for syst in ("bkg_norm", "sigma_det", "staterror"):
-            test = _prefit_discovery(_cached_model(templates.workspace(h, edges[key], observed, cfg, without=syst)))
+            test = _prefit_discovery(_CachedModel(templates.workspace(h, edges[key], observed, cfg, without=syst)))
             r["expected_significance_without"][syst] = math.sqrt(max(test.q_obs, 0.0))
         log(f"  {key:<8} limit obs {r['observed_limit']:.3f} exp {r['expected_limits']['median']:.3f}, CLs(mu=1) {r['cls_mu1']:.4f}, "
             f"Z obs {r['significance_observed']:.2f} exp {r['expected_significance']:.2f} ({time.perf_counter() - t0:.1f} s)")
