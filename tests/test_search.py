@@ -77,9 +77,22 @@ def test_templates_and_observed_counts_are_exact(quick):
 
 def test_significance_bounds(quick):
     _, doc, _ = quick
+    from scipy.integrate import quad
+
+    from sbilab.simulators.toys.resonance_bkg import ResonanceBackground
+
     bound = doc["unbinned_exact"]["expected_significance"]
-    # closed form: Z_A^2 = 2 int [(B b + S s) ln(1 + S s / B b) - S s] dx, here for S = 75, B = 1000
-    assert bound == pytest.approx(3.37, abs=0.01)
+    # Z_A^2 = 2 int [(B b + S s) ln(1 + S s / B b) - S s] dx with the signal Voigt of the toy and the truncated exponential
+    signal = ResonanceBackground(0.0)
+    theta = torch.tensor([[100.0, 5.0, 2.0]], dtype=torch.float64)
+    s, b = doc["signal_events"], doc["background_events"]
+
+    def integrand(x: float) -> float:
+        ps = float(signal.log_prob(torch.tensor([[x]], dtype=torch.float64), theta).exp())
+        pb = math.exp(-x / 20.0) / (20.0 * (math.exp(-85.0 / 20.0) - math.exp(-115.0 / 20.0)))
+        return (b * pb + s * ps) * math.log1p(s * ps / (b * pb)) - s * ps
+
+    assert bound == pytest.approx(math.sqrt(2 * quad(integrand, 85.0, 115.0, points=[100.0], limit=200)[0]), rel=1e-4)
     for key, r in doc["observables"].items():
         t = r["templates"]
         stat = math.sqrt(sum(asimov_significance(s, b) ** 2 for s, b in zip(t["signal"], t["background"]) if s > 0))

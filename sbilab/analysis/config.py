@@ -98,6 +98,10 @@ class EftSection:
 class SearchSection:
     r"""Options of the ``search`` pipeline (:mod:`sbilab.analysis.search`): a binned resonance search with pyhf.
 
+    ``[truth]`` is the signal hypothesis; the observed counts are Poisson draws seeded by
+    ``[observed] seed`` (``[observed] n_events`` is not used); ``[training]`` configures the
+    signal-vs-background classifier (``method = "carl"``).
+
     Attributes:
         signal_events: Expected signal events S in the window at the nominal resolution for
             :math:`\mu = 1` (the signal yield is :math:`\mu S`).
