@@ -69,6 +69,11 @@ def test_expected_cls_and_p_values_formulae():
     # qtilde beyond q_A switches to (q + q_A) / (2 sqrt q_A)
     clsb, _, _ = asymptotic.p_values(9.0, 4.0, kind="qtilde")
     assert clsb == pytest.approx(1 - norm.cdf((9.0 + 4.0) / 4.0))
+    # far tails stay finite (log-space), and CLs tends to exp(-q/2) as q_A -> 0 with q > 0
+    for qa_small in (1e-4, 1e-8):
+        assert asymptotic.p_values(3.0, qa_small, kind="qtilde")[2] == pytest.approx(math.exp(-1.5), rel=1e-3)
+    assert asymptotic.p_values(3.0, 0.0, kind="qtilde") == (0.0, 0.0, pytest.approx(math.exp(-1.5)))
+    assert asymptotic.p_values(80.0, 60.0, kind="qtilde")[2] > 0
 
 
 @pytest.mark.parametrize("sigma_b", [0.0, 8.0])

@@ -104,11 +104,14 @@ def p_values(q: float, q_asimov: float, *, kind: str = "qtilde") -> tuple[float,
     For ``kind="q0"`` the first entry is the discovery p-value :math:`p_0 = 1-\Phi(\sqrt{q_0})`.
     """
     _check_kind(kind)
-    value = _variable(q, q_asimov, kind)
     sqa = math.sqrt(max(q_asimov, 0.0))
-    clsb = float(norm.cdf(-(value + sqa)))
-    clb = float(norm.cdf(-value))
-    return clsb, clb, clsb / clb
+    if kind == "qtilde" and sqa == 0.0 and q > 0.0:
+        # no sensitivity (Asimov statistic exactly 0) but q > 0: both tails vanish; CLs keeps its
+        # limit exp(-q/2) as sqrt(q_A) -> 0 instead of 0/0
+        return 0.0, 0.0, math.exp(-q / 2)
+    value = _variable(q, q_asimov, kind)
+    log_clsb, log_clb = float(norm.logcdf(-(value + sqa))), float(norm.logcdf(-value))
+    return math.exp(log_clsb), math.exp(log_clb), math.exp(log_clsb - log_clb)
 
 
 def expected_cls(q_asimov: float) -> tuple[float, ...]:
