@@ -9,7 +9,6 @@ import torch
 
 from sbilab.events import Events
 from sbilab.exceptions import FitError
-from sbilab.simulators.space import ParameterSpace
 from sbilab.simulators.toys import GaussianLatent
 from sbilab.stats.toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
 from sbilab.stats.unbinned import UnbinnedLikelihood

@@ -22,7 +22,6 @@ morphed templates of :class:`~sbilab.analysis.templates.MorphedHistogram`.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any

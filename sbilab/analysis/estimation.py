@@ -22,7 +22,7 @@ from ..simulators.augment import score_training_data
 from ..simulators.base import Simulator
 from .config import AnalysisConfig, TrainingSection
 
-__all__ = ["build_simulator", "truth_point", "Trained", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio"]
+__all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio"]
 
 _TOYS = {
     "gaussian": ("sbilab.simulators.toys.gaussian", "GaussianLatent"),
@@ -74,7 +74,8 @@ class Trained:
                 "seconds": self.seconds, "device": self.device, "n_events": self.n_events}
 
 
-def _fit(estimator: nn.Module, loss, data, tr: TrainingSection, *, device: str, progress: bool, started: float) -> Trained:
+def fit_estimator(estimator: nn.Module, loss, data, tr: TrainingSection, *, device: str, progress: bool, started: float) -> Trained:
+    """Train ``estimator`` with ``loss`` on ``data`` by the ``[training]`` settings ``tr``; the trained model on the CPU, in eval mode."""
     from ..training import fit
 
     result = fit(estimator, loss, data, epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
@@ -105,7 +106,7 @@ def train_ratio(config: AnalysisConfig, sim: Simulator, *, device: str = "auto",
         options = {"alpha": tr.alpha} if tr.method in ("rascal", "alices", "cascal") else {}
         loss = get_loss(tr.method, **options)
     log(f"training {tr.method.upper()} on {len(data)} simulated events ({tr.epochs} epochs at most, ensemble of {tr.ensemble})")
-    return _fit(estimator, loss, data, tr, device=device, progress=progress, started=started)
+    return fit_estimator(estimator, loss, data, tr, device=device, progress=progress, started=started)
 
 
 def train_score(config: AnalysisConfig, sim: Simulator, n: int, *, device: str = "auto", progress: bool = False,
@@ -120,7 +121,7 @@ def train_score(config: AnalysisConfig, sim: Simulator, n: int, *, device: str =
         torch.manual_seed(tr.seed + 1)
         estimator = ScoreEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
     log(f"training SALLY on {len(data)} events at the reference point")
-    return _fit(estimator, get_loss("sally"), data, tr, device=device, progress=progress, started=started)
+    return fit_estimator(estimator, get_loss("sally"), data, tr, device=device, progress=progress, started=started)
 
 
 class _LogRatio(nn.Module):

@@ -56,7 +56,8 @@ from ..events import Events
 from ..exceptions import ConfigError, OutOfSupportError
 from ..stats.binned import PyhfModel, build_workspace, hypotest, to_json, upper_limit
 from .config import AnalysisConfig
-from .estimation import Trained, _fit, build_simulator, truth_point
+from .estimation import Trained, build_simulator, fit_estimator, truth_point
+from .plots import plot_limits
 from .templates import quantile_edges
 
 __all__ = ["run_search", "OBSERVABLES"]
@@ -111,7 +112,7 @@ def _train_classifier(cfg: AnalysisConfig, sim, theta: Tensor, *, device: str, p
         torch.manual_seed(tr.seed)
         estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
     log(f"training the signal-vs-background classifier (CARL) on {len(data)} events ({int(label.sum())} signal)")
-    return _fit(estimator, carl_loss, data, tr, device=device, progress=progress, started=started)
+    return fit_estimator(estimator, carl_loss, data, tr, device=device, progress=progress, started=started)
 
 
 def _logit(trained: Trained, reference: Tensor) -> Callable[[Tensor], Tensor]:
@@ -246,41 +247,6 @@ def _unbinned(log_densities, window: tuple[float, float], s: float, b: float, cl
     return {"expected_significance": math.sqrt(q_discovery()), "expected_limit": float(brentq(lambda mu: q_limit(mu) - target, 1e-6, 1e3))}
 
 
-def _plot(path: Path, results: dict[str, dict], reference: dict[str, float], cl: float, title: str) -> bool:
-    """CLs against μ (observed solid, expected median dashed) and the limits per observable; ``False`` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.0))
-    for key, r in results.items():
-        color, label = OBSERVABLES[key]
-        left.plot(r["scan"]["mu"], r["scan"]["cls_obs"], "-", color=color, label=f"{label}, observed")
-        left.plot(r["scan"]["mu"], r["scan"]["cls_expected_median"], "--", color=color, label=f"{label}, expected")
-    left.axhline(1 - cl, color="grey", lw=0.8, ls=":")
-    left.set(xlabel=r"signal strength $\mu$", ylabel=r"CL$_s$", yscale="log", ylim=(1e-3, 1.1))
-    left.legend(frameon=False, fontsize="x-small")
-    for i, (key, r) in enumerate(results.items()):
-        e = r["expected_limits"]
-        right.fill_betweenx([i - 0.3, i + 0.3], e["-2"], e["+2"], color="gold", lw=0)
-        right.fill_betweenx([i - 0.3, i + 0.3], e["-1"], e["+1"], color="limegreen", lw=0)
-        right.plot([e["median"]] * 2, [i - 0.3, i + 0.3], "k--", label="expected (median, ±1σ, ±2σ)" if i == 0 else None)
-        right.plot([r["observed_limit"]], [i], "ko", label="observed" if i == 0 else None)
-    right.axvline(reference["expected_limit"], color="grey", ls=":", label="expected, unbinned exact, stat. only")
-    right.set_yticks(range(len(results)), [OBSERVABLES[k][1] for k in results])
-    right.set(xlabel=rf"{cl:.0%} CL upper limit on $\mu$")
-    right.set_ylim(-0.5, len(results) + 0.3)
-    right.legend(frameon=False, fontsize="x-small", loc="upper right", ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the binned search described by ``config``; write results to ``out``; return a printable summary.
 
@@ -345,7 +311,8 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     }
     (out / "results.json").write_text(json.dumps(document, indent=2, default=float))
     save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": "carl", "classes": "signal=1, background=0"})
-    plotted = _plot(out / "limits.png", results, reference, sc.limit_cl, f"{cfg.name}: S = {sc.signal_events:g}, B = {sc.background_events:g}")
+    plotted = plot_limits(out / "limits.png", results, reference, sc.limit_cl,
+                          f"{cfg.name}: S = {sc.signal_events:g}, B = {sc.background_events:g}", OBSERVABLES)
     return _summary(cfg, document, out, plotted)
 
 
