@@ -64,7 +64,7 @@ def build_well_trained(sim: Resonance, quick: bool, seed: int) -> RatioEstimator
     gave mean q(Γ) 2.23 (exact 1.04) and Γ coverage 0.44 at 68.3 %; 2·200k events with
     (100, 100) gave 0.99 and 0.71 (exact 0.68), per-toy correlation with the exact q 0.97.
     """
-    n, epochs, hidden = (2_500, 2, (64, 64)) if quick else (200_000, 30, (100, 100))
+    n, epochs, hidden = (10_000, 4, (64, 64)) if quick else (200_000, 30, (100, 100))
     data = ratio_training_data(sim, n, generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
     est = RatioEstimator.from_events(data, sim.space, hidden=hidden)
@@ -147,7 +147,10 @@ def main() -> None:
     parser.add_argument("--exact-toys", type=int, default=None, help="toys also fitted with the exact likelihood (default: all)")
     parser.add_argument("--calibration-toys", type=int, default=None, help="independent toys for the Neyman critical values (default: --toys)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared 2-core machine two threads can run 100x slower)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     n_toys = args.toys or (16 if args.quick else 1000)
     n_exact = min(args.exact_toys or n_toys, n_toys)
@@ -239,6 +242,7 @@ def main() -> None:
         "converged_fraction": {"well_trained": float(well["converged"].double().mean()), "under_trained": float(under["converged"].double().mean())},
         "train_seconds": train_time,
         "total_seconds": time.time() - start,
+        "threads": args.threads,
         "quick": bool(args.quick),
     }
     if args.json:
