@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import math
 import sys
 import time
 import warnings

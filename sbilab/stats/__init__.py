@@ -7,7 +7,7 @@ of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,
 
 from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
 from .binned import PyhfModel, apply_patch, build_workspace, load_workspace, numpy_minuit, to_json
-from .diagnostics import C2STResult, UniformityResult, c2st, dkw_tolerance, expected_coverage, sbc, tarp
+from .diagnostics import C2STResult, UniformityResult, c2st, c2st_batch, dkw_tolerance, expected_coverage, sbc, tarp
 from .fisher import (
     FisherTable,
     counts_fisher,
@@ -70,6 +70,7 @@ __all__ = [
     "expected_coverage",
     "tarp",
     "c2st",
+    "c2st_batch",
     "dkw_tolerance",
     "UniformityResult",
     "C2STResult",
