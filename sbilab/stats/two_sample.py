@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..calibration import weighted_auc
 from ..exceptions import ShapeMismatchError
 
 __all__ = ["C2STResult", "c2st", "c2st_batch"]
@@ -225,7 +226,7 @@ def _run(xa: Tensor, xb: Tensor, *, folds: int, hidden: int | None, batch_size: 
             logit = net.logits(data[t, test].unsqueeze(0), t * folds + k)
             y = target[test]
             accs.append(float(((logit > 0).float() == y).float().mean()))
-            aucs.append(float(_auc(logit, y)))
+            aucs.append(weighted_auc(logit[y == 1], logit[y == 0]))
             prob = torch.sigmoid(logit)
             pa.append(prob[y == 0].numpy())
             pb.append(prob[y == 1].numpy())
@@ -297,14 +298,6 @@ class _FlatMLP:
             if i > 0:
                 delta = torch.ops.aten.threshold_backward(torch.bmm(delta, self.w[i].transpose(1, 2)), acts[i], 0.0)
         return loss, torch.cat(grads[::-1], 1)
-
-
-def _auc(scores: Tensor, labels: Tensor) -> float:
-    """ROC AUC by the Mann-Whitney statistic: ``scores, labels (n,)``."""
-    ranks = scores.argsort().argsort().double() + 1
-    pos = labels.double()
-    n_pos, n_neg = pos.sum(), (1 - pos).sum()
-    return float(((ranks * pos).sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _bar(progress: bool, total: int):
