@@ -93,3 +93,22 @@ def test_atlas_sbottom_reinterpretation(tmp_path):
     res = binned.hypotest(ws, 1.0)
     assert res.valid
     assert res.cls_obs == pytest.approx(0.2444363, rel=1e-3)  # pyhf's published regression value
+
+
+def test_fits_are_remembered_and_a_scan_reuses_them():
+    model = binned.PyhfModel(_workspace())
+    calls = []
+    fit = model._fit
+    model._fit = lambda data, poi: calls.append(poi) or fit(data, poi)
+    first = binned.hypotest(model, 1.0)
+    n_first = len(calls)
+    twice_nll, pars, ok = model.fit(model.observed)
+    pars[:] = np.nan  # the caller's copy; the remembered fit is untouched
+    assert np.isfinite(model.fit(model.observed)[1]).all()
+    again = binned.hypotest(model, 1.0)
+    assert len(calls) == n_first and again.cls_obs == first.cls_obs
+    binned.hypotest(model, 2.0)  # a new mu needs only its own fixed-mu fits (observed and Asimov)
+    assert len(calls) == n_first + 2 and calls[-2:] == [2.0, 2.0]
+    with binned.numpy_minuit(tolerance=1e-3):
+        cls = float(pyhf.infer.hypotest(1.0, model.observed, model.model, test_stat="qtilde"))
+    assert first.cls_obs == pytest.approx(cls, rel=1e-3)

@@ -175,22 +175,6 @@ class _Templates:
         )
 
 
-class _CachedModel(PyhfModel):
-    """A :class:`~sbilab.stats.binned.PyhfModel` that remembers its fits: a CLs scan refits the same data at the
-    same μ many times (the free fit, the μ = 0 fit and the Asimov data are shared by every tested μ)."""
-
-    def __init__(self, workspace) -> None:
-        super().__init__(workspace)
-        self._fits: dict[tuple, tuple[float, np.ndarray, bool]] = {}
-
-    def fit(self, data: Any, poi: float | None = None) -> tuple[float, np.ndarray, bool]:
-        key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
-        if key not in self._fits:
-            self._fits[key] = super().fit(data, poi)
-        twice_nll, pars, ok = self._fits[key]
-        return twice_nll, pars.copy(), ok
-
-
 def _prefit_discovery(model):
     """The q0 test on the Asimov dataset at μ = 1 with nominal nuisance parameters (the pre-fit expected significance)."""
     nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
@@ -203,7 +187,7 @@ def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) 
     from ..stats.asymptotic import asimov_significance
 
     sc = cfg.search
-    model = _CachedModel(workspace)
+    model = PyhfModel(workspace)
     scan = np.linspace(0.0, sc.mu_max, sc.mu_points + 1)[1:]
     limit = upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
     tests = [hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
@@ -295,7 +279,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
         r = results[key] = {"bins": edges[key].tolist(), **_analyse(workspace, samples, cfg)}
         r["expected_significance_without"] = {}  # the impact of each systematic
         for syst in ("bkg_norm", "sigma_det", "staterror"):
-            test = _prefit_discovery(_CachedModel(templates.workspace(h, edges[key], observed, cfg, without=syst)))
+            test = _prefit_discovery(PyhfModel(templates.workspace(h, edges[key], observed, cfg, without=syst)))
             r["expected_significance_without"][syst] = math.sqrt(max(test.q_obs, 0.0))
         log(f"  {key:<8} limit obs {r['observed_limit']:.3f} exp {r['expected_limits']['median']:.3f}, CLs(mu=1) {r['cls_mu1']:.4f}, "
             f"Z obs {r['significance_observed']:.2f} exp {r['expected_significance']:.2f} ({time.perf_counter() - t0:.1f} s)")

@@ -199,11 +199,15 @@ class PyhfModel:
         workspace: The workspace.
         measurement: Measurement name (default: the first).
         tolerance: Minuit tolerance.
+
+    Fits are remembered per (data, fixed POI): a CLs scan over μ refits the same free fit, μ = 0
+    fit and Asimov data at every tested point, so an upper-limit scan costs one fit per μ.
     """
 
     def __init__(self, workspace: pyhf.Workspace, *, measurement: str | None = None, tolerance: float = 0.1) -> None:
         self.workspace = workspace
         self.tolerance = tolerance
+        self._fits: dict[tuple[bytes, float | None], tuple[float, np.ndarray, bool]] = {}
         with numpy_minuit():
             try:
                 self.model = workspace.model(measurement_name=measurement)
@@ -213,7 +217,14 @@ class PyhfModel:
         self.poi_index = int(self.model.config.poi_index)
 
     def fit(self, data: Any, poi: float | None = None) -> tuple[float, np.ndarray, bool]:
-        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed."""
+        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed (remembered)."""
+        key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
+        if key not in self._fits:
+            self._fits[key] = self._fit(data, poi)
+        twice_nll, pars, ok = self._fits[key]
+        return twice_nll, pars.copy(), ok
+
+    def _fit(self, data: Any, poi: float | None) -> tuple[float, np.ndarray, bool]:
         with numpy_minuit(tolerance=self.tolerance):
             fixed = list(self.model.config.suggested_fixed())
             fixed[self.poi_index] = True
