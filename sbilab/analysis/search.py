@@ -58,7 +58,7 @@ from ..stats.binned import PyhfModel, build_workspace, hypotest, to_json, upper_
 from .config import AnalysisConfig
 from .estimation import Trained, build_simulator, fit_estimator, truth_point
 from .plots import plot_limits
-from .templates import quantile_edges
+from .templates import histogram, quantile_edges
 
 __all__ = ["run_search", "OBSERVABLES"]
 
@@ -127,12 +127,6 @@ def _logit(trained: Trained, reference: Tensor) -> Callable[[Tensor], Tensor]:
     return logit
 
 
-def _hist(values: Tensor, edges: Tensor) -> Tensor:
-    """Counts ``(B,)`` of ``values (N,)`` in the bins ``edges (B + 1,)`` (outermost bins open)."""
-    index = torch.bucketize(values.contiguous(), edges[1:-1].contiguous(), right=True)
-    return torch.bincount(index, minlength=len(edges) - 1).to(_F64)
-
-
 class _Templates:
     """Template events of the search: nominal, low and high resolution signal and the background, x ``(n,)`` each."""
 
@@ -159,7 +153,7 @@ class _Templates:
 
         ``without`` drops one systematic (``"bkg_norm"``, ``"sigma_det"`` or ``"staterror"``) to measure its impact.
         """
-        counts = {k: _hist(h(v), edges) for k, v in self.x.items()}
+        counts = {k: histogram(h(v), edges) for k, v in self.x.items()}
         weight = {k: self.yields[k] / len(self.x[k]) for k in self.x}
         nominal = {k: (counts[k] * weight[k]).tolist() for k in counts}
         u = cfg.search.background_norm_uncertainty
@@ -272,7 +266,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     results: dict[str, dict] = {}
     for key, h in observables.items():
         t0 = time.perf_counter()
-        observed = _hist(h(x_obs), edges[key])
+        observed = histogram(h(x_obs), edges[key])
         workspace = templates.workspace(h, edges[key], observed, cfg)
         to_json(workspace, out / f"workspace_{key}.json")
         samples = {s["name"]: s["data"] for s in workspace["channels"][0]["samples"]}

@@ -28,7 +28,7 @@ from ..exceptions import ShapeMismatchError
 from ..simulators.space import ParameterSpace
 from ..simulators.weighted import MorphingBasis
 
-__all__ = ["MorphedHistogram", "quantile_edges"]
+__all__ = ["MorphedHistogram", "quantile_edges", "histogram"]
 
 
 def quantile_edges(values: Tensor, bins: int) -> Tensor:
@@ -36,6 +36,18 @@ def quantile_edges(values: Tensor, bins: int) -> Tensor:
     q = torch.quantile(values.to(torch.float64), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
     inf = torch.tensor([torch.inf], dtype=torch.float64)
     return torch.cat([-inf, torch.unique(q), inf])
+
+
+def histogram(values: Tensor, edges: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Counts ``(B,)`` float64 of ``values (N,)`` in the bins ``edges (B + 1,)``; the outermost bins are open.
+
+    Example:
+        >>> histogram(torch.tensor([-5.0, 0.5, 1.5, 9.0]), torch.tensor([0.0, 1.0, 2.0])).tolist()
+        [2.0, 2.0]
+    """
+    index = torch.bucketize(values.to(torch.float64).contiguous(), edges.to(torch.float64)[1:-1].contiguous(), right=True)
+    w = torch.ones(values.shape[0], dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    return torch.zeros(len(edges) - 1, dtype=torch.float64).index_add_(0, index, w)
 
 
 class MorphedHistogram(nn.Module):
@@ -87,8 +99,7 @@ class MorphedHistogram(nn.Module):
 
     def counts(self, values: Tensor, weights: Tensor | None = None) -> Tensor:
         """Histogram ``(B,)`` of ``values (N,)`` (optionally weighted)."""
-        w = torch.ones(values.shape[0], dtype=torch.float64) if weights is None else weights.to(torch.float64)
-        return torch.zeros(self.n_bins, dtype=torch.float64).index_add_(0, self.bin_index(values), w)
+        return histogram(values, self.edges, weights)
 
     def expected(self, theta: Tensor) -> Tensor:
         r""":math:`\nu_b(\theta)`, ``(B,)`` for ``theta (P,)``; differentiable."""
