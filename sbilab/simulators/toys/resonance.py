@@ -109,6 +109,29 @@ def restrict_to_window(log_p: Tensor, x: Tensor, window: tuple[float, float]) ->
     return torch.where((x > lo) & (x < hi), log_p, torch.full_like(log_p, -math.inf))
 
 
+def draw_in_window(mass: Tensor, half_width: Tensor, sigma: Tensor, window: tuple[float, float], rows: Tensor,
+                   m: Tensor, x: Tensor, *, generator: torch.Generator | None, max_rounds: int) -> Tensor:
+    r"""Accept–reject draws of :math:`m \sim \mathrm{Cauchy}(M, \gamma)`, :math:`x = m + \sigma\epsilon` inside the open window.
+
+    Fills ``m[rows]`` and ``x[rows]`` in place (float64, ``(N,)``), redrawing only the rows still
+    outside the window, at most ``max_rounds`` times; ``mass``, ``half_width`` γ = Γ/2 and
+    ``sigma`` are per row, ``(N,)``. Returns the rows that got no event (empty on success).
+    """
+    lo, hi = window
+    pending = rows
+    for _ in range(max_rounds):
+        if pending.numel() == 0:
+            break
+        k = pending.numel()
+        u = torch.rand(k, generator=generator, dtype=torch.float64)
+        m_new = mass[pending] + half_width[pending] * torch.tan(math.pi * (u - 0.5))
+        x_new = m_new + sigma[pending] * torch.randn(k, generator=generator, dtype=torch.float64)
+        ok = (x_new > lo) & (x_new < hi)
+        m[pending[ok]], x[pending[ok]] = m_new[ok], x_new[ok]
+        pending = pending[~ok]
+    return pending
+
+
 class _Acceptance(torch.autograd.Function):
     """A(θ) by quadrature in the forward pass, closed-form (differentiable) gradient in the backward.
 
@@ -189,20 +212,11 @@ class Resonance(Simulator):
         theta = torch.as_tensor(theta, dtype=torch.get_default_dtype())
         th = theta.to(torch.float64)
         n = th.shape[0]
-        lo, hi = self.window
         m = torch.empty(n, dtype=torch.float64)
         x = torch.empty(n, dtype=torch.float64)
-        pending = torch.arange(n)
-        for _ in range(self.max_rounds):
-            if pending.numel() == 0:
-                break
-            k = pending.numel()
-            u = torch.rand(k, generator=generator, dtype=torch.float64)
-            m_new = th[pending, 0] + th[pending, 1] / 2 * torch.tan(math.pi * (u - 0.5))
-            x_new = m_new + self.sigma_det * torch.randn(k, generator=generator, dtype=torch.float64)
-            ok = (x_new > lo) & (x_new < hi)
-            m[pending[ok]], x[pending[ok]] = m_new[ok], x_new[ok]
-            pending = pending[~ok]
+        sigma = torch.full((n,), self.sigma_det, dtype=torch.float64)
+        pending = draw_in_window(th[:, 0], th[:, 1] / 2, sigma, self.window, torch.arange(n), m, x,
+                                 generator=generator, max_rounds=self.max_rounds)
         if pending.numel():
             raise SamplingError(
                 f"Resonance.sample: {pending.numel()} of {n} rows got no event inside the window {self.window} "

@@ -41,7 +41,7 @@ from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator, autograd_score
 from ..space import ParameterSpace
-from .resonance import _Acceptance, _gauss_legendre, faddeeva, restrict_to_window, voigt_log_pdf
+from .resonance import _Acceptance, _gauss_legendre, draw_in_window, faddeeva, restrict_to_window, voigt_log_pdf
 
 __all__ = ["ResonanceBackground"]
 
@@ -117,17 +117,8 @@ class ResonanceBackground(Simulator):
         e_lo, e_hi = math.exp(-lo / self.slope), math.exp(-hi / self.slope)
         x = -self.slope * torch.log(e_lo - u * (e_lo - e_hi))
         m = x.clone()
-        pending = torch.nonzero(is_signal)[:, 0]
-        for _ in range(self.max_rounds):
-            if pending.numel() == 0:
-                break
-            k = pending.numel()
-            v = torch.rand(k, generator=generator, dtype=_F64)
-            m_new = th[pending, 0] + th[pending, 1] / 2 * torch.tan(math.pi * (v - 0.5))
-            x_new = m_new + th[pending, 2] * torch.randn(k, generator=generator, dtype=_F64)
-            ok = (x_new > lo) & (x_new < hi)
-            m[pending[ok]], x[pending[ok]] = m_new[ok], x_new[ok]
-            pending = pending[~ok]
+        pending = draw_in_window(th[:, 0], th[:, 1] / 2, th[:, 2], self.window, torch.nonzero(is_signal)[:, 0], m, x,
+                                 generator=generator, max_rounds=self.max_rounds)
         if pending.numel():
             raise SamplingError(
                 f"ResonanceBackground.sample: {pending.numel()} signal rows got no event inside the window {self.window} "
