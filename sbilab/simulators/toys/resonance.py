@@ -35,7 +35,7 @@ from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator, autograd_score
 from ..space import ParameterSpace
 
-__all__ = ["Resonance", "faddeeva", "voigt_log_pdf"]
+__all__ = ["Resonance", "faddeeva", "voigt_log_pdf", "draw_in_window"]
 
 _LOG_2PI = math.log(2 * math.pi)
 _N_WEIDEMAN = 40
