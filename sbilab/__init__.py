@@ -8,7 +8,7 @@ and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle
 """
 
 from . import calibration, exceptions, inference, publish, simulators, stats
-from .estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator, ScoreEstimator, get_loss
+from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
 from .nets import Ensemble
@@ -43,6 +43,7 @@ __all__ = [
     "ScoreEstimator",
     "LikelihoodEstimator",
     "PosteriorEstimator",
+    "PosteriorMixture",
     "Ensemble",
     "get_loss",
     "fit",

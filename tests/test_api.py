@@ -15,11 +15,11 @@ PUBLIC = {
         "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
         "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
-        "PosteriorEstimator", "Ensemble", "get_loss", "fit", "FitResult", "TrainingConfig", "UnbinnedLikelihood",
+        "PosteriorEstimator", "PosteriorMixture", "Ensemble", "get_loss", "fit", "FitResult", "TrainingConfig", "UnbinnedLikelihood",
         "SbilabError",
     },
     "sbilab.estimators": {
-        "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "FLOWS", "carl_loss",
+        "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "PosteriorMixture", "FLOWS", "carl_loss",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
         "scandal_loss", "npe_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread",

@@ -105,3 +105,91 @@ def test_spec_roundtrip_publish_and_ensemble(trained, tmp_path):
               batch_size=200, seed=0, progress=False)
     assert res.model(data.theta[:5], data.x[:5]).shape == (2, 5)
     assert math.isfinite(res.history["train_loss"][-1])
+
+
+def _two_member_mixture() -> "PosteriorMixture":
+    """A 1-D mixture whose two members clearly differ (member 1's standardisation shifted by +1.5)."""
+    from sbilab.estimators.posterior import PosteriorMixture
+    from sbilab.nets.ensemble import Ensemble
+
+    space = ParameterSpace(("a",), low=(0.0,), high=(1.0,))
+    ens = Ensemble(PosteriorEstimator(space, 2, transforms=1, hidden=(8,)), 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ens.stacked_buffers()["z_mean"][1] += 1.5
+    return PosteriorMixture(ens.eval())
+
+
+def test_mixture_density_is_the_member_average_and_normalised():
+    mix = _two_member_mixture()
+    x = torch.tensor([[0.2, -0.4]])
+    grid = torch.linspace(0, 1, 4001)[1:-1].reshape(-1, 1, 1)
+    with torch.no_grad():
+        members = [mix.ensemble.member(i).log_prob(grid, x).exp() for i in range(2)]
+        mixture = mix.log_prob(grid, x).exp()
+    assert torch.allclose(mixture, (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-6)
+    assert torch.trapezoid(mixture[:, 0], grid[:, 0, 0]).item() == pytest.approx(1.0, abs=2e-3)
+    # the members are far apart, so a wrong mixture (one member, or a product) would fail below
+    assert (members[0] - members[1]).abs().max().item() > 1.0
+
+
+def test_mixture_samples_follow_the_mixture_density():
+    mix = _two_member_mixture()
+    x = torch.tensor([[0.2, -0.4], [1.0, 0.5]])
+    s = mix.sample(4000, x, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (4000, 2, 1) and bool(((s > 0) & (s < 1)).all())
+    grid = torch.linspace(0, 1, 4001)[1:-1]
+    for j in range(2):
+        with torch.no_grad():
+            dens = mix.log_prob(grid.reshape(-1, 1, 1), x[j:j + 1]).exp()[:, 0].double().numpy()
+        cdf = sps.rv_histogram((dens[:-1], grid.double().numpy()), density=True).cdf
+        assert sps.kstest(s[:, j, 0].double().numpy(), cdf).pvalue > 1e-3
+        for i in range(2):  # while neither member alone passes
+            alone = mix.ensemble.member(i).sample(4000, x[j:j + 1], generator=torch.Generator().manual_seed(0))[:, 0, 0]
+            assert sps.kstest(alone.double().numpy(), cdf).pvalue < 1e-3
+    # any prefix is a mixture sample: both members appear in the first 100 draws
+    first = s[:100, 0, 0]
+    assert (first < 0.5).any() and (first > 0.5).any()
+    assert mix.sample(3, x[0]).shape == (3, 1)
+
+
+def test_trained_mixture_is_close_to_the_exact_posterior():
+    from sbilab.estimators.posterior import PosteriorMixture
+
+    data, test = gaussian_data(3000, 5), gaussian_data(2000, 6)
+    torch.manual_seed(0)
+    est = PosteriorEstimator.from_events(data, SPACE, transforms=2, hidden=(32, 32))
+    ens = fit(est, npe_loss, data, epochs=25, batch_size=256, learning_rate=3e-3, patience=None, ensemble=3, seed=0,
+              progress=False).model
+    mix = PosteriorMixture(ens.eval())
+    exact = sum(
+        torch.as_tensor(sps.truncnorm.logpdf(test.theta[:, j].numpy(), (lo - test.x[:, j].numpy()) / SIGMA,
+                                             (hi - test.x[:, j].numpy()) / SIGMA, loc=test.x[:, j].numpy(), scale=SIGMA))
+        for j, (lo, hi) in enumerate([(-3.0, 3.0), (0.0, 2.0)])
+    ).float()
+    with torch.no_grad():
+        kl_mix = (exact - mix.log_prob(test.theta, test.x)).mean().item()
+        kl_members = (exact - ens(test.theta, test.x)).mean(1)
+    # expected KL(p || q) over the prior predictive with the exact p: members 0.058-0.063, mixture 0.051
+    assert kl_mix < 0.055
+    assert kl_mix < kl_members.min().item()
+
+
+def test_mixture_bad_input():
+    from sbilab.estimators.posterior import PosteriorMixture
+    from sbilab.inference.sbi import SbiPosterior
+
+    mix = _two_member_mixture()
+    with pytest.raises(ConfigError, match="Ensemble of PosteriorEstimators"):
+        PosteriorMixture(PosteriorEstimator(mix.space, 2, transforms=1, hidden=(8,)))
+    with pytest.raises(ShapeMismatchError):
+        mix.sample(5, torch.zeros(1, 3))
+    with pytest.raises(InvalidEventsError):
+        mix.log_prob(torch.tensor([[0.5]]), torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(OutOfSupportError):
+        mix.log_prob(torch.tensor([[1.5]]), torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match="positive integer"):
+        mix.sample(0, torch.zeros(1, 2))
+    # sbi's posterior interface accepts the mixture like a single posterior
+    post = SbiPosterior(mix, generator=torch.Generator().manual_seed(0))
+    assert post.sample((6,), x=torch.zeros(1, 2)).shape == (6, 1)
+    assert torch.isinf(post.log_prob(torch.tensor([[1.5], [0.5]]), x=torch.zeros(1, 2))[0])

@@ -16,7 +16,7 @@ from .losses import (
     sally_loss,
     scandal_loss,
 )
-from .posterior import FLOWS, PosteriorEstimator
+from .posterior import FLOWS, PosteriorEstimator, PosteriorMixture
 from .ratio import RatioEstimator
 from .score import ScoreEstimator
 
@@ -25,6 +25,7 @@ __all__ = [
     "ScoreEstimator",
     "LikelihoodEstimator",
     "PosteriorEstimator",
+    "PosteriorMixture",
     "FLOWS",
     "carl_loss",
     "rolr_loss",
