@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -51,49 +50,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .durable import atomic_write, atomic_write_text, fsync_and_hash
+from .durable import atomic_write_text, fsync_and_hash
 from .events import Events
 from .exceptions import StoreError
-
-try:  # POSIX advisory lock: a killed writer releases it automatically
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from .store_format import (
+    MANIFEST,
+    SEGMENT_ROWS,
+    STORE_SCHEMA,
+    STORE_SCHEMA_VERSION,
+    acquire_lock,
+    open_h5,
+    read_manifest,
+    read_packed_manifest,
+    verify_packed,
+    write_packed,
+)
 
 __all__ = ["SimulationStore", "STORE_SCHEMA", "STORE_SCHEMA_VERSION"]
-
-STORE_SCHEMA = "sbilab.store"
-STORE_SCHEMA_VERSION = 1
-_MANIFEST = "manifest.json"
-_LOCK = ".lock"
-_SEGMENT_ROWS = 65536  # rows per streamed segment of a packed single-file store
 
 
 def _sbilab_version() -> str:
     from . import __version__  # imported lazily: sbilab/__init__ imports this module
 
     return __version__
-
-
-def _check_schema(where: Path, schema: Any, version: Any) -> None:
-    if schema != STORE_SCHEMA:
-        raise StoreError(
-            f"{where} is not an sbilab simulation store (schema {schema!r}, expected {STORE_SCHEMA!r}). "
-            "Create stores with SimulationStore.create."
-        )
-    version = int(version) if isinstance(version, (int, np.integer)) else version
-    if not isinstance(version, int) or not 1 <= version <= STORE_SCHEMA_VERSION:
-        raise StoreError(
-            f"{where} has store schema version {version!r}; this sbilab reads versions 1..{STORE_SCHEMA_VERSION}. "
-            "Upgrade sbilab to read it."
-        )
-
-
-def _open_h5(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise StoreError(f"{path} cannot be read as HDF5: the file is truncated, corrupt or not HDF5 ({err}).") from err
 
 
 class SimulationStore:
@@ -165,7 +144,7 @@ class SimulationStore:
         if path.exists():
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass overwrite=True to replace it, or SimulationStore.open(path, mode='a') to add to it.")
-            if not (path.is_dir() and ((path / _MANIFEST).is_file() or not any(path.iterdir()))):
+            if not (path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))):
                 raise StoreError(f"{path} exists and is not an sbilab store; refusing to overwrite it. Choose another path.")
             shutil.rmtree(path)
         metadata = {
@@ -190,8 +169,8 @@ class SimulationStore:
         except (TypeError, ValueError) as err:
             raise StoreError(f"SimulationStore.create: metadata for {path} is not JSON-serialisable ({err}).") from err
         path.mkdir(parents=True)
-        lock = cls._acquire_lock(path)
-        atomic_write_text(path / _MANIFEST, text, fsync=fsync)
+        lock = acquire_lock(path)
+        atomic_write_text(path / MANIFEST, text, fsync=fsync)
         return cls(path, manifest, packed=False, lock=lock)
 
     @classmethod
@@ -210,58 +189,17 @@ class SimulationStore:
         if path.is_file():
             if mode != "r":
                 raise StoreError(f"{path} is a packed store file and is read-only; append to the store directory instead.")
-            return cls._open_packed(path)
-        manifest_path = path / _MANIFEST
-        if not manifest_path.is_file():
-            raise StoreError(f"{path} is not an sbilab simulation store: it has no {_MANIFEST}.")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise StoreError(f"{manifest_path} is truncated or not JSON ({err}).") from err
-        if not isinstance(manifest, dict):
-            raise StoreError(f"{manifest_path} is not an sbilab store manifest (not a JSON object).")
-        _check_schema(manifest_path, manifest.get("schema"), manifest.get("schema_version"))
-        missing = [k for k in ("fields", "rows", "chunks", "metadata") if k not in manifest]
-        if missing:
-            raise StoreError(f"{manifest_path} is corrupt: it lacks the keys {missing}.")
+            return cls(path, read_packed_manifest(path), packed=True)
+        manifest = read_manifest(path)
         chunks = manifest["chunks"]
-        if sum(int(c["rows"]) for c in chunks) != manifest["rows"]:
-            raise StoreError(f"{manifest_path} is inconsistent: its chunks hold a different number of rows than it records.")
         lock = None
         if mode == "a":
-            lock = cls._acquire_lock(path)
+            lock = acquire_lock(path)
             listed = {c["file"] for c in chunks}
             for orphan in path.iterdir():  # chunks and temp files of a killed writer
-                if orphan.name.startswith(("chunk-", f".{_MANIFEST}.tmp")) and orphan.name not in listed:
+                if orphan.name.startswith(("chunk-", f".{MANIFEST}.tmp")) and orphan.name not in listed:
                     orphan.unlink()
         return cls(path, manifest, packed=False, lock=lock)
-
-    @classmethod
-    def _open_packed(cls, path: Path) -> "SimulationStore":
-        with _open_h5(path) as f:
-            if "sbilab_schema" not in f.attrs:
-                raise StoreError(f"{path} is an HDF5 file but not an sbilab simulation store (no 'sbilab_schema' attribute).")
-            _check_schema(path, f.attrs["sbilab_schema"], f.attrs.get("sbilab_schema_version"))
-            try:
-                manifest = json.loads(f.attrs["manifest"])
-            except (KeyError, ValueError) as err:
-                raise StoreError(f"{path}: the 'manifest' attribute is missing or corrupt ({err!r}).") from err
-            for name, info in manifest["fields"].items():
-                if name not in f or f[name].shape != (manifest["rows"], *info["shape"]):
-                    raise StoreError(f"{path}: dataset {name!r} is missing or has the wrong shape.")
-        return cls(path, manifest, packed=True)
-
-    @staticmethod
-    def _acquire_lock(path: Path) -> Any:
-        if fcntl is None:  # pragma: no cover
-            return None
-        fh = open(path / _LOCK, "a")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise StoreError(f"{path} is being written by another process; one writer at a time.") from None
-        return fh
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -347,7 +285,7 @@ class SimulationStore:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
-        atomic_write_text(self.path / _MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
         self._manifest = manifest
         self._segments.append((final, 0, rows, size))
 
@@ -377,7 +315,7 @@ class SimulationStore:
         """(file, first row in file, rows, expected bytes) of every streamed piece."""
         if self._packed:
             n = len(self)
-            return [(self.path, s, min(_SEGMENT_ROWS, n - s), None) for s in range(0, n, _SEGMENT_ROWS)]
+            return [(self.path, s, min(SEGMENT_ROWS, n - s), None) for s in range(0, n, SEGMENT_ROWS)]
         return [(self.path / c["file"], 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
 
     def _file(self, path: Path, expected_bytes: int | None, rows: int) -> h5py.File:
@@ -392,7 +330,7 @@ class SimulationStore:
             size = path.stat().st_size
             if size != expected_bytes:
                 raise StoreError(f"{path} is truncated or altered: {size} bytes on disk, {expected_bytes} committed.")
-        f = _open_h5(path)
+        f = open_h5(path)
         if not self._packed:
             if f.attrs.get("sbilab_schema") != STORE_SCHEMA or int(f.attrs.get("rows", -1)) != rows:
                 f.close()
@@ -467,7 +405,7 @@ class SimulationStore:
             StoreError: naming the first chunk that is missing, truncated or altered.
         """
         if self._packed:
-            return self._verify_packed()
+            return verify_packed(self.path, self._manifest["fields"], len(self))
         for c in tqdm(self._manifest["chunks"], desc="verify", disable=not progress):
             path = self.path / c["file"]
             if not path.is_file():
@@ -475,15 +413,6 @@ class SimulationStore:
             size, digest = fsync_and_hash(path, fsync=False)
             if size != c["bytes"] or digest != c["sha256"]:
                 raise StoreError(f"{path} is corrupt: its SHA-256 or size differs from the committed chunk.")
-
-    def _verify_packed(self) -> None:
-        with _open_h5(self.path) as f:
-            for name in self._manifest["fields"]:
-                digest = hashlib.sha256()
-                for s in range(0, len(self), _SEGMENT_ROWS):
-                    digest.update(np.ascontiguousarray(f[name][s:s + _SEGMENT_ROWS]).tobytes())
-                if digest.hexdigest() != f[name].attrs.get("sha256"):
-                    raise StoreError(f"{self.path}: dataset {name!r} is corrupt (SHA-256 differs from the one written).")
 
     def pack(self, path: str | os.PathLike, *, overwrite: bool = False, progress: bool = False) -> Path:
         """Write all committed rows into one HDF5 file (atomically), readable with :meth:`open`.
@@ -497,26 +426,6 @@ class SimulationStore:
         if len(self) == 0:
             raise StoreError(f"{self.path} is empty; nothing to pack.")
         manifest = {k: v for k, v in self._manifest.items() if k != "chunks"}
-        n, fields = len(self), self._manifest["fields"]
-
-        def write(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["sbilab_schema"] = STORE_SCHEMA
-                f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
-                f.attrs["manifest"] = json.dumps(manifest)
-                ds = {k: f.create_dataset(k, shape=(n, *i["shape"]), dtype=i["dtype"], chunks=(min(n, 4096), *i["shape"]),
-                                          compression=self._manifest["compression"]) for k, i in fields.items()}
-                digests = {k: hashlib.sha256() for k in fields}
-                row = 0
-                for k in tqdm(range(len(self._segments)), desc="pack", disable=not progress):
-                    arrays = self._read_segment(k)
-                    m = len(arrays["x"])
-                    for name, a in arrays.items():
-                        ds[name][row:row + m] = a
-                        digests[name].update(np.ascontiguousarray(a).tobytes())
-                    row += m
-                for name, d in digests.items():
-                    ds[name].attrs["sha256"] = d.hexdigest()
-
-        atomic_write(path, write)
+        segments = (self._read_segment(k) for k in tqdm(range(len(self._segments)), desc="pack", disable=not progress))
+        write_packed(path, manifest, segments)
         return path
