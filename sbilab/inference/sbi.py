@@ -3,9 +3,9 @@ r"""Interoperability with sbi (Tejero-Cantero et al., JOSS 2020; Boelts et al., 
 * sbi priors (``BoxUniform`` or any torch distribution) and sbi-style simulators
   (``theta (N, P) -> x (N, D)``) become sbilab training :class:`~sbilab.events.Events` via
   :func:`simulate_for_sbilab` and :meth:`ParameterSpace.from_prior`.
-* :class:`SbiPosterior` exposes an sbilab posterior (a :class:`PosteriorEstimator`, or samples
-  from MCMC/importance sampling through a :class:`LogPosterior`) through the methods of sbi's
-  posterior interface (``sample``, ``sample_batched``, ``log_prob``, ``set_default_x``), so sbi's
+* :class:`SbiPosterior` exposes an sbilab posterior (a :class:`PosteriorEstimator` or an ensemble's
+  :class:`PosteriorMixture`, or samples from MCMC/importance sampling through a
+  :class:`LogPosterior`) through the methods of sbi's posterior interface (``sample``, ``sample_batched``, ``log_prob``, ``set_default_x``), so sbi's
   diagnostics (``run_sbc``, ``run_tarp``, ``check_sbc``, ...) run on it unchanged.
 """
 
@@ -62,8 +62,8 @@ class SbiPosterior:
     """sbi-style posterior around an sbilab posterior.
 
     Args:
-        posterior: A :class:`~sbilab.estimators.posterior.PosteriorEstimator` (amortised: any
-            ``x``), or a function ``x -> LogPosterior`` with a ``sampler(log_posterior, n)`` for
+        posterior: A :class:`~sbilab.estimators.posterior.PosteriorEstimator` or
+            :class:`~sbilab.estimators.posterior.PosteriorMixture` (amortised: any ``x``), or a function ``x -> LogPosterior`` with a ``sampler(log_posterior, n)`` for
             likelihood(-ratio) based posteriors.
         prior: Optional prior (kept for sbi code that reads ``posterior.prior``).
         generator: Random source of the samples.
