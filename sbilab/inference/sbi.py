@@ -5,8 +5,9 @@ r"""Interoperability with sbi (Tejero-Cantero et al., JOSS 2020; Boelts et al., 
   :func:`simulate_for_sbilab` and :meth:`ParameterSpace.from_prior`.
 * :class:`SbiPosterior` exposes an sbilab posterior (a :class:`PosteriorEstimator` or an ensemble's
   :class:`PosteriorMixture`, or samples from MCMC/importance sampling through a
-  :class:`LogPosterior`) through the methods of sbi's posterior interface (``sample``, ``sample_batched``, ``log_prob``, ``set_default_x``), so sbi's
-  diagnostics (``run_sbc``, ``run_tarp``, ``check_sbc``, ...) run on it unchanged.
+  :class:`LogPosterior`) through the methods of sbi's posterior interface (``sample``,
+  ``sample_batched``, ``log_prob``, ``set_default_x``), so sbi's diagnostics (``run_sbc``,
+  ``run_tarp``, ``check_sbc``, ...) run on it unchanged.
 """
 
 from __future__ import annotations
