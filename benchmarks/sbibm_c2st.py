@@ -97,7 +97,7 @@ def run_sbilab(theta, x, prior, names, x_obs, n_samples, seed):
     res = fit(est, npe_loss, events, seed=seed, progress=False, device="cpu", **opts["fit"])
     posterior = PosteriorMixture(res.model.eval()) if opts["fit"].get("ensemble", 1) > 1 else res.model
     samples = posterior.sample(n_samples, x_obs, generator=torch.Generator().manual_seed(seed))  # (n, B, P)
-    return samples, time.perf_counter() - t0, len(res.history["train_loss"])
+    return samples, time.perf_counter() - t0, len(res.history["train_loss"]), posterior.log_prob
 
 
 def run_sbi(theta, x, prior, x_obs, n_samples, seed):
@@ -110,7 +110,33 @@ def run_sbi(theta, x, prior, x_obs, n_samples, seed):
         estimator = inference.append_simulations(theta, x).train(show_train_summary=False)
     posterior = inference.build_posterior(estimator)
     samples = torch.stack([posterior.sample((n_samples,), x=xo[None], show_progress_bars=False) for xo in x_obs], 1)
-    return samples, time.perf_counter() - t0, inference._summary["epochs_trained"][-1]
+
+    def log_prob(theta, x):  # sbi's density estimator: theta (1, B, P), x (B, D) -> (1, B)
+        return estimator.log_prob(theta[None], x)[0]
+
+    return samples, time.perf_counter() - t0, inference._summary["epochs_trained"][-1], log_prob
+
+
+def exact_kl(name: str, task, log_probs: dict, *, n: int, seed: int) -> dict | None:
+    """Expected KL(p(θ|x) || q(θ|x)) over the prior predictive, for tasks whose posterior is known in closed form.
+
+    gaussian_linear: prior N(0, 0.1 I), x ~ N(θ, 0.1 I), so p(θ|x) = N(x/2, 0.05 I). Estimated on
+    ``n`` fresh (θ, x) pairs as mean(log p(θ|x) - log q(θ|x)); far less noisy than a C2ST.
+    """
+    if name != "gaussian_linear":
+        return None
+    with torch.random.fork_rng():  # leaves the benchmark's global random stream untouched
+        torch.manual_seed(seed)
+        theta = task.get_prior_dist().sample((n,)).float()
+        x = task.get_simulator()(theta).float()
+    exact = torch.distributions.MultivariateNormal(x / 2, 0.05 * torch.eye(theta.shape[1])).log_prob(theta)
+    out = {}
+    with torch.no_grad():
+        for method, log_prob in log_probs.items():
+            lq = torch.cat([log_prob(theta[i:i + 5000], x[i:i + 5000]) for i in range(0, n, 5000)])
+            d = exact - lq
+            out[method] = {"kl": d.mean().item(), "standard_error": (d.std() / n ** 0.5).item()}
+    return out
 
 
 def sbibm_c2st_function():
@@ -137,10 +163,13 @@ def run_task(name: str, budget: int, observations: list[int], *, n_samples: int,
     refs = [task.get_reference_posterior_samples(num_observation=i)[:n_samples] for i in observations]
     names = [f"theta_{i}" for i in range(theta.shape[1])]
     out: dict = {}
-    s_lab, t_lab, ep_lab = run_sbilab(theta, x, prior, names, x_obs, n_samples, seed)
+    s_lab, t_lab, ep_lab, lp_lab = run_sbilab(theta, x, prior, names, x_obs, n_samples, seed)
     log(f"  {name} {budget}: sbilab trained {ep_lab} epochs + sampled in {t_lab:.1f} s")
-    s_sbi, t_sbi, ep_sbi = run_sbi(theta, x, prior, x_obs, n_samples, seed)
+    s_sbi, t_sbi, ep_sbi, lp_sbi = run_sbi(theta, x, prior, x_obs, n_samples, seed)
     log(f"  {name} {budget}: sbi trained {ep_sbi} epochs + sampled in {t_sbi:.1f} s")
+    kl = exact_kl(name, task, {"sbilab": lp_lab, "sbi": lp_sbi}, n=20000, seed=seed + 12345)
+    if kl is not None:
+        log(f"    expected KL to the exact posterior (20000 fresh simulations): {kl}")
     # all observations of both methods in one batched C2ST (same classifiers, folds and seed as one call each)
     t0 = time.perf_counter()
     a = torch.stack([ref[:c2st_samples] for ref in refs] * 2).float()  # (2B, c, P)
@@ -156,6 +185,8 @@ def run_task(name: str, budget: int, observations: list[int], *, n_samples: int,
     out["time_s"] = {"sbilab": t_lab, "sbi": t_sbi}
     out["epochs"] = {"sbilab": ep_lab, "sbi": ep_sbi}
     out["c2st_time_s"] = time.perf_counter() - t0
+    if kl is not None:
+        out["exact_kl"] = kl
     if check_sklearn:
         sk = sbibm_c2st_function()
         a, b = refs[0][:c2st_samples], s_sbi[:c2st_samples, 0]
@@ -241,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["time_s"].setdefault(name, {})[str(budget)] = r["time_s"]
             result["epochs"].setdefault(name, {})[str(budget)] = r["epochs"]
             result.setdefault("c2st_time_s", {}).setdefault(name, {})[str(budget)] = r["c2st_time_s"]
+            if "exact_kl" in r:
+                result.setdefault("exact_kl", {}).setdefault(name, {})[str(budget)] = r["exact_kl"]
             if "c2st_check" in r:
                 result.setdefault("c2st_check", {}).setdefault(name, {})[str(budget)] = r["c2st_check"]
             for m in total:
