@@ -209,6 +209,7 @@ def resonance_calibration(*, n_sim: int, n_test: int, events_per_set: int, seed:
         return Events(x=ev.x.reshape(n, events_per_set, 1), theta=theta)
 
     train, test = datasets(n_sim), datasets(n_test)
+    torch.manual_seed(seed)  # the network's initialisation (torch modules draw it from the global generator)
     est = PosteriorEstimator.from_events(train, sim.space, transforms=3, hidden=(64, 64),
                                          embedding={"kind": "deepsets", "out_features": 16, "hidden": [32], "latent": 32, "pooling": "mean"})
     t0 = time.perf_counter()

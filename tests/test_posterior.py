@@ -152,7 +152,7 @@ def test_mixture_samples_follow_the_mixture_density():
     assert mix.sample(3, x[0]).shape == (3, 1)
 
 
-def test_trained_mixture_is_close_to_the_exact_posterior():
+def test_trained_mixture_is_close_to_the_exact_posterior(tmp_path):
     from sbilab.estimators.posterior import PosteriorMixture
 
     data, test = gaussian_data(3000, 5), gaussian_data(2000, 6)
@@ -172,6 +172,15 @@ def test_trained_mixture_is_close_to_the_exact_posterior():
     # expected KL(p || q) over the prior predictive with the exact p: members 0.058-0.063, mixture 0.051
     assert kl_mix < 0.055
     assert kl_mix < kl_members.min().item()
+    # published and loaded back (HDF5 + JSON): the same mixture density and the same draws
+    from sbilab.publish import load, save
+
+    loaded = load(save(tmp_path / "mixture.h5", mix)).eval()
+    assert isinstance(loaded, PosteriorMixture) and loaded.k == 3
+    with torch.no_grad():
+        assert torch.allclose(loaded.log_prob(test.theta[:50], test.x[:50]), mix.log_prob(test.theta[:50], test.x[:50]), atol=1e-5)
+    draws = [m.sample(20, test.x[:4], generator=torch.Generator().manual_seed(1)) for m in (mix, loaded)]
+    assert torch.allclose(draws[0], draws[1], atol=1e-5)
 
 
 def test_mixture_bad_input():

@@ -331,6 +331,7 @@ class PosteriorEstimator(nn.Module):
         return f"parameters={list(self.space.names)}, x_features={self.x_features}, sets={self.is_set}, flow={self._options['flow']}"
 
 
+@register_publishable
 class PosteriorMixture(nn.Module):
     r"""Equal-weight mixture of an ensemble of posteriors, :math:`q(\theta|x) = \frac1K\sum_k q_k(\theta|x)`.
 
@@ -343,8 +344,7 @@ class PosteriorMixture(nn.Module):
     rather than overconfident (Hermans et al., arXiv:2110.06581).
 
     Same interface as :class:`PosteriorEstimator`: checked ``log_prob(theta, x)`` and batched
-    ``sample(n, x)``. Publish the ensemble itself (``sbilab.publish.save(path, ensemble)``) and wrap
-    it again after loading.
+    ``sample(n, x)``; publishable (``sbilab.publish.save(path, mixture)``, HDF5 + JSON, no pickle).
 
     Args:
         ensemble: An :class:`~sbilab.nets.ensemble.Ensemble` whose template is a PosteriorEstimator.
@@ -415,6 +415,21 @@ class PosteriorMixture(nn.Module):
         out = torch.cat(parts, 0)
         order = torch.randperm(n, generator=generator)
         return out[order.to(out.device)]
+
+    # ------------------------------------------------------------------ publishing
+    def spec(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: the ensemble's spec (its template's kind and spec, and K)."""
+        return {"ensemble": self.ensemble.spec()}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "PosteriorMixture":
+        """Rebuild an (untrained) mixture from :meth:`spec`."""
+        from ..nets.ensemble import Ensemble
+
+        try:
+            return cls(Ensemble.from_spec(spec["ensemble"]))
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"PosteriorMixture.from_spec: malformed spec ({err}).") from None
 
     def extra_repr(self) -> str:
         return f"members={self.k}"
