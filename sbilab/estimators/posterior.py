@@ -408,12 +408,13 @@ class PosteriorMixture(nn.Module):
         """
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"PosteriorMixture.sample: n must be a positive integer, got {n!r}.")
-        weights = torch.full((self.k,), 1.0 / self.k)
+        rng_device = "cpu" if generator is None else generator.device  # draws happen where the generator lives
+        weights = torch.full((self.k,), 1.0 / self.k, device=rng_device)
         counts = torch.bincount(torch.multinomial(weights, n, replacement=True, generator=generator), minlength=self.k)
         parts = [self.ensemble.member(i).eval().sample(int(c), x, mask=mask, generator=generator, chunk=chunk)
                  for i, c in enumerate(counts.tolist()) if c > 0]
         out = torch.cat(parts, 0)
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator, device=rng_device)
         return out[order.to(out.device)]
 
     # ------------------------------------------------------------------ publishing
