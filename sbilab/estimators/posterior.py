@@ -336,8 +336,8 @@ class PosteriorMixture(nn.Module):
     r"""Equal-weight mixture of an ensemble of posteriors, :math:`q(\theta|x) = \frac1K\sum_k q_k(\theta|x)`.
 
     Deep ensembles (Lakshminarayanan et al., arXiv:1612.01474) for amortised posteriors: the K
-    members of ``fit(PosteriorEstimator, npe_loss, ..., ensemble=K).model`` differ by their
-    initialisation and batch order; by convexity of the KL divergence the mixture is never further
+    members of ``fit(PosteriorEstimator, npe_loss, ..., ensemble=K).model`` see the same batches
+    and differ by their initialisation; by convexity of the KL divergence the mixture is never further
     from the true posterior, on average, than its members are, and it is usually much closer (on
     sbibm's gaussian_linear at 10⁴ simulations the expected KL of three members, 0.10–0.13, falls to
     0.06–0.07 for their mixture; ``benchmarks/README.md``). Mixtures also tend to be conservative
