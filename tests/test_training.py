@@ -115,6 +115,36 @@ def test_early_stopping_restores_best_weights() -> None:
         assert float(mse(res.model, val).mean()) == pytest.approx(res.best_val_loss, rel=1e-5)
 
 
+def test_keep_chooses_raw_best_smoothed_best_or_last_epoch() -> None:
+    from sbilab.training.stopping import EarlyStopping
+
+    # a lucky low validation loss at epoch 2, steady improvement to epoch 7, then overfitting
+    losses = [1.0, 0.5, 0.9, 0.8, 0.7, 0.65, 0.62, 0.9, 1.0]
+    # smoothed (beta 0.5): 1.0, 0.75, 0.825, 0.8125, 0.756, 0.703, 0.661, 0.781, 0.890 -> lowest at epoch 7
+    for keep, epoch in (("best", 2), ("smoothed", 7), ("last", 9)):
+        stopper = EarlyStopping(1, TrainingConfig(keep=keep, smoothing=0.5))
+        for e, loss in enumerate(losses, 1):
+            stopper.update(e, [loss])
+        assert stopper.best_epoch == [epoch] and stopper.best_loss == [losses[epoch - 1]]
+    with pytest.raises(ConfigError, match="keep must be one of"):
+        TrainingConfig(keep="lowest")
+
+
+def test_fit_keep_smoothed_and_last() -> None:
+    train, val = linear_data(40, noise=2.0, seed=2), linear_data(2000, noise=2.0, seed=3)
+    for keep in ("smoothed", "last"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
+        res = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
+                  patience=None, smoothing=0.5, keep=keep, **QUIET)
+        vals, smoothed = res.history["val_loss"], res.history["val_loss_smoothed"]
+        want = len(vals) if keep == "last" else 1 + min(range(len(smoothed)), key=smoothed.__getitem__)
+        assert res.best_epoch == want
+        with torch.no_grad():
+            assert float(mse(res.model.eval(), val).mean()) == pytest.approx(vals[want - 1], rel=1e-5)
+    assert want == 60 and vals[-1] > min(vals)  # "last" really returned worse-than-best weights
+
+
 def test_nan_loss_names_epoch_and_keeps_best_weights() -> None:
     ev = linear_data(400, noise=0.1)
     opts = dict(epochs=2, batch_size=100, learning_rate=0.02, schedule="constant", patience=None, **QUIET)
@@ -263,6 +293,14 @@ def test_checkpoint_finished_and_mismatch(tmp_path: Path) -> None:
     assert state["finished"] and state["epoch"] == 4 and TrainingConfig.from_dict(state["config"]) == first.config
     again = fit(nn.Linear(2, 1), mse, ev, epochs=4, batch_size=100, checkpoint=path, resume=True, **QUIET)
     assert torch.equal(again.model.weight, first.model.weight) and again.history == first.history
+    # a checkpoint written before the `keep` option existed resumes (missing options take their defaults)
+    from sbilab.training.checkpoint import save_checkpoint
+
+    old = tmp_path / "old.pt"
+    del state["config"]["keep"], state["stopper"]["kept_smoothed"]
+    save_checkpoint(old, state)
+    again = fit(nn.Linear(2, 1), mse, ev, epochs=4, batch_size=100, checkpoint=old, resume=True, **QUIET)
+    assert torch.equal(again.model.weight, first.model.weight)
     with pytest.raises(ConfigError, match="batch_size"):
         fit(nn.Linear(2, 1), mse, ev, epochs=4, batch_size=50, checkpoint=path, resume=True, **QUIET)
     with pytest.raises(ConfigError, match="different training data"):

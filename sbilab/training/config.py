@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigError
 
-__all__ = ["TrainingConfig", "Schedule", "learning_rate_factor"]
+__all__ = ["TrainingConfig", "Schedule", "Keep", "learning_rate_factor"]
 
 Schedule = Literal["cosine", "onecycle", "plateau", "constant"]
 _SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+Keep = Literal["best", "smoothed", "last"]
+_KEEP = ("best", "smoothed", "last")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class TrainingConfig:
             ``min_delta``, relative) for this many epochs; ``None`` never stops early.
         smoothing: Weight of the past in the exponential moving average of the validation
             loss that early stopping watches, in [0, 1); ``0`` watches the raw loss.
+        keep: Which weights ``fit`` returns (per ensemble member): ``"best"`` — the epoch of the
+            lowest raw validation loss; ``"smoothed"`` — the epoch of the lowest smoothed
+            validation loss (robust when the validation loss jitters more than training still
+            improves it, e.g. ROLR's, whose raw minimum can fall on an early epoch by chance);
+            ``"last"`` — the final epoch (e.g. after a whole annealed schedule). Without
+            validation the last epoch is always kept.
         min_delta: Relative improvement of the smoothed validation loss that resets patience.
             Default 0: losses with a high floor (ALICE's soft-label entropy, NLLs) improve by
             tiny relative amounts while the estimator still gets markedly better.
@@ -70,6 +78,7 @@ class TrainingConfig:
     validation_fraction: float = 0.1
     patience: int | None = 10
     smoothing: float = 0.5
+    keep: Keep = "best"
     min_delta: float = 0.0
     ensemble: int = 1
     amp: bool = False
@@ -85,6 +94,8 @@ class TrainingConfig:
             positive_int(name)
         if self.patience is not None:
             positive_int("patience")
+        if self.keep not in _KEEP:
+            raise ConfigError(f"fit: keep must be one of {_KEEP}, got {self.keep!r}.")
         if self.schedule not in _SCHEDULES:
             raise ConfigError(f"fit: schedule must be one of {_SCHEDULES}, got {self.schedule!r}.")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):

@@ -29,7 +29,7 @@ from ..events import Events
 from ..exceptions import ConfigError, TrainingDivergedError
 from ..nets.ensemble import Ensemble
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Schedule, TrainingConfig, learning_rate_factor
+from .config import Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
 from .result import FitResult
@@ -73,6 +73,7 @@ def fit(
     validation_fraction: float = _D.validation_fraction,
     patience: int | None = _D.patience,
     smoothing: float = _D.smoothing,
+    keep: Keep = _D.keep,
     min_delta: float = _D.min_delta,
     ensemble: int = _D.ensemble,
     amp: bool = _D.amp,
@@ -126,7 +127,7 @@ def fit(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, schedule=schedule,
         final_lr_fraction=final_lr_fraction, plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         weight_decay=weight_decay, clip_norm=clip_norm, validation_fraction=validation_fraction, patience=patience,
-        smoothing=smoothing, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed,
+        smoothing=smoothing, keep=keep, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed,
     )
     if not isinstance(estimator, nn.Module):
         raise ConfigError(f"fit: estimator must be a torch.nn.Module, got {type(estimator).__name__}.")
@@ -321,7 +322,7 @@ class _Run:
         })
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int, bool]:
-        saved = dict(state["config"])
+        saved = {**TrainingConfig().to_dict(), **state["config"]}  # options added since the checkpoint: their defaults
         now = self.config.to_dict()
         diff = sorted(key for key in now if key != "epochs" and saved.get(key) != now[key])
         if diff:

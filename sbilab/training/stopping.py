@@ -4,8 +4,9 @@ For member k with validation losses :math:`v_1, v_2, \dots` the watched quantity
 :math:`s_t = \beta s_{t-1} + (1-\beta) v_t` (``smoothing`` :math:`\beta`, :math:`s_1 = v_1`),
 which ignores the epoch-to-epoch jitter of stochastic optimisation. Patience counts the epochs
 since :math:`s` last improved by more than ``min_delta`` (relative); training stops when every
-member has run out of patience. The weights kept are those of each member's lowest *raw*
-validation loss. The ``"plateau"`` schedule reduces the learning rate when the members' mean
+member has run out of patience. The weights kept are, per member, those of the lowest *raw*
+validation loss (``keep="best"``), of the lowest smoothed one (``"smoothed"``) or of the last
+epoch (``"last"``); ``best_loss``/``best_epoch`` record the raw loss and index of that epoch. The ``"plateau"`` schedule reduces the learning rate when the members' mean
 of :math:`s` stalls for ``plateau_patience`` epochs.
 """
 
@@ -28,6 +29,7 @@ class EarlyStopping:
         self.best_epoch = [0] * k
         self.smoothed: list[float | None] = [None] * k
         self.best_smoothed = [math.inf] * k
+        self.kept_smoothed = [math.inf] * k
         self.bad_epochs = [0] * k
         self.plateau_best = math.inf
         self.plateau_bad = 0
@@ -37,16 +39,16 @@ class EarlyStopping:
         return value < best - self.config.min_delta * abs(best) if math.isfinite(best) else True
 
     def update(self, epoch: int, losses: list[float]) -> list[int]:
-        """Record the validation ``losses`` (one per member) of ``epoch``; returns members at a new best."""
-        beta = self.config.smoothing
+        """Record the validation ``losses`` (one per member) of ``epoch``; returns the members whose kept weights change."""
+        beta, keep = self.config.smoothing, self.config.keep
         improved = []
         for i, loss in enumerate(losses):
-            if loss < self.best_loss[i]:
-                self.best_loss[i], self.best_epoch[i] = loss, epoch
-                improved.append(i)
             prev = self.smoothed[i]
             s = loss if prev is None else beta * prev + (1.0 - beta) * loss
             self.smoothed[i] = s
+            if keep == "last" or (keep == "best" and loss < self.best_loss[i]) or (keep == "smoothed" and s < self.kept_smoothed[i]):
+                self.best_loss[i], self.best_epoch[i], self.kept_smoothed[i] = loss, epoch, s
+                improved.append(i)
             if self._improves(s, self.best_smoothed[i]):
                 self.best_smoothed[i], self.bad_epochs[i] = s, 0
             else:
@@ -67,7 +69,7 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in
-                ("best_loss", "best_epoch", "smoothed", "best_smoothed", "bad_epochs", "plateau_best", "plateau_bad", "reductions")}
+                ("best_loss", "best_epoch", "smoothed", "best_smoothed", "kept_smoothed", "bad_epochs", "plateau_best", "plateau_bad", "reductions")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
