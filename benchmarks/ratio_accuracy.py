@@ -25,7 +25,7 @@ madminer==0.9.6``), its ALICES trainer is timed side by side on MadMiner's refer
 ((100, 100) tanh), batch size (128), the same data and validation split (0.25) as ``fit``, and ``speedup_vs_madminer`` = MadMiner seconds per epoch / sbilab seconds per epoch.
 
 Usage: ``python benchmarks/ratio_accuracy.py [--quick] [--json] [--seeds 3] [--budgets 1000 10000]
-[--toys gaussian] [--methods alices carl] [--epochs 50] [--keep final]``. Progress goes to stderr.
+[--toys gaussian] [--methods alices carl] [--epochs 50] [--keep smoothed|final]``. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def train_options(budget: int, args, *, batch: int | None = None) -> dict[str, A
     """``fit`` options; ``--keep final`` trains on every event and keeps the last epoch (no validation split)."""
     return dict(epochs=epochs_for(budget, args.epochs), batch_size=batch or BATCH, learning_rate=LEARNING_RATE, final_lr_fraction=0.1,
                 patience=args.patience or None, min_delta=0.0, validation_fraction=0.0 if args.keep == "final" else 0.1,
-                progress=False)
+                keep="smoothed" if args.keep == "smoothed" else "best", progress=False)
 
 
 def run_method(sim, method: str, budget: int, seed: int, test, args) -> tuple[float, float]:
@@ -162,9 +162,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60, help="epochs at budget >= 10^4 (more for smaller budgets)")
     parser.add_argument("--patience", type=int, default=0,
                         help="early-stopping patience; 0 (default) trains the whole cosine schedule and keeps the best epoch")
-    parser.add_argument("--keep", choices=["best", "final"], default="best",
-                        help="weights kept: the best epoch on a 10%% validation split (default), or the final epoch "
-                             "trained on all events")
+    parser.add_argument("--keep", choices=["best", "smoothed", "final"], default="best",
+                        help="weights kept: the best epoch on a 10%% validation split (default), the epoch of the lowest "
+                             "smoothed validation loss, or the final epoch trained on all events")
     parser.add_argument("--n-test", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--speed-budget", type=int, default=100_000)
