@@ -6,8 +6,9 @@ which ignores the epoch-to-epoch jitter of stochastic optimisation. Patience cou
 since :math:`s` last improved by more than ``min_delta`` (relative); training stops when every
 member has run out of patience. The weights kept are, per member, those of the lowest *raw*
 validation loss (``keep="best"``), of the lowest smoothed one (``"smoothed"``) or of the last
-epoch (``"last"``); ``best_loss``/``best_epoch`` record the raw loss and index of that epoch. The ``"plateau"`` schedule reduces the learning rate when the members' mean
-of :math:`s` stalls for ``plateau_patience`` epochs.
+epoch (``"last"``); ``best_loss``/``best_epoch`` record the raw loss and index of that epoch.
+The ``"plateau"`` schedule reduces the learning rate when the members' mean of :math:`s` stalls
+for ``plateau_patience`` epochs.
 """
 
 from __future__ import annotations
