@@ -7,6 +7,7 @@ from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurem
 and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle).
 """
 
+from ._version import __version__
 from . import calibration, exceptions, inference, publish, simulators, stats
 from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
@@ -17,7 +18,6 @@ from .stats import UnbinnedLikelihood
 from .store import SimulationStore
 from .training import FitResult, TrainingConfig, fit
 
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",

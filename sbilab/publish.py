@@ -13,7 +13,7 @@ shape and SHA-256, and ``spec_sha256``: the SHA-256 of the canonical JSON of all
 
 Loading reads JSON and numeric arrays only: no pickle, no ``torch`` deserialisation, no
 import of anything named in the file. A module is rebuilt by the class registered under its
-kind (:func:`register_publishable`; the class's module must already be imported) from the
+kind (:func:`sbilab.registry.register_publishable`; the class's module must already be imported) from the
 JSON spec; then the schema version, the spec checksum, every tensor's checksum, dtype and
 shape, and the exact set of tensor names are checked before ``load_state_dict(strict=True)``.
 The checksums detect corruption and accidental edits; they are not signatures, so they do
@@ -50,8 +50,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
 from .durable import atomic_write
 from .exceptions import PublishError
+from .registry import build_module, jsonable, module_spec, publishable_kinds, register_publishable, registered_class
 
 __all__ = [
     "PUBLISH_SCHEMA",
@@ -71,86 +73,11 @@ __all__ = [
 PUBLISH_SCHEMA = "sbilab.publish"
 PUBLISH_SCHEMA_VERSION = 1
 _GROUP = "tensors"
-_REGISTRY: dict[str, type] = {}
-
-
-# ---------------------------------------------------------------------- registry
-def register_publishable(cls: type | None = None, *, kind: str | None = None) -> Any:
-    """Class decorator: make ``cls`` publishable under a stable kind name.
-
-    The kind is ``kind``, else a ``publish_kind`` attribute defined on the class itself, else
-    ``cls.__name__``. The class needs ``spec() -> dict`` (JSON-able constructor arguments),
-    a classmethod ``from_spec(spec)``, ``state_dict()`` and ``load_state_dict(state, strict=True)``
-    (every ``nn.Module`` has the last two). Use as ``@register_publishable`` or
-    ``@register_publishable(kind="MyNet")``.
-
-    Raises:
-        PublishError: the class lacks a method, or another class holds the kind.
-    """
-    if cls is None:
-        return lambda c: register_publishable(c, kind=kind)
-    name = kind or cls.__dict__.get("publish_kind") or cls.__name__
-    missing = [m for m in ("spec", "from_spec", "state_dict", "load_state_dict") if not callable(getattr(cls, m, None))]
-    if missing:
-        raise PublishError(f"register_publishable: {cls.__qualname__} lacks {missing}; publishable classes need all four.")
-    old = _REGISTRY.get(name)
-    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise PublishError(
-            f"register_publishable: kind {name!r} is already taken by {old.__module__}.{old.__qualname__}; "
-            f"give {cls.__qualname__} another kind (register_publishable(kind=...) or a publish_kind attribute)."
-        )
-    _REGISTRY[name] = cls
-    return cls
-
-
-def publishable_kinds() -> list[str]:
-    """The registered kinds, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _kind_of(obj: Any) -> str:
-    for name, cls in _REGISTRY.items():
-        if type(obj) is cls:
-            return name
-    raise PublishError(
-        f"{type(obj).__qualname__} is not publishable: decorate its class with @register_publishable "
-        f"(it needs spec() and from_spec()). Registered kinds: {publishable_kinds()}."
-    )
-
-
-def module_spec(module: Any) -> dict[str, Any]:
-    """``{"kind": ..., "spec": ...}`` of a registered module, for specs that nest other modules."""
-    return {"kind": _kind_of(module), "spec": _jsonable(module.spec(), f"{type(module).__qualname__}.spec()")}
-
-
-def build_module(entry: Mapping[str, Any]) -> Any:
-    """Build an untrained module from :func:`module_spec` output, via the registry only."""
-    kind = entry.get("kind") if isinstance(entry, Mapping) else None
-    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise PublishError(
-            f"no publishable class is registered under kind {kind!r}; known kinds: {publishable_kinds()}. "
-            "Import the package that defines it before loading (files never import code themselves)."
-        )
-    try:
-        return cls.from_spec(entry.get("spec"))
-    except PublishError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure of from_spec means the spec does not fit the class
-        raise PublishError(f"{kind}.from_spec failed on the published spec: {type(err).__name__}: {err}") from err
 
 
 # ---------------------------------------------------------------------- helpers
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _jsonable(obj: Any, what: str) -> Any:
-    """``obj`` after a JSON round trip (tuples become lists), or a PublishError naming ``what``."""
-    try:
-        return json.loads(json.dumps(obj))
-    except (TypeError, ValueError) as err:
-        raise PublishError(f"{what} is not JSON-serialisable ({err}); use numbers, strings, lists and dicts.") from err
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -179,8 +106,6 @@ def _check_name(name: Any) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__  # lazily: sbilab/__init__ may import this module
-
     return {"sbilab_version": __version__, "torch_version": torch.__version__, "h5py_version": h5py.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -268,7 +193,7 @@ def _header(content: str, kind: str, spec: Any, metadata: Any, arrays: dict[str,
     return {
         "schema": {"name": PUBLISH_SCHEMA, "version": PUBLISH_SCHEMA_VERSION},
         "content": content, "kind": kind, "spec": spec,
-        "metadata": _jsonable(metadata or {}, "metadata"),
+        "metadata": jsonable(metadata or {}, "metadata"),
         **_versions(),
         "tensors": {n: {"dtype": d, "shape": list(a.shape), "sha256": _sha256(a)} for n, (a, d) in arrays.items()},
     }
@@ -319,7 +244,7 @@ def load(path: str | os.PathLike, *, expected_kind: str | None = None) -> Any:
         kind = header.get("kind")
         if expected_kind is not None and kind != expected_kind:
             raise PublishError(f"{path} holds a {kind!r}, not the expected {expected_kind!r}.")
-        if kind not in _REGISTRY:  # before reading any tensor, and without importing anything
+        if registered_class(kind) is None:  # before reading any tensor, and without importing anything
             build_module(header)
         arrays = _read_tensors(path, f, header)
     module = build_module(header)
@@ -386,7 +311,7 @@ def save_results(
     for name, value in arrays.items():
         _check_name(name)
         converted[name] = _to_numpy(name, value)
-    header = _header("results", str(kind), _jsonable(spec, "save_results spec"), metadata, converted)
+    header = _header("results", str(kind), jsonable(spec, "save_results spec"), metadata, converted)
     return _write(path, header, {n: a for n, (a, _) in converted.items()}, overwrite)
 
 
@@ -417,16 +342,3 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     with f:
         header = _read_header(path, f)
     return {"file": str(path), "bytes": path.stat().st_size, **header}
-
-
-def _register_builtin() -> None:
-    """Ensembles are publishable when their template is (their module predates this one)."""
-    try:
-        from .nets.ensemble import Ensemble
-    except ImportError:  # pragma: no cover
-        return
-    if callable(getattr(Ensemble, "spec", None)) and callable(getattr(Ensemble, "from_spec", None)):
-        register_publishable(Ensemble)
-
-
-_register_builtin()

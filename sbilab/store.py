@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._version import __version__
 from .durable import atomic_write_text, fsync_and_hash
 from .events import Events
 from .exceptions import StoreError
@@ -67,12 +68,6 @@ from .store_format import (
 )
 
 __all__ = ["SimulationStore", "STORE_SCHEMA", "STORE_SCHEMA_VERSION"]
-
-
-def _sbilab_version() -> str:
-    from . import __version__  # imported lazily: sbilab/__init__ imports this module
-
-    return __version__
 
 
 class SimulationStore:
@@ -155,7 +150,7 @@ class SimulationStore:
             "observable_names": list(observable_names) if observable_names is not None else (
                 list(simulator.observable_names) if simulator is not None else None),
             "seed": seed,
-            "sbilab_version": _sbilab_version(),
+            "sbilab_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "extra": extra or {},
         }

@@ -22,7 +22,7 @@ from ..events import Events
 from ..exceptions import ConfigError, ShapeMismatchError
 from ..nets.mlp import Standardize
 from .checks import check_finite, check_theta
-from ..publish import register_publishable
+from ..registry import register_publishable
 from .ratio import _Estimator
 
 __all__ = ["LikelihoodEstimator"]

@@ -31,7 +31,7 @@ from ..events import Events
 from ..exceptions import ConfigError, InvalidEventsError, ShapeMismatchError
 from ..nets.mlp import MLP, Standardize
 from ..nets.sets import set_embedding
-from ..publish import register_publishable
+from ..registry import register_publishable
 from ..simulators.space import ParameterSpace
 from .checks import as_space
 

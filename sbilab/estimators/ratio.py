@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
-from ..publish import register_publishable
+from ..registry import register_publishable
 from .checks import as_space, check_finite, check_theta, check_x
 
 __all__ = ["RatioEstimator"]

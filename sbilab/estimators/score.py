@@ -22,7 +22,7 @@ from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
 from .checks import check_finite
-from ..publish import register_publishable
+from ..registry import register_publishable
 from .ratio import _Estimator
 
 __all__ = ["ScoreEstimator"]

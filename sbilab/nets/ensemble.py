@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from ..exceptions import ConfigError, ShapeMismatchError
+from ..registry import build_module, module_spec, register_publishable
 
 __all__ = ["Ensemble"]
 
@@ -38,6 +39,7 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
                 reset()
 
 
+@register_publishable
 class Ensemble(nn.Module):
     r"""K copies of ``template`` with independent initial weights, evaluated in one batched call.
 
@@ -185,15 +187,11 @@ class Ensemble(nn.Module):
         Raises:
             PublishError: the template's class is not registered with ``@register_publishable``.
         """
-        from ..publish import module_spec  # publish imports this module: import lazily
-
         return {"k": self.k, "template": module_spec(self._template)}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Ensemble":
         """Rebuild an (untrained) ensemble from :meth:`spec`, the template via the publish registry only."""
-        from ..publish import build_module
-
         return cls(build_module(spec["template"]), int(spec["k"]))
 
     def extra_repr(self) -> str:
