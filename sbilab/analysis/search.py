@@ -11,8 +11,9 @@ Three observables, each histogrammed into a HistFactory workspace
 (:func:`~sbilab.stats.binned.build_workspace`):
 
 ``x``        the raw observable in ``x_bins`` fixed-width bins over the window;
-``learned``  a CARL classifier of signal (label 1) against background (label 0) trained with
-             :func:`~sbilab.training.fit` on events at the nominal point; its logit
+``learned``  a :class:`~sbilab.estimators.Classifier` of x, signal (label 1) against background
+             (label 0), trained with the cross-entropy (``carl_loss``) by :func:`~sbilab.training.fit`
+             on events at the nominal point; its logit
              :math:`\log\hat r(x) \approx \log p_s(x)/p_b(x)` + const, i.e. the classifier output
              :math:`\hat s/(\hat s+\hat b) = \sigma(\log\hat r)` up to a monotone map
              (arXiv:1506.02169);
@@ -100,28 +101,25 @@ def _densities(sim, theta: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
 
 
 def _train_classifier(cfg: AnalysisConfig, sim, theta: Tensor, *, device: str, progress: bool, log) -> Trained:
-    """CARL classifier of signal (label 1) vs background (label 0) events at ``theta``; ``log r̂(x|θ_ref)`` is its logit."""
-    from ..estimators import RatioEstimator, carl_loss
+    """:class:`~sbilab.estimators.Classifier` of signal (label 1) vs background (label 0) events at ``theta`` (x alone, BCE)."""
+    from ..estimators import Classifier, carl_loss, classifier_training_data
 
     tr = cfg.training
     started = time.perf_counter()
     x, label = _sample(sim, theta, tr.n_simulations, tr.seed)
-    dtype = torch.get_default_dtype()
-    data = Events(x=x.to(dtype).unsqueeze(1), theta=sim.space.reference.to(dtype).expand(len(x), -1).clone(), label=label.to(dtype))
-    with torch.random.fork_rng():
-        torch.manual_seed(tr.seed)
-        estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
-    log(f"training the signal-vs-background classifier (CARL) on {len(data)} events ({int(label.sum())} signal)")
+    x = x.to(torch.get_default_dtype())
+    data = classifier_training_data(x[~label], x[label])
+    estimator = Classifier.from_events(data, hidden=tr.hidden, activation=tr.activation, seed=tr.seed)
+    log(f"training the signal-vs-background classifier on {len(data)} events ({int(label.sum())} signal)")
     return fit_estimator(estimator, carl_loss, data, tr, device=device, progress=progress, started=started)
 
 
-def _logit(trained: Trained, reference: Tensor) -> Callable[[Tensor], Tensor]:
+def _logit(trained: Trained) -> Callable[[Tensor], Tensor]:
     """``x (N,) -> logit (N,)`` float64 of the trained classifier (members' mean for an ensemble)."""
 
     def logit(x: Tensor) -> Tensor:
-        dtype = torch.get_default_dtype()
         with torch.no_grad():
-            out = trained.model(x.to(dtype).reshape(-1, 1), reference.to(dtype).expand(len(x), -1))
+            out = trained.model(x.to(torch.get_default_dtype()).reshape(-1, 1))
         return (out.mean(0) if out.dim() == 2 else out).to(_F64)
 
     return logit
@@ -258,7 +256,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     templates = _Templates(cfg, sim, truth)
     trained = _train_classifier(cfg, sim, truth, device=device, progress=progress, log=log)
     log_densities = _densities(sim, truth)
-    observables = {"x": lambda x: x, "learned": _logit(trained, sim.space.reference),
+    observables = {"x": lambda x: x, "learned": _logit(trained),
                    "exact": lambda x: (lambda s, b: s - b)(*log_densities(x))}
     edges = {"x": torch.linspace(*sim.window, sc.x_bins + 1, dtype=_F64)}
     for key in ("learned", "exact"):
