@@ -55,7 +55,7 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import ConfigError, OutOfSupportError
-from ..stats.binned import PyhfModel, build_workspace, hypotest, to_json, upper_limit
+from ..stats.binned import PyhfModel, build_workspace, to_json, workspace_hypotest, workspace_upper_limit
 from .config import AnalysisConfig
 from .estimation import Trained, build_simulator, fit_estimator, truth_point
 from .plots import plot_limits
@@ -171,7 +171,7 @@ def _prefit_discovery(model):
     """The q0 test on the Asimov dataset at μ = 1 with nominal nuisance parameters (the pre-fit expected significance)."""
     nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
     nominal[model.poi_index] = 1.0
-    return hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
+    return workspace_hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
 
 
 def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) -> dict[str, Any]:
@@ -181,10 +181,10 @@ def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) 
     sc = cfg.search
     model = PyhfModel(workspace)
     scan = np.linspace(0.0, sc.mu_max, sc.mu_points + 1)[1:]
-    limit = upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
-    tests = [hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
-    at_one = hypotest(model, 1.0)
-    discovery = hypotest(model, 0.0, test_statistic="q0")
+    limit = workspace_upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
+    tests = [workspace_hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
+    at_one = workspace_hypotest(model, 1.0)
+    discovery = workspace_hypotest(model, 0.0, test_statistic="q0")
     prefit = _prefit_discovery(model)
     stat_only = math.sqrt(sum(asimov_significance(s, b) ** 2 for s, b in zip(templates["signal"], templates["background"]) if s > 0))
     _, best, _ = model.fit(model.observed)
