@@ -66,6 +66,8 @@ def test_bad_workspaces_raise_workspace_error():
         binned.load_workspace(spec)
     with pytest.raises(WorkspaceError, match="does not apply"):
         binned.apply_patch(_workspace(), [{"op": "remove", "path": "/channels/7"}])
+    with pytest.raises(WorkspaceError, match=r"pyhf rejects .*'SR': \['sig', 'bkg'\].*expected 3 size sample data but got 2"):
+        binned.apply_patch(_workspace(), [{"op": "replace", "path": "/channels/0/samples/0/data", "value": [1.0, 2.0, 3.0]}])
     with pytest.raises(WorkspaceError, match="entries"):
         binned.workspace_hypotest(_workspace(), 1.0, data=[1.0, 2.0])
 

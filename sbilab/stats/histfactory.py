@@ -243,10 +243,7 @@ def build_workspace(
         "measurements": [{"name": measurement, "config": {"poi": poi, "parameters": parameters}}],
         "version": "1.0.0",
     }
-    workspace = load_workspace(spec)
-    with numpy_minuit(), pyhf_errors(workspace):
-        workspace.model()
-    return workspace
+    return _with_model(load_workspace(spec))
 
 
 def _parameters(kinds: dict[str, str], widths: dict[str, int], poi: str, poi_bounds: tuple[float, float],
@@ -327,9 +324,12 @@ def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
 def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
     """Apply a signal patch: a JSON-Patch list, a per-point patch file (path), or ``(PatchSet, name)``.
 
+    The patched workspace is checked by building its model, so a patch with the wrong number
+    of bins is refused here rather than at the first fit.
+
     Raises:
         WorkspaceError: the patch is unreadable, does not apply to this workspace, or the patched
-            workspace fails validation.
+            workspace fails validation (pyhf's reason, with the channel and sample names).
     """
     if isinstance(patch, (str, Path)):
         try:
@@ -339,7 +339,7 @@ def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
     if isinstance(patch, tuple) and len(patch) == 2 and isinstance(patch[0], pyhf.patchset.PatchSet):
         patchset, name = patch
         try:
-            return load_workspace(patchset[name].apply(dict(workspace)))
+            return _with_model(load_workspace(patchset[name].apply(dict(workspace))))
         except (pyhf.exceptions.InvalidPatchLookup, pyhf.exceptions.PatchSetVerificationError) as err:
             raise WorkspaceError(f"patch {name!r} cannot be applied: {err}") from err
     if not isinstance(patch, list):
@@ -350,7 +350,14 @@ def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
         patched = jsonpatch.JsonPatch(patch).apply(copy.deepcopy(dict(workspace)))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
         raise WorkspaceError(f"patch does not apply to this workspace: {err}") from err
-    return load_workspace(patched)
+    return _with_model(load_workspace(patched))
+
+
+def _with_model(workspace: pyhf.Workspace) -> pyhf.Workspace:
+    """``workspace`` after checking that pyhf can build its model (bin counts, modifiers, POI)."""
+    with numpy_minuit(), pyhf_errors(workspace):
+        workspace.model()
+    return workspace
 
 
 def to_json(workspace: pyhf.Workspace, path: str | Path | None = None) -> str:
