@@ -152,7 +152,8 @@ def test_parameterised_classifier_learns_theta_x_minus_half_theta_squared(tmp_pa
 
 
 def test_seeded_construction_and_ensembles():
-    train = classifier_training_data(torch.randn(200, 2), torch.randn(100, 2) + 1.0)
+    train = classifier_training_data(torch.randn(200, 2).double().numpy(), torch.randn(100, 2) + 1.0)  # numpy float64 is cast
+    assert train.x.dtype == torch.get_default_dtype()
     a, b = Classifier.from_events(train, seed=3), Classifier.from_events(train, seed=3)
     state = torch.random.get_rng_state()
     Classifier.from_events(train, seed=4)

@@ -252,7 +252,8 @@ def classifier_training_data(
 
     Returns:
         :class:`~sbilab.events.Events` with ``x``, ``theta`` (``(N, 0)`` without θ), ``label``,
-        ``weights`` (if any were given) and ``mask`` (for sets), sample 0 first.
+        ``weights`` (if any were given) and ``mask`` (for sets), sample 0 first, in torch's
+        default dtype.
 
     Raises:
         ShapeMismatchError: the samples differ in width or kind (vector/set), or θ is given for one only.
@@ -264,7 +265,7 @@ def classifier_training_data(
     if a.dim() != b.dim() or a.shape[-1] != b.shape[-1] or a.dim() not in (2, 3):
         raise ShapeMismatchError(f"classifier_training_data: x0 has shape {tuple(a.shape)} and x1 {tuple(b.shape)}; "
                                  "they must both be (N, D) or both (N, M, F) with the same D or F.")
-    dtype = torch.promote_types(a.dtype, b.dtype) if a.is_floating_point() or b.is_floating_point() else torch.get_default_dtype()
+    dtype = torch.get_default_dtype()  # the dtype networks are built in (numpy's float64 would not match them)
     a, b = a.to(dtype), b.to(dtype)
     mask = None
     if a.dim() == 3:
