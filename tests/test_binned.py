@@ -229,6 +229,7 @@ def _ch(name="A", observed=(1.0,), **sample):
         ([_ch("A", normfactors=("k",))], {}, "the POI 'mu' is not a normfactor of any sample"),
         ([_ch("A")], {"bounds": {"mu_b": (0.0, 1.0)}}, r"bounds names unknown parameter\(s\) \['mu_b'\]"),
         ([_ch("A")], {"bounds": {"mu": (0.0, 1.0)}}, "give its bounds with poi_bounds"),
+        ([_ch("A")], {"poi_bounds": (1.0, 1.0)}, "need lo < hi"),
         ([_ch("A", lumi=True)], {}, "lumi_uncertainty = None but some sample has lumi=True"),
         ([_ch("A")], {"lumi_uncertainty": 0.02}, "no sample has lumi=True"),
         ([_ch("A")], {"observed": [1.0]}, "either channels=.* or the one-channel keywords"),

@@ -122,9 +122,10 @@ def classifier_weights(
         ConfigError: bad clipping range or class totals.
 
     Example:
-        >>> res = classifier_weights(torch.tensor([-3.0, 0.0, 3.0]), class_totals=(2.0, 1.0), w_max=10.0)
-        >>> [round(v, 3) for v in res.weights.tolist()], res.n_clipped_high
-        ([0.1, 2.0, 10.0], 1)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     res = classifier_weights(torch.tensor([-3.0, 0.0, 3.0]), class_totals=(2.0, 1.0), w_max=10.0)
+        >>> [round(v, 3) for v in res.weights.tolist()], res.n_clipped_high, caught[0].category.__name__
+        ([0.1, 2.0, 10.0], 1, 'WeightClippingWarning')
     """
     f = _vector(logit, "logit", None, None)
     bad = ~torch.isfinite(f)

@@ -255,6 +255,8 @@ def _parameters(kinds: dict[str, str], widths: dict[str, int], poi: str, poi_bou
                              f"samples or choose poi among {sorted(n for n, k in kinds.items() if k == 'normfactor')}.")
     if poi in bounds:
         raise WorkspaceError(f"bounds names the POI {poi!r}; give its bounds with poi_bounds=(lo, hi).")
+    if not float(poi_bounds[0]) < float(poi_bounds[1]):
+        raise WorkspaceError(f"poi_bounds = {tuple(poi_bounds)}; need lo < hi, e.g. (0.0, 10.0).")
     for argument, mapping in (("bounds", bounds), ("inits", inits), ("fixed", fixed)):
         unknown = sorted(set(mapping) - set(kinds))
         if unknown:
