@@ -2,21 +2,22 @@
 
 The flow of data: a :class:`Simulator` produces :class:`Events` (stored in a
 :class:`SimulationStore`), :func:`fit` trains an estimator (:class:`RatioEstimator`,
-:class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`) with a loss
-from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurements and limits,
-and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle).
+:class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`,
+:class:`Classifier`) with a loss from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats`
+turns it into measurements and limits, and :mod:`sbilab.publish` saves estimators and results
+as HDF5 + JSON (no pickle).
 """
 
 from ._version import __version__
 from . import calibration, exceptions, inference, publish, simulators, stats
-from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
+from .estimators import Classifier, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
 from .nets import Ensemble
 from .simulators import ParameterSpace, Simulator, augment, joint_log_ratio, joint_score, ratio_training_data, score_training_data
 from .stats import UnbinnedLikelihood
 from .store import SimulationStore
-from .training import FitResult, TrainingConfig, fit
+from .training import TrainingConfig, TrainingResult, fit
 
 
 __all__ = [
@@ -44,10 +45,11 @@ __all__ = [
     "LikelihoodEstimator",
     "PosteriorEstimator",
     "PosteriorMixture",
+    "Classifier",
     "Ensemble",
     "get_loss",
     "fit",
-    "FitResult",
+    "TrainingResult",
     "TrainingConfig",
     # statistics
     "UnbinnedLikelihood",

@@ -17,6 +17,7 @@ target sample: if :math:`\hat r` is right the two are indistinguishable and the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,35 +134,34 @@ def weighted_auc(score_pos, score_neg, *, weights_pos=None, weights_neg=None) ->
 
 @dataclass(frozen=True)
 class ClosureResult:
-    """Outcome of the reweighting closure test.
+    r"""Outcome of the reweighting closure test.
 
     Attributes:
         auc: Weighted AUC of the fresh classifier on held-out events (0.5 = perfect closure).
         auc_error: Its statistical error (standard deviation over bootstrap replicas).
-        passed: ``|auc - 0.5| <= tolerance_sigmas * auc_error + tolerance``.
+        passed: ``|auc - 0.5| <= tolerance_sigmas * auc_error + tolerance`` (a test of the shape;
+            the normalisation is reported separately).
+        tolerance: The systematic allowance used.
+        normalisation: :math:`\sum_i w_i \hat r_i / \sum_i w_i` over the reference sample, which
+            estimates :math:`E_\mathrm{ref}[\hat r] = 1` for a correctly normalised ratio (the
+            test itself rescales the reweighted reference to the target's total, so a
+            mis-normalised :math:`\hat r` can pass the AUC test: read this number).
+        normalisation_error: Its statistical error.
+        effective_sample_size: Kish's :math:`(\sum w)^2/\sum w^2` of the reweighted reference.
     """
 
     auc: float
     auc_error: float
     passed: bool
     tolerance: float
+    normalisation: float = math.nan
+    normalisation_error: float = math.nan
+    effective_sample_size: float = math.nan
 
     def to_dict(self) -> dict[str, float | bool]:
-        return {"auc": self.auc, "auc_error": self.auc_error, "passed": self.passed, "tolerance": self.tolerance}
-
-
-class _ClosureClassifier(torch.nn.Module):
-    """Classifier on x alone (θ ignored) with standardised inputs; ``forward(x, theta) -> logit (N,)``."""
-
-    def __init__(self, features: int, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        from .nets import MLP, Standardize
-
-        self.standardize = Standardize(features)
-        self.net = MLP(features, 1, hidden=hidden)
-
-    def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
-        return self.net(self.standardize(x))[..., 0]
+        return {"auc": self.auc, "auc_error": self.auc_error, "passed": self.passed, "tolerance": self.tolerance,
+                "normalisation": self.normalisation, "normalisation_error": self.normalisation_error,
+                "effective_sample_size": self.effective_sample_size}
 
 
 def closure_test(
@@ -192,16 +192,20 @@ def closure_test(
         tolerance: Systematic allowance on :math:`|AUC - 0.5|` added to ``tolerance_sigmas``
             times the statistical error.
 
+    The reference is reweighted by :func:`~sbilab.estimators.classifier_weights` (the one path
+    from a classifier or log-ratio to weights) and the fresh classifier is a
+    :class:`~sbilab.estimators.Classifier` trained by :func:`~sbilab.training.fit`.
+
     Returns:
         :class:`ClosureResult`; AUC 0.5 means the reweighted reference is indistinguishable
-        from the target.
+        in shape from the target; ``normalisation`` (1 for a normalised ratio) says whether
+        :math:`\hat r` also has the right total, which the AUC cannot see.
 
     Raises:
         ShapeMismatchError: samples of different widths, or ``log_ratio`` not one value per
             reference event, or non-finite ``log_ratio``.
     """
-    from .events import Events
-    from .estimators.losses import carl_loss
+    from .estimators import Classifier, carl_loss, classifier_training_data, classifier_weights
     from .training import fit
 
     x0 = torch.as_tensor(reference, dtype=torch.float32)
@@ -215,18 +219,14 @@ def closure_test(
         raise ShapeMismatchError(f"closure_test: log_ratio has {lr.numel()} values for {x0.shape[0]} reference events.")
     w0 = torch.ones(len(x0), dtype=torch.float64) if weights_reference is None else torch.as_tensor(_np(weights_reference, "weights_reference"))
     w1 = torch.ones(len(x1), dtype=torch.float64) if weights_target is None else torch.as_tensor(_np(weights_target, "weights_target"))
-    w0 = w0 * torch.exp(lr - lr.max())
-    w0 = w0 * (w1.sum() / w0.sum())
+    reweighted = classifier_weights(lr, base_weights=w0)  # the one classifier/ratio -> weights path; reports the normalisation
+    w0 = reweighted.weights * (w1.sum() / reweighted.weights.sum())
     g = torch.Generator().manual_seed(seed)
     p0, p1 = torch.randperm(len(x0), generator=g), torch.randperm(len(x1), generator=g)
     n0, n1 = int(len(x0) * test_fraction), int(len(x1) * test_fraction)
     test0, train0, test1, train1 = p0[:n0], p0[n0:], p1[:n1], p1[n1:]
-    x = torch.cat([x0[train0], x1[train1]])
-    w = torch.cat([w0[train0], w1[train1]]).float()
-    label = torch.cat([torch.zeros(len(train0)), torch.ones(len(train1))])
-    train = Events(x=x, theta=x.new_zeros(len(x), 0), label=label, weights=w / w.mean())
-    model = _ClosureClassifier(x.shape[1], tuple(hidden))
-    model.standardize.set_from(x)
+    train = classifier_training_data(x0[train0], x1[train1], weights0=w0[train0].float(), weights1=w1[train1].float())
+    model = Classifier.from_events(train, hidden=tuple(hidden), seed=seed)
     fit(model, carl_loss, train, epochs=epochs, seed=seed, progress=progress, patience=5, min_delta=0.0, device="cpu")
     with torch.no_grad():
         s0, s1 = model(x0[test0]).double().numpy(), model(x1[test1]).double().numpy()
@@ -238,4 +238,5 @@ def closure_test(
         i1, i0 = rng.integers(0, len(s1), len(s1)), rng.integers(0, len(s0), len(s0))
         replicas.append(weighted_auc(s1[i1], s0[i0], weights_pos=tw1[i1], weights_neg=tw0[i0]))
     error = float(np.std(replicas))
-    return ClosureResult(auc, error, abs(auc - 0.5) <= tolerance_sigmas * error + tolerance, tolerance)
+    return ClosureResult(auc, error, abs(auc - 0.5) <= tolerance_sigmas * error + tolerance, tolerance,
+                         reweighted.normalisation, reweighted.normalisation_error, reweighted.effective_sample_size)

@@ -15,16 +15,17 @@ PUBLIC = {
         "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
         "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
-        "PosteriorEstimator", "PosteriorMixture", "Ensemble", "get_loss", "fit", "FitResult", "TrainingConfig", "UnbinnedLikelihood",
+        "PosteriorEstimator", "PosteriorMixture", "Classifier", "Ensemble", "get_loss", "fit", "TrainingResult", "TrainingConfig", "UnbinnedLikelihood",
         "SbilabError",
     },
     "sbilab.estimators": {
         "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "PosteriorMixture", "FLOWS", "carl_loss",
+        "Classifier", "classifier_training_data", "classifier_weights", "ClassifierWeights", "WeightClippingWarning",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
         "scandal_loss", "npe_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread",
     },
-    "sbilab.training": {"fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
 }
 
 

@@ -48,3 +48,21 @@ def test_closure_passes_with_exact_ratio_and_fails_without():
     bad = closure_test(x0, x1, torch.zeros(len(x0)), epochs=8, seed=1)
     # unweighted: the classifier separates the samples with AUC ≈ Φ(0.6/√2) = 0.664
     assert not bad.passed and bad.auc == pytest.approx(norm.cdf(0.6 / math.sqrt(2)), abs=0.03)
+
+
+def test_closure_reports_a_mis_normalised_ratio():
+    # log r shifted by log 2: the shape is right (the AUC test passes, it rescales to the target's
+    # total) but E_ref[r] = 2 is reported, with its statistical error, instead of hidden
+    x1, x0 = gaussian_samples(4000, 0.6, seed=3)
+    exact = torch.as_tensor(0.6 * x0 - 0.18)
+    good = closure_test(x0, x1, exact, epochs=4, seed=1, n_bootstrap=20)
+    doubled = closure_test(x0, x1, exact + math.log(2.0), epochs=4, seed=1, n_bootstrap=20)
+    assert doubled.auc == pytest.approx(good.auc, abs=1e-9) and doubled.passed == good.passed
+    # E_0[e^{0.6x - 0.18}] = 1 exactly; its sample estimate and error from the weights
+    r = np.exp(0.6 * x0 - 0.18)
+    assert good.normalisation == pytest.approx(r.mean(), rel=1e-12)
+    assert good.normalisation_error == pytest.approx(r.std() / math.sqrt(len(r)), rel=1e-9)
+    assert abs(good.normalisation - 1.0) < 3 * good.normalisation_error
+    assert doubled.normalisation == pytest.approx(2 * good.normalisation, rel=1e-12)
+    assert good.effective_sample_size == pytest.approx(r.sum() ** 2 / (r**2).sum(), rel=1e-12)
+    assert set(good.to_dict()) >= {"normalisation", "normalisation_error", "effective_sample_size"}

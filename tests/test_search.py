@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
+from sbilab.estimators import Classifier
 from sbilab.exceptions import ConfigError
 from sbilab.publish import load
 from sbilab.stats.asymptotic import asimov_significance
@@ -41,8 +42,9 @@ def test_outputs_and_pyhf_reinterpretation(quick):
     assert set(doc["observables"]) == {"x", "learned", "exact"} and "exact" in summary
     assert (out / "limits.png").is_file()
     classifier = load(out / "estimator.h5")  # the published classifier: signal-like at the peak, background-like at the edge
+    assert isinstance(classifier, Classifier)
     with torch.no_grad():
-        logit = classifier(torch.tensor([[100.0], [86.0]]), classifier.theta_ref.expand(2, -1))
+        logit = classifier.logit(torch.tensor([[100.0], [86.0]]))
     assert logit[0] > 0 > logit[1]
     pyhf.set_backend("numpy")
     for key, r in doc["observables"].items():

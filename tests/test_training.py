@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from sbilab import Events
 from sbilab.exceptions import ConfigError, ShapeMismatchError, TrainingDivergedError
 from sbilab.nets.ensemble import Ensemble
-from sbilab.training import FitResult, TrainingConfig, fit, load_checkpoint
+from sbilab.training import TrainingResult, TrainingConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False)
@@ -372,7 +372,7 @@ def test_ensemble_resume_after_crash_is_bitwise_identical(tmp_path: Path) -> Non
                 raise _Crash  # dies in the middle of epoch 3, like a killed job
         return mse_ensemble(model, batch)
 
-    def run(checkpoint: Path | None) -> FitResult:
+    def run(checkpoint: Path | None) -> TrainingResult:
         torch.manual_seed(0)
         template = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
         return fit(template, loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,

@@ -11,8 +11,9 @@ Three observables, each histogrammed into a HistFactory workspace
 (:func:`~sbilab.stats.binned.build_workspace`):
 
 ``x``        the raw observable in ``x_bins`` fixed-width bins over the window;
-``learned``  a CARL classifier of signal (label 1) against background (label 0) trained with
-             :func:`~sbilab.training.fit` on events at the nominal point; its logit
+``learned``  a :class:`~sbilab.estimators.Classifier` of x, signal (label 1) against background
+             (label 0), trained with the cross-entropy (``carl_loss``) by :func:`~sbilab.training.fit`
+             on events at the nominal point; its logit
              :math:`\log\hat r(x) \approx \log p_s(x)/p_b(x)` + const, i.e. the classifier output
              :math:`\hat s/(\hat s+\hat b) = \sigma(\log\hat r)` up to a monotone map
              (arXiv:1506.02169);
@@ -54,7 +55,7 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import ConfigError, OutOfSupportError
-from ..stats.binned import PyhfModel, build_workspace, hypotest, to_json, upper_limit
+from ..stats.binned import PyhfModel, build_workspace, to_json, workspace_hypotest, workspace_upper_limit
 from .config import AnalysisConfig
 from .estimation import Trained, build_simulator, fit_estimator, truth_point
 from .plots import plot_limits
@@ -100,28 +101,25 @@ def _densities(sim, theta: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
 
 
 def _train_classifier(cfg: AnalysisConfig, sim, theta: Tensor, *, device: str, progress: bool, log) -> Trained:
-    """CARL classifier of signal (label 1) vs background (label 0) events at ``theta``; ``log r̂(x|θ_ref)`` is its logit."""
-    from ..estimators import RatioEstimator, carl_loss
+    """:class:`~sbilab.estimators.Classifier` of signal (label 1) vs background (label 0) events at ``theta`` (x alone, BCE)."""
+    from ..estimators import Classifier, carl_loss, classifier_training_data
 
     tr = cfg.training
     started = time.perf_counter()
     x, label = _sample(sim, theta, tr.n_simulations, tr.seed)
-    dtype = torch.get_default_dtype()
-    data = Events(x=x.to(dtype).unsqueeze(1), theta=sim.space.reference.to(dtype).expand(len(x), -1).clone(), label=label.to(dtype))
-    with torch.random.fork_rng():
-        torch.manual_seed(tr.seed)
-        estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
-    log(f"training the signal-vs-background classifier (CARL) on {len(data)} events ({int(label.sum())} signal)")
+    x = x.to(torch.get_default_dtype())
+    data = classifier_training_data(x[~label], x[label])
+    estimator = Classifier.from_events(data, hidden=tr.hidden, activation=tr.activation, seed=tr.seed)
+    log(f"training the signal-vs-background classifier on {len(data)} events ({int(label.sum())} signal)")
     return fit_estimator(estimator, carl_loss, data, tr, device=device, progress=progress, started=started)
 
 
-def _logit(trained: Trained, reference: Tensor) -> Callable[[Tensor], Tensor]:
+def _logit(trained: Trained) -> Callable[[Tensor], Tensor]:
     """``x (N,) -> logit (N,)`` float64 of the trained classifier (members' mean for an ensemble)."""
 
     def logit(x: Tensor) -> Tensor:
-        dtype = torch.get_default_dtype()
         with torch.no_grad():
-            out = trained.model(x.to(dtype).reshape(-1, 1), reference.to(dtype).expand(len(x), -1))
+            out = trained.model(x.to(torch.get_default_dtype()).reshape(-1, 1))
         return (out.mean(0) if out.dim() == 2 else out).to(_F64)
 
     return logit
@@ -173,7 +171,7 @@ def _prefit_discovery(model):
     """The q0 test on the Asimov dataset at μ = 1 with nominal nuisance parameters (the pre-fit expected significance)."""
     nominal = np.asarray(model.model.config.suggested_init(), dtype=float)
     nominal[model.poi_index] = 1.0
-    return hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
+    return workspace_hypotest(model, 0.0, data=model.asimov(nominal), test_statistic="q0")
 
 
 def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) -> dict[str, Any]:
@@ -183,10 +181,10 @@ def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) 
     sc = cfg.search
     model = PyhfModel(workspace)
     scan = np.linspace(0.0, sc.mu_max, sc.mu_points + 1)[1:]
-    limit = upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
-    tests = [hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
-    at_one = hypotest(model, 1.0)
-    discovery = hypotest(model, 0.0, test_statistic="q0")
+    limit = workspace_upper_limit(model, alpha=1.0 - sc.limit_cl, scan=scan)
+    tests = [workspace_hypotest(model, float(mu)) for mu in scan]  # the fits are cached: free
+    at_one = workspace_hypotest(model, 1.0)
+    discovery = workspace_hypotest(model, 0.0, test_statistic="q0")
     prefit = _prefit_discovery(model)
     stat_only = math.sqrt(sum(asimov_significance(s, b) ** 2 for s, b in zip(templates["signal"], templates["background"]) if s > 0))
     _, best, _ = model.fit(model.observed)
@@ -258,7 +256,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     templates = _Templates(cfg, sim, truth)
     trained = _train_classifier(cfg, sim, truth, device=device, progress=progress, log=log)
     log_densities = _densities(sim, truth)
-    observables = {"x": lambda x: x, "learned": _logit(trained, sim.space.reference),
+    observables = {"x": lambda x: x, "learned": _logit(trained),
                    "exact": lambda x: (lambda s, b: s - b)(*log_densities(x))}
     edges = {"x": torch.linspace(*sim.window, sc.x_bins + 1, dtype=_F64)}
     for key in ("learned", "exact"):

@@ -1,5 +1,6 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
+from .classifier import Classifier, classifier_training_data
 from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import LikelihoodEstimator
 from .losses import (
@@ -18,6 +19,7 @@ from .losses import (
 )
 from .posterior import FLOWS, PosteriorEstimator, PosteriorMixture
 from .ratio import RatioEstimator
+from .reweighting import ClassifierWeights, WeightClippingWarning, classifier_weights
 from .score import ScoreEstimator
 
 __all__ = [
@@ -26,6 +28,11 @@ __all__ = [
     "LikelihoodEstimator",
     "PosteriorEstimator",
     "PosteriorMixture",
+    "Classifier",
+    "classifier_training_data",
+    "classifier_weights",
+    "ClassifierWeights",
+    "WeightClippingWarning",
     "FLOWS",
     "carl_loss",
     "rolr_loss",

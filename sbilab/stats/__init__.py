@@ -6,7 +6,18 @@ of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,
 """
 
 from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
-from .binned import PyhfModel, apply_patch, build_workspace, load_workspace, numpy_minuit, to_json
+from .binned import (
+    Channel,
+    PyhfModel,
+    Sample,
+    apply_patch,
+    build_workspace,
+    load_workspace,
+    numpy_minuit,
+    to_json,
+    workspace_hypotest,
+    workspace_upper_limit,
+)
 from .diagnostics import C2STResult, UniformityResult, c2st, c2st_batch, dkw_tolerance, expected_coverage, sbc, tarp
 from .fisher import (
     FisherTable,
@@ -60,7 +71,11 @@ __all__ = [
     "fisher_table",
     # binned (pyhf)
     "PyhfModel",
+    "Channel",
+    "Sample",
     "build_workspace",
+    "workspace_hypotest",
+    "workspace_upper_limit",
     "load_workspace",
     "apply_patch",
     "to_json",

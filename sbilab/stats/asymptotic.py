@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from ..exceptions import FitError
+from ..exceptions import FitError, WorkspaceError
 from .results import HypotestResult, UpperLimitResult
 
 __all__ = [
@@ -150,6 +150,20 @@ def asimov_significance(s: float, b: float, sigma_b: float = 0.0) -> float:
     return math.sqrt(2 * (term1 - term2))
 
 
+def _check_model(model: Any, function: str) -> None:
+    """Refuse what is not a :class:`ProfileModel`, pointing pyhf workspaces to the workspace-level function."""
+    if isinstance(model, ProfileModel):
+        return
+    if type(model).__module__.split(".")[0] == "pyhf":
+        raise WorkspaceError(
+            f"sbilab.stats.{function} takes a profile model and a dataset, got a {type(model).__module__}.{type(model).__name__}; "
+            f"for a pyhf workspace call sbilab.stats.binned.workspace_{function}(workspace, ...), or pass "
+            "PyhfModel(workspace) and its .observed data."
+        )
+    raise FitError(f"sbilab.stats.{function}: model must be a ProfileModel (fit(data, poi), asimov(parameters), poi_index); "
+                   f"got {type(model).__name__}.")
+
+
 def _check_kind(kind: str) -> None:
     if kind not in TEST_STATISTICS:
         raise FitError(f"test_statistic must be one of {TEST_STATISTICS}, got {kind!r}.")
@@ -179,9 +193,16 @@ def hypotest(model: ProfileModel, data: Any, poi: float, *, test_statistic: str 
     :math:`\mu'=1` (``q0``) with the nuisance parameters fitted to ``data`` at that
     :math:`\mu'` (as in pyhf and ROOT).
 
+    For a pyhf workspace use :func:`sbilab.stats.binned.workspace_hypotest`.
+
     Returns:
         A :class:`HypotestResult`; ``valid=False`` if any of the fits did not converge.
+
+    Raises:
+        WorkspaceError: ``model`` is a pyhf object (the message names the workspace-level function).
+        FitError: ``model`` is not a :class:`ProfileModel`, or an unknown ``test_statistic``.
     """
+    _check_model(model, "hypotest")
     _check_kind(test_statistic)
     mu = float(poi)
     q_obs, ok_obs = _statistic(model, data, mu, test_statistic)
@@ -228,9 +249,14 @@ def upper_limit(
             (like pyhf's ``upper_limit`` with a scan). Without a scan, Brent root finding in ``bracket``.
         bracket: Search interval for root finding.
 
+    For a pyhf workspace use :func:`sbilab.stats.binned.workspace_upper_limit`.
+
     Raises:
-        FitError: ``alpha`` not in (0, 1), or CLs does not cross ``alpha`` inside the bracket.
+        WorkspaceError: ``model`` is a pyhf object (the message names the workspace-level function).
+        FitError: ``model`` is not a :class:`ProfileModel`, ``alpha`` not in (0, 1), or CLs does
+            not cross ``alpha`` inside the bracket.
     """
+    _check_model(model, "upper_limit")
     if not 0 < alpha < 1:
         raise FitError(f"alpha must be in (0, 1), got {alpha}.")
     if scan is not None:

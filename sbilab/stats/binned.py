@@ -1,195 +1,42 @@
-r"""Binned statistics with pyhf: HistFactory workspaces from histograms, hypotests, limits, patches.
+r"""Binned inference with pyhf: a workspace as a profile model, CLs hypotests and upper limits.
 
 Typical use: histogram a learned observable (the SALLY/SALLINO score projection, a classifier
 output) for signal and backgrounds, build a HistFactory workspace with systematics
-(``normsys``, ``histosys``, ``shapesys``, ``staterror``), then test and set limits — or load a
-published workspace, apply a signal patch and test it (reinterpretation).
+(:func:`~sbilab.stats.histfactory.build_workspace`, re-exported here), then test and set limits
+with :func:`workspace_hypotest` and :func:`workspace_upper_limit` — or load a published
+workspace, apply a signal patch and test it (reinterpretation).
 
+The workspace-level functions take a :class:`pyhf.Workspace` (or a :class:`PyhfModel`); the
+model-level :func:`sbilab.stats.hypotest` and :func:`sbilab.stats.upper_limit` take any
+:class:`~sbilab.stats.asymptotic.ProfileModel` and a dataset, and run underneath.
 All computations use pyhf's numpy backend with the minuit optimizer, switched on only inside
 each call and restored afterwards (:func:`numpy_minuit`), since ``pyhf.set_backend`` is global.
-The hypothesis tests run through :mod:`sbilab.stats.asymptotic` on a :class:`PyhfModel`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyhf
 
 from ..exceptions import WorkspaceError
 from . import asymptotic
+from .histfactory import Channel, Sample, apply_patch, build_workspace, load_workspace, numpy_minuit, pyhf_errors, to_json
 from .results import HypotestResult, UpperLimitResult
 
 __all__ = [
     "numpy_minuit",
+    "Sample",
+    "Channel",
     "build_workspace",
     "load_workspace",
     "apply_patch",
     "to_json",
     "PyhfModel",
-    "hypotest",
-    "upper_limit",
+    "workspace_hypotest",
+    "workspace_upper_limit",
 ]
-
-
-@contextlib.contextmanager
-def numpy_minuit(*, tolerance: float = 0.1, strategy: int | None = None) -> Iterator[None]:
-    """Context in which pyhf uses the numpy backend (float64) and the minuit optimizer; restores the previous backend."""
-    old_tensorlib, old_optimizer = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=tolerance, strategy=strategy))
-    try:
-        yield
-    finally:
-        pyhf.set_backend(old_tensorlib, old_optimizer)
-
-
-def _counts(name: str, values: Any, n_bins: int | None) -> list[float]:
-    array = np.asarray(values, dtype=float).reshape(-1)
-    if n_bins is not None and array.size != n_bins:
-        raise WorkspaceError(f"{name} has {array.size} bins but the observed histogram has {n_bins}; use the same binning everywhere.")
-    if not np.isfinite(array).all() or (array < 0).any():
-        raise WorkspaceError(f"{name} has negative or non-finite bin contents {array.tolist()}; histograms must be counts >= 0.")
-    return array.tolist()
-
-
-def build_workspace(
-    *,
-    signal: Mapping[str, Sequence[float]],
-    backgrounds: Mapping[str, Sequence[float]],
-    observed: Sequence[float],
-    normsys: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
-    histosys: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None,
-    shapesys: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-    staterror: Mapping[str, Sequence[float]] | None = None,
-    channel: str = "SR",
-    poi: str = "mu",
-    measurement: str = "measurement",
-    poi_bounds: tuple[float, float] = (0.0, 10.0),
-) -> pyhf.Workspace:
-    r"""A one-channel HistFactory workspace from histograms, validated against pyhf's schema.
-
-    Args:
-        signal: ``{sample: counts (B,)}``; each signal sample is scaled by the normfactor ``poi``.
-        backgrounds: ``{sample: counts (B,)}``.
-        observed: Observed counts, ``(B,)``.
-        normsys: ``{sample: {name: (lo_factor, hi_factor)}}`` normalisation systematics
-            (e.g. ``(0.9, 1.1)`` for ±10%); the same name on several samples is one correlated parameter.
-        histosys: ``{sample: {name: (lo_counts (B,), hi_counts (B,))}}`` shape systematics.
-        shapesys: ``{sample: {name: abs_uncertainty (B,)}}`` uncorrelated per-bin (Poisson-constrained).
-        staterror: ``{sample: abs_uncertainty (B,)}`` MC statistical uncertainty (Barlow–Beeston lite,
-            one shared parameter per bin, named ``staterror_<channel>``).
-        channel, poi, measurement: Names in the workspace.
-        poi_bounds: Bounds of the parameter of interest.
-
-    Raises:
-        WorkspaceError: inconsistent binning, negative counts, systematics for unknown samples,
-            or a specification that fails pyhf's schema (the message carries pyhf's reason).
-    """
-    obs = _counts("observed", observed, None)
-    n_bins = len(obs)
-    if not obs:
-        raise WorkspaceError("observed is empty; give one count per bin.")
-    if not signal:
-        raise WorkspaceError("signal is empty; give at least one signal histogram {name: counts}.")
-    samples: dict[str, dict[str, Any]] = {}
-    for kind, group in (("signal", signal), ("background", backgrounds)):
-        for name, counts in group.items():
-            if name in samples:
-                raise WorkspaceError(f"sample name {name!r} is used twice; sample names must be unique.")
-            modifiers: list[dict[str, Any]] = []
-            if kind == "signal":
-                modifiers.append({"name": poi, "type": "normfactor", "data": None})
-            samples[name] = {"name": name, "data": _counts(f"{kind} {name!r}", counts, n_bins), "modifiers": modifiers}
-
-    def sample(group: str, name: str) -> dict[str, Any]:
-        if name not in samples:
-            raise WorkspaceError(f"{group} refers to unknown sample {name!r}; samples are {sorted(samples)}.")
-        return samples[name]
-
-    for name, systs in (normsys or {}).items():
-        for syst, (lo, hi) in systs.items():
-            sample("normsys", name)["modifiers"].append({"name": syst, "type": "normsys", "data": {"lo": float(lo), "hi": float(hi)}})
-    for name, systs in (histosys or {}).items():
-        for syst, (lo, hi) in systs.items():
-            data = {"lo_data": _counts(f"histosys {syst} lo", lo, n_bins), "hi_data": _counts(f"histosys {syst} hi", hi, n_bins)}
-            sample("histosys", name)["modifiers"].append({"name": syst, "type": "histosys", "data": data})
-    for name, systs in (shapesys or {}).items():
-        for syst, unc in systs.items():
-            sample("shapesys", name)["modifiers"].append({"name": syst, "type": "shapesys", "data": _counts(f"shapesys {syst}", unc, n_bins)})
-    for name, unc in (staterror or {}).items():
-        sample("staterror", name)["modifiers"].append(
-            {"name": f"staterror_{channel}", "type": "staterror", "data": _counts(f"staterror {name}", unc, n_bins)}
-        )
-    spec = {
-        "channels": [{"name": channel, "samples": list(samples.values())}],
-        "observations": [{"name": channel, "data": obs}],
-        "measurements": [
-            {"name": measurement, "config": {"poi": poi, "parameters": [{"name": poi, "bounds": [list(map(float, poi_bounds))]}]}}
-        ],
-        "version": "1.0.0",
-    }
-    return load_workspace(spec)
-
-
-def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
-    """A validated pyhf workspace from a JSON dict or a JSON file path.
-
-    Raises:
-        WorkspaceError: the file is unreadable or the specification fails pyhf's schema.
-    """
-    if isinstance(spec, (str, Path)):
-        try:
-            spec = json.loads(Path(spec).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise WorkspaceError(f"cannot read workspace JSON {str(spec)!r}: {err}") from err
-    try:
-        return pyhf.Workspace(copy.deepcopy(dict(spec)))
-    except pyhf.exceptions.InvalidSpecification as err:
-        raise WorkspaceError(f"workspace fails pyhf's schema validation: {err}. Fix the specification.") from err
-    except (pyhf.exceptions.InvalidWorkspaceOperation, KeyError, TypeError) as err:
-        raise WorkspaceError(f"workspace specification is inconsistent: {err}") from err
-
-
-def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
-    """Apply a signal patch: a JSON-Patch list, a per-point patch file (path), or ``(PatchSet, name)``.
-
-    Raises:
-        WorkspaceError: the patch is unreadable, does not apply to this workspace, or the patched
-            workspace fails validation.
-    """
-    if isinstance(patch, (str, Path)):
-        try:
-            patch = json.loads(Path(patch).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise WorkspaceError(f"cannot read patch JSON {str(patch)!r}: {err}") from err
-    if isinstance(patch, tuple) and len(patch) == 2 and isinstance(patch[0], pyhf.patchset.PatchSet):
-        patchset, name = patch
-        try:
-            return load_workspace(patchset[name].apply(dict(workspace)))
-        except (pyhf.exceptions.InvalidPatchLookup, pyhf.exceptions.PatchSetVerificationError) as err:
-            raise WorkspaceError(f"patch {name!r} cannot be applied: {err}") from err
-    if not isinstance(patch, list):
-        raise WorkspaceError(f"patch must be a JSON-Patch list of operations, a path, or (PatchSet, name); got {type(patch).__name__}.")
-    import jsonpatch
-
-    try:
-        patched = jsonpatch.JsonPatch(patch).apply(copy.deepcopy(dict(workspace)))
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
-        raise WorkspaceError(f"patch does not apply to this workspace: {err}") from err
-    return load_workspace(patched)
-
-
-def to_json(workspace: pyhf.Workspace, path: str | Path | None = None) -> str:
-    """The workspace as JSON text (sorted keys); also written to ``path`` if given."""
-    text = json.dumps(dict(workspace), indent=2, sort_keys=True)
-    if path is not None:
-        Path(path).write_text(text)
-    return text
 
 
 class PyhfModel:
@@ -208,7 +55,7 @@ class PyhfModel:
         self.workspace = workspace
         self.tolerance = tolerance
         self._fits: dict[tuple[bytes, float | None], tuple[float, np.ndarray, bool]] = {}
-        with numpy_minuit():
+        with numpy_minuit(), pyhf_errors(workspace):
             try:
                 self.model = workspace.model(measurement_name=measurement)
             except pyhf.exceptions.InvalidMeasurement as err:
@@ -249,19 +96,35 @@ class PyhfModel:
             return np.asarray(self.model.expected_data(parameters), dtype=float)
 
 
-def _model(workspace: pyhf.Workspace | PyhfModel) -> PyhfModel:
-    return workspace if isinstance(workspace, PyhfModel) else PyhfModel(workspace)
+def _model(workspace: pyhf.Workspace | PyhfModel, function: str) -> PyhfModel:
+    if isinstance(workspace, PyhfModel):
+        return workspace
+    if not isinstance(workspace, pyhf.Workspace):
+        raise WorkspaceError(f"{function} takes a pyhf.Workspace or a PyhfModel, got {type(workspace).__name__}; for any other "
+                             "profile model and dataset call sbilab.stats.hypotest / sbilab.stats.upper_limit.")
+    return PyhfModel(workspace)
 
 
-def hypotest(
+def workspace_hypotest(
     workspace: pyhf.Workspace | PyhfModel, poi: float, *, data: Sequence[float] | None = None, test_statistic: str = "qtilde"
 ) -> HypotestResult:
-    r"""Asymptotic CLs test of :math:`\mu` = ``poi`` on the workspace's observed data (or ``data``).
+    r"""Asymptotic CLs test of :math:`\mu` = ``poi`` on a workspace's observed data (or ``data``).
+
+    The workspace-level form of :func:`sbilab.stats.hypotest` (which takes a profile model and a
+    dataset): the model is built from the workspace (or given as a :class:`PyhfModel`, whose
+    fits are remembered across calls) and the data default to its observations.
+
+    Args:
+        workspace: A :class:`pyhf.Workspace` or a :class:`PyhfModel` of one.
+        poi: Tested value of the parameter of interest.
+        data: Main plus auxiliary data, ``(B + A,)`` (default: the workspace's observations).
+        test_statistic: ``"qtilde"``, ``"qmu"`` or ``"q0"``.
 
     Raises:
-        WorkspaceError: ``data`` has the wrong length (it needs main plus auxiliary data).
+        WorkspaceError: ``workspace`` is neither a workspace nor a PyhfModel, or ``data`` has the
+            wrong length (it needs main plus auxiliary data).
     """
-    model = _model(workspace)
+    model = _model(workspace, "workspace_hypotest")
     values = model.observed if data is None else np.asarray(data, dtype=float)
     if values.shape != model.observed.shape:
         raise WorkspaceError(
@@ -270,13 +133,22 @@ def hypotest(
     return asymptotic.hypotest(model, values, poi, test_statistic=test_statistic)
 
 
-def upper_limit(
+def workspace_upper_limit(
     workspace: pyhf.Workspace | PyhfModel,
     *,
     alpha: float = 0.05,
     scan: Sequence[float] | None = None,
     bracket: tuple[float, float] = (0.0, 10.0),
+    test_statistic: str = "qtilde",
 ) -> UpperLimitResult:
-    r"""Observed and expected CLs upper limits on the POI (:math:`\tilde q_\mu`)."""
-    model = _model(workspace)
-    return asymptotic.upper_limit(model, model.observed, alpha=alpha, scan=scan, bracket=bracket)
+    r"""Observed and expected CLs upper limits on the POI of a workspace, on its observed data.
+
+    The workspace-level form of :func:`sbilab.stats.upper_limit`; see it for ``alpha``, ``scan``
+    (linear interpolation of CLs between scan points, as pyhf and abcd-pyhf do) and ``bracket``.
+
+    Raises:
+        WorkspaceError: ``workspace`` is neither a workspace nor a PyhfModel.
+        FitError: ``alpha`` not in (0, 1), or no crossing inside the bracket.
+    """
+    model = _model(workspace, "workspace_upper_limit")
+    return asymptotic.upper_limit(model, model.observed, alpha=alpha, scan=scan, bracket=bracket, test_statistic=test_statistic)

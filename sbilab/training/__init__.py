@@ -1,13 +1,13 @@
 r"""Training: :func:`fit`, the one loop for every estimator, loss and ensemble.
 
 Modules: :mod:`.config` (the frozen :class:`TrainingConfig` and learning-rate schedules),
-:mod:`.loop` (:func:`fit`, :class:`FitResult`), :mod:`.data` (device-resident and streamed
+:mod:`.loop` (:func:`fit`, :class:`TrainingResult`), :mod:`.data` (device-resident and streamed
 batches), :mod:`.stopping` (early stopping on a smoothed validation loss), :mod:`.checkpoint`
 (atomic checkpoints and resume).
 """
 
 from .checkpoint import load_checkpoint
 from .config import Schedule, TrainingConfig, learning_rate_factor
-from .loop import FitResult, Loss, fit
+from .loop import Loss, TrainingResult, fit
 
-__all__ = ["fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"]
+__all__ = ["fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"]

@@ -32,10 +32,10 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
-from .result import FitResult
+from .result import TrainingResult
 from .stopping import EarlyStopping
 
-__all__ = ["fit", "FitResult", "Loss"]
+__all__ = ["fit", "TrainingResult", "Loss"]
 
 Loss = Callable[[nn.Module, Events], Tensor]
 _D = TrainingConfig  # defaults of fit's keyword arguments
@@ -83,7 +83,7 @@ def fit(
     resume: bool = False,
     stream: bool | None = None,
     progress: bool = True,
-) -> FitResult:
+) -> TrainingResult:
     r"""Train ``estimator`` by minimising ``loss`` on ``data``; see :class:`TrainingConfig` for the options.
 
     Args:
@@ -106,7 +106,7 @@ def fit(
         progress: Show a tqdm bar over epochs (on stderr).
 
     Returns:
-        :class:`FitResult` with the model holding its best weights and the history.
+        :class:`TrainingResult` with the model holding its best weights and the history.
 
     Raises:
         ConfigError: an option is invalid, or the checkpoint does not match this run.
@@ -224,7 +224,7 @@ class _Run:
         return (total / norm).reshape(-1).tolist()
 
     # ------------------------------------------------------------------ main loop
-    def execute(self, checkpoint: str | os.PathLike | None, resume: bool) -> FitResult:
+    def execute(self, checkpoint: str | os.PathLike | None, resume: bool) -> TrainingResult:
         cfg, model = self.config, self.model
         n_batches = self.source.n_batches(cfg.batch_size)
         total_steps = cfg.epochs * n_batches
@@ -343,11 +343,11 @@ class _Run:
         set_rng_state(state["rng"], self.device, self.source.generator)
         return int(state["epoch"]), int(state["step"]), bool(state["finished"])
 
-    def _result(self, stopped_early: bool) -> FitResult:
+    def _result(self, stopped_early: bool) -> TrainingResult:
         has_val = self.validation is not None
         best_epochs = tuple(int(e) for e in self.stopper.best_epoch)
         best_val = sum(self.stopper.best_loss) / self.k if has_val else math.nan
-        return FitResult(
+        return TrainingResult(
             model=self.model, history=self.history, best_epoch=max(best_epochs), best_epochs=best_epochs,
             best_val_loss=best_val, epochs_run=len(self.history["train_loss"]), stopped_early=stopped_early,
             config=self.config, device=self.device,

@@ -9,11 +9,11 @@ from torch import nn
 
 from .config import TrainingConfig
 
-__all__ = ["FitResult"]
+__all__ = ["TrainingResult"]
 
 
 @dataclass
-class FitResult:
+class TrainingResult:
     """What :func:`fit` returns.
 
     Attributes:
