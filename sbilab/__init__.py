@@ -9,7 +9,7 @@ and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle
 
 from ._version import __version__
 from . import calibration, exceptions, inference, publish, simulators, stats
-from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
+from .estimators import ConditionalDensity, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
 from .nets import Ensemble
@@ -44,6 +44,7 @@ __all__ = [
     "LikelihoodEstimator",
     "PosteriorEstimator",
     "PosteriorMixture",
+    "ConditionalDensity",
     "Ensemble",
     "get_loss",
     "fit",

@@ -1,5 +1,6 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
+from .density import ConditionalDensity
 from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import LikelihoodEstimator
 from .losses import (
@@ -7,6 +8,7 @@ from .losses import (
     alice_loss,
     alices_loss,
     carl_loss,
+    density_loss,
     cascal_loss,
     get_loss,
     nde_loss,
@@ -27,6 +29,7 @@ __all__ = [
     "PosteriorEstimator",
     "PosteriorMixture",
     "FLOWS",
+    "ConditionalDensity",
     "carl_loss",
     "rolr_loss",
     "rascal_loss",
@@ -37,6 +40,7 @@ __all__ = [
     "nde_loss",
     "scandal_loss",
     "npe_loss",
+    "density_loss",
     "get_loss",
     "LOSSES",
     "ensemble_log_ratio",
