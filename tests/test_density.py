@@ -137,12 +137,18 @@ def test_bounded_samples_inside_and_density_normalised(low, high):
     assert torch.trapezoid(dens * jac(grid), grid).item() == pytest.approx(1.0, abs=2e-3)
 
 
-def test_ensemble_training_and_posterior_is_a_density():
+def test_ensemble_training_and_posterior_is_a_density(tmp_path):
     c, y = linear_gaussian(400, 7)
     events = Events(x=c, theta=c.new_zeros(400, 0), latent=y)
     q = ConditionalDensity.from_events(events, target="latent", flow=FlowSpec("realnvp", transforms=1, hidden=(8,)))
     res = fit(q, get_loss("density", target="latent"), events, epochs=2, ensemble=2, batch_size=100, seed=0, progress=False)
     assert res.model(y[:5], c[:5]).shape == (2, 5) and math.isfinite(res.history["train_loss"][-1])
+    from sbilab.publish import load, save
+
+    loaded = load(save(tmp_path / "ensemble.h5", res.model))  # an ensemble of densities publishes like any module
+    with torch.no_grad():
+        assert torch.equal(loaded(y[:5], c[:5]), res.model.eval()(y[:5], c[:5]))
+    assert torch.equal(loaded.member(1).log_prob(y[:5], c[:5]), res.model.member(1).log_prob(y[:5], c[:5]))
     space = ParameterSpace(("a",), low=(0.0,), high=(1.0,))
     post = PosteriorEstimator(space, 2, transforms=1, hidden=(8,))
     assert isinstance(post, ConditionalDensity) and post.flow_spec == FlowSpec("nsf", 1, (8,), 8)
