@@ -25,22 +25,21 @@ How the applications compose it (sketches; ``fit`` and ``get_loss`` as in :mod:`
 
     # cINN unfolding, q(gen | reco) (arXiv:2006.06685): paired simulation with the detector
     # level as context x and the generator level as target (latent), MC weights as weights;
-    # only events passing both selections. Efficiency (gen passes, reco fails) and fakes
-    # (reco passes, gen fails) stay outside the density: fakes are removed from the data by
-    # the weights of a Classifier of "has a gen partner" given reco, and the gen-level
-    # acceptance is restored by a Classifier of "passes reco" given gen (OmniFold's step 2).
+    # only events passing both selections. Fakes (reco passes, gen fails) and efficiency (gen
+    # passes, reco fails) stay outside the density: each data event is weighted by P(not fake |
+    # reco) and each unfolded draw by 1 / P(passes reco | gen), both from Classifiers on sim.
     sim = Events(x=reco, theta=reco.new_zeros(len(reco), 0), latent=gen, weights=w_mc)
     q = ConditionalDensity.from_events(sim, target="latent", low=gen_low, high=gen_high,
                                        flow=FlowSpec("nsf_coupling", transforms=6, hidden=(128, 128)))
     q = fit(q, get_loss("density", target="latent"), sim, epochs=100).model
     draws = q.sample(8, data.x, generator=torch.Generator().manual_seed(0))  # (8, N_data, D_gen)
-    unfolded = draws.reshape(-1, draws.shape[-1])                 # gen-level events, weight 1/8
+    unfolded = draws.reshape(-1, draws.shape[-1])                 # gen-level events, weight 1/8 each
     # iterated (IcINN, arXiv:2212.08674): reweight sim's gen level towards `unfolded` with a
     # Classifier, refit q on the reweighted sim (new weights, same call), sample again.
 
     # MEM transfer function W(reco | parton) and proposal q(parton | reco) (arXiv:2210.00019,
     # 2310.07752) from (reco, parton) pairs of any simulator, parton level in Events.latent:
-    pairs = sim.sample(theta)
+    pairs = simulator.sample(theta)
     flipped = Events(x=pairs.latent, theta=pairs.theta, latent=pairs.x)  # context = parton
     transfer = fit(ConditionalDensity.from_events(flipped, target="latent"),
                    get_loss("density", target="latent"), flipped).model
