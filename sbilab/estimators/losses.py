@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ConfigError, MissingAugmentedDataError
-from .density import density_target
+from .density import DensityTarget, density_target
 
 __all__ = [
     "carl_loss",
@@ -271,7 +271,7 @@ def npe_loss(model: nn.Module, batch: Events) -> Tensor:
     return -model(batch.theta, batch.x, *extra)
 
 
-def density_loss(model: nn.Module, batch: Events, *, target: str = "theta") -> Tensor:
+def density_loss(model: nn.Module, batch: Events, *, target: DensityTarget = "theta") -> Tensor:
     r"""Conditional density: :math:`\ell = -\log q(y|x)` of a :class:`~sbilab.estimators.density.ConditionalDensity`.
 
     The context is the batch's ``x`` (with its ``mask`` for sets); the target ``y`` is the field
