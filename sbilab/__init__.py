@@ -10,7 +10,7 @@ as HDF5 + JSON (no pickle).
 
 from ._version import __version__
 from . import calibration, exceptions, inference, publish, simulators, stats
-from .estimators import Classifier, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
+from .estimators import Classifier, ConditionalDensity, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
 from .nets import Ensemble
@@ -46,6 +46,7 @@ __all__ = [
     "PosteriorEstimator",
     "PosteriorMixture",
     "Classifier",
+    "ConditionalDensity",
     "Ensemble",
     "get_loss",
     "fit",

@@ -36,6 +36,7 @@ def trained() -> PosteriorEstimator:
 @pytest.mark.parametrize("flow", FLOWS)
 def test_density_normalised_and_samples_inside(flow):
     space = ParameterSpace(("a", "b"), low=(0.0, -1.0), high=(1.0, 3.0))
+    torch.manual_seed(0)  # unseeded, ~0.7 % of random realnvp initialisations put > 3 % of the mass between grid and box edge
     est = PosteriorEstimator(space, 3, flow=flow, transforms=2, hidden=(16,))
     x = torch.randn(1, 3)
     a, b = torch.linspace(0, 1, 401)[1:-1], torch.linspace(-1, 3, 401)[1:-1]

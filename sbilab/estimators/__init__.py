@@ -1,6 +1,7 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
 from .classifier import Classifier, classifier_training_data
+from .density import ConditionalDensity
 from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import LikelihoodEstimator
 from .losses import (
@@ -8,6 +9,7 @@ from .losses import (
     alice_loss,
     alices_loss,
     carl_loss,
+    density_loss,
     cascal_loss,
     get_loss,
     nde_loss,
@@ -34,6 +36,7 @@ __all__ = [
     "ClassifierWeights",
     "WeightClippingWarning",
     "FLOWS",
+    "ConditionalDensity",
     "carl_loss",
     "rolr_loss",
     "rascal_loss",
@@ -44,6 +47,7 @@ __all__ = [
     "nde_loss",
     "scandal_loss",
     "npe_loss",
+    "density_loss",
     "get_loss",
     "LOSSES",
     "ensemble_log_ratio",

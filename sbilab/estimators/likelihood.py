@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import zuko
 from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError, ShapeMismatchError
+from ..exceptions import ShapeMismatchError
+from ..nets.flows import FlowSpec, build_flow
 from ..nets.mlp import Standardize
 from .checks import check_finite, check_theta
 from ..registry import register_publishable
@@ -35,10 +35,12 @@ class LikelihoodEstimator(_Estimator):
     Args:
         space: Parameter space (its reference is the denominator of :meth:`log_ratio`).
         x_features: ``D`` (vector observables only).
-        flow: ``"nsf"`` (rational-quadratic splines) or ``"maf"`` (affine).
-        transforms: Number of autoregressive transforms.
+        flow: A flow kind of :data:`sbilab.nets.flows.FLOW_KINDS`: ``"nsf"`` (rational-quadratic
+            splines), ``"maf"`` (affine), or the coupling kinds ``"nsf_coupling"``, ``"realnvp"``
+            (faster sampling; ``D >= 2``).
+        transforms: Number of flow transforms.
         hidden: Hidden widths of each transform's conditioner.
-        bins: Spline bins (NSF only).
+        bins: Spline bins (spline flows only).
 
     Example:
         >>> from sbilab.simulators import GaussianLatent
@@ -52,18 +54,13 @@ class LikelihoodEstimator(_Estimator):
     def __init__(self, space: Any, x_features: int, *, flow: str = "nsf", transforms: int = 3,
                  hidden: Sequence[int] = (64, 64), bins: int = 8) -> None:
         super().__init__()
-        if flow not in ("nsf", "maf"):
-            raise ConfigError(f"LikelihoodEstimator: flow must be 'nsf' or 'maf', got {flow!r}.")
+        spec = FlowSpec(flow, int(transforms), tuple(int(h) for h in hidden), int(bins))
         options = {"flow": flow, "transforms": int(transforms), "hidden": [int(h) for h in hidden], "bins": int(bins)}
         self._setup(space, x_features, options)
         p = self.space.dim
         self.x_norm = Standardize(self.x_features)
         self.theta_norm = Standardize(p)
-        kwargs = {"transforms": int(transforms), "hidden_features": tuple(int(h) for h in hidden)}
-        if flow == "nsf":
-            self.flow = zuko.flows.NSF(self.x_features, p, bins=int(bins), **kwargs)
-        else:
-            self.flow = zuko.flows.MAF(self.x_features, p, **kwargs)
+        self.flow = build_flow(spec, self.x_features, p)
 
     @classmethod
     def from_events(cls, events: Events, space: Any, **options: Any) -> "LikelihoodEstimator":

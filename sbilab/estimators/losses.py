@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ConfigError, MissingAugmentedDataError
+from .density import DensityTarget, density_target
 
 __all__ = [
     "carl_loss",
@@ -48,6 +49,7 @@ __all__ = [
     "nde_loss",
     "scandal_loss",
     "npe_loss",
+    "density_loss",
     "score_term",
     "get_loss",
     "LOSSES",
@@ -269,6 +271,23 @@ def npe_loss(model: nn.Module, batch: Events) -> Tensor:
     return -model(batch.theta, batch.x, *extra)
 
 
+def density_loss(model: nn.Module, batch: Events, *, target: DensityTarget = "theta") -> Tensor:
+    r"""Conditional density: :math:`\ell = -\log q(y|x)` of a :class:`~sbilab.estimators.density.ConditionalDensity`.
+
+    The context is the batch's ``x`` (with its ``mask`` for sets); the target ``y`` is the field
+    named by ``target``: ``"theta"`` (posterior estimation; the same as :func:`npe_loss`),
+    ``"latent"`` (e.g. generator level given detector level, parton level given reco) or
+    ``"spectator"``. Bind it with ``get_loss("density", target="latent")``.
+
+    Raises:
+        ConfigError: ``target`` is not an Events field a density can model.
+        MissingAugmentedDataError: the batch lacks the ``target`` field.
+    """
+    y = density_target(batch, target, owner="density_loss")
+    extra = (batch.mask,) if batch.mask is not None else ()
+    return -model(y, batch.x, *extra)
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "carl": carl_loss,
     "rolr": rolr_loss,
@@ -280,6 +299,7 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "nde": nde_loss,
     "scandal": scandal_loss,
     "npe": npe_loss,
+    "density": density_loss,
 }
 
 

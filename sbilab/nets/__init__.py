@@ -2,7 +2,8 @@
 
 from .conditioned import ConditionedNetwork
 from .ensemble import Ensemble
+from .flows import FLOW_KINDS, FlowSpec, build_flow
 from .mlp import MLP, ResidualMLP, Standardize, activation
 from .sets import DeepSets, SetTransformer, set_embedding
 
-__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding", "Ensemble"]
+__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding", "Ensemble", "FlowSpec", "FLOW_KINDS", "build_flow"]
