@@ -1,6 +1,6 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
-from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
+from .ensembles import EnsembleMean, ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import LikelihoodEstimator
 from .losses import (
     LOSSES,
@@ -43,4 +43,5 @@ __all__ = [
     "ensemble_score",
     "ensemble_log_prob",
     "member_spread",
+    "EnsembleMean",
 ]

@@ -49,6 +49,8 @@ class LikelihoodEstimator(_Estimator):
         torch.Size([10, 1])
     """
 
+    ensemble_reduction = "mixture"  # EnsembleMean: log of the members' mean density (see sbilab.estimators.ensembles)
+
     def __init__(self, space: Any, x_features: int, *, flow: str = "nsf", transforms: int = 3,
                  hidden: Sequence[int] = (64, 64), bins: int = 8) -> None:
         super().__init__()

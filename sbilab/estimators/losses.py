@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ConfigError, MissingAugmentedDataError
+from ..nets.ensemble import Ensemble
 
 __all__ = [
     "carl_loss",
@@ -70,11 +71,11 @@ def _require(batch: Events, loss: str, *names: str) -> None:
 
 
 def _is_ensemble(model: nn.Module) -> bool:
-    return hasattr(model, "member") and hasattr(model, "k") and hasattr(model, "_template")
+    return isinstance(model, Ensemble)
 
 
 def _base(model: nn.Module) -> nn.Module:
-    return model._template if _is_ensemble(model) else model
+    return model.template if isinstance(model, Ensemble) else model
 
 
 def _forward(model: nn.Module, batch: Events, *, theta: bool = True, grad: bool = False) -> tuple[Tensor, Tensor | None]:
