@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ConfigError, InvalidEventsError, ShapeMismatchError
-from ..nets.mlp import MLP, Standardize
-from ..nets.sets import set_embedding
+from ..nets.mlp import Standardize
+from ..nets.sets import build_embedding
 from ..registry import register_publishable
 from ..simulators.space import ParameterSpace
 from .checks import as_space
@@ -58,21 +58,6 @@ def _build_flow(kind: str, features: int, context: int, *, transforms: int, hidd
         extra = spline if kind == "nsf_coupling" else {}
         return zuko.flows.NICE(features, context, transforms=transforms, hidden_features=hidden, **extra)
     raise ConfigError(f"PosteriorEstimator: unknown flow {kind!r}; choose one of {FLOWS}.")
-
-
-def _build_embedding(embedding: dict[str, Any] | nn.Module | None, x_features: int, sets: bool) -> nn.Module | None:
-    if embedding is None or isinstance(embedding, nn.Module):
-        return embedding
-    options = dict(embedding)
-    kind = options.pop("kind", "deepsets" if sets else "mlp")
-    width = int(options.pop("out_features", 32))
-    if kind == "mlp":
-        if sets:
-            raise ConfigError("PosteriorEstimator: an 'mlp' embedding is for vector observables; use 'deepsets' or 'transformer' for sets.")
-        return MLP(x_features, width, hidden=tuple(options.pop("hidden", (64, 64))), **options)
-    if not sets:
-        raise ConfigError(f"PosteriorEstimator: embedding kind {kind!r} is for sets; pass sets=True (or use kind 'mlp').")
-    return set_embedding(kind, x_features, width, **options)
 
 
 @register_publishable
@@ -148,7 +133,7 @@ class PosteriorEstimator(nn.Module):
         self.register_buffer("z_mean", torch.zeros(p))
         self.register_buffer("z_std", torch.ones(p))
         self.x_norm = Standardize(self.x_features)
-        self.embedding = _build_embedding(embedding, self.x_features, self.is_set)
+        self.embedding = build_embedding(embedding, self.x_features, sets=self.is_set, owner="PosteriorEstimator")
         context = self._context_features()
         self.flow = _build_flow(flow, space.dim, context, transforms=int(transforms), hidden=hidden, bins=int(bins))
 
