@@ -22,7 +22,7 @@ PUBLIC = {
         "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "PosteriorMixture", "FLOWS", "carl_loss",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
         "scandal_loss", "npe_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
-        "ensemble_log_prob", "member_spread", "EnsembleMean", "LossInfo", "loss_info", "register_loss",
+        "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
     "sbilab.training": {"fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
 }

@@ -1,7 +1,7 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
 from .ensembles import EnsembleMean, ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
-from .likelihood import LikelihoodEstimator
+from .likelihood import DensityRatio, LikelihoodEstimator
 from .losses import (
     LOSSES,
     LossInfo,
@@ -50,4 +50,5 @@ __all__ = [
     "ensemble_log_prob",
     "member_spread",
     "EnsembleMean",
+    "DensityRatio",
 ]

@@ -5,7 +5,18 @@ of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,
 ``score(x: (N, D)) -> (N, P)`` callables.
 """
 
-from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
+from .asymptotic import (
+    ProfileModel,
+    asimov_significance,
+    expected_cls,
+    hypotest,
+    p_values,
+    q0,
+    qmu,
+    qtilde_mu,
+    unbinned_asimov,
+    upper_limit,
+)
 from .binned import PyhfModel, apply_patch, build_workspace, load_workspace, numpy_minuit, to_json
 from .diagnostics import C2STResult, UniformityResult, c2st, c2st_batch, dkw_tolerance, expected_coverage, sbc, tarp
 from .fisher import (
@@ -21,6 +32,7 @@ from .fisher import (
 )
 from .neyman import NeymanConstruction
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
+from .templates import MorphedHistogram, histogram, quantile_edges
 from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
 from .unbinned import UnbinnedLikelihood
 
@@ -44,6 +56,7 @@ __all__ = [
     "p_values",
     "expected_cls",
     "asimov_significance",
+    "unbinned_asimov",
     "hypotest",
     "upper_limit",
     # Neyman
@@ -58,6 +71,10 @@ __all__ = [
     "cramer_rao",
     "FisherTable",
     "fisher_table",
+    # histogram templates and binning
+    "quantile_edges",
+    "histogram",
+    "MorphedHistogram",
     # binned (pyhf)
     "PyhfModel",
     "build_workspace",
