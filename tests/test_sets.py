@@ -91,7 +91,7 @@ def test_one_embedding_vocabulary_for_every_estimator() -> None:
                         (lambda e: PosteriorEstimator(space, 3, sets=True, embedding=e), "PosteriorEstimator")):
         with pytest.raises(ConfigError, match=rf"{owner}: unknown embedding kind 'gnn'; choose one of \['deepsets', 'mlp', 'transformer'\]"):
             make({"kind": "gnn"})
-        with pytest.raises(ConfigError, match=rf"{owner}: an 'mlp' embedding is for vector observables"):
+        with pytest.raises(ConfigError, match=rf"{owner}: the 'mlp' embedding is for vector observables"):
             make({"kind": "mlp"})
     with pytest.raises(ConfigError, match="'deepsets' embedding is for sets"):
         PosteriorEstimator(space, 3, embedding={"kind": "deepsets"})

@@ -93,7 +93,7 @@ def build_embedding(embedding: Mapping[str, Any] | nn.Module | None, in_features
                           f"({', '.join(k for k, v in sorted(EMBEDDINGS.items()) if v.sets)} for sets).")
     if info.sets != bool(sets):
         raise ConfigError(
-            f"{owner}: an {kind!r} embedding is for {'sets' if info.sets else 'vector observables'}; "
+            f"{owner}: the {kind!r} embedding is for {'sets' if info.sets else 'vector observables'}; "
             + (f"use one of {sorted(k for k, v in EMBEDDINGS.items() if v.sets)} for sets." if sets
                else "pass sets=True for set observations (or use kind 'mlp' for vectors).")
         )
