@@ -161,3 +161,25 @@ def test_results_are_published_beside_the_json_summary(tmp_path):
     assert back.arrays["nested.0.x"].tolist() == [1.0, 2.0]
     assert back.spec["profiles"]["learned"]["M"]["delta_nll"] == "array:profiles.learned.M.delta_nll"
     assert back.spec["cls"] == [0.95] and back.spec["flags"] == [True, False] and back.metadata == {"analysis": "a"}
+
+
+def test_learned_log_ratio_reduces_ensembles_with_ensemble_mean():
+    import torch
+
+    from sbilab.analysis.estimation import Trained, learned_log_ratio
+    from sbilab.estimators import EnsembleMean, LikelihoodEstimator, RatioEstimator
+    from sbilab.nets.ensemble import Ensemble
+    from sbilab.simulators import GaussianLatent
+
+    sim = GaussianLatent()
+    x, theta = torch.randn(6, 1, generator=torch.Generator().manual_seed(1)), torch.full((6, 1), 0.5)
+    ratios = Ensemble(RatioEstimator(sim.space, 1, hidden=(8,)), 3, generator=torch.Generator().manual_seed(0)).eval()
+    fn = learned_log_ratio(Trained(ratios.template, ratios, 1, 1, 0.0, 0.0, "cpu", 10, "ratio"), sim)
+    with torch.no_grad():
+        assert isinstance(fn, EnsembleMean) and torch.allclose(fn(x, theta), ratios(x, theta).mean(0))
+    flows = Ensemble(LikelihoodEstimator(sim.space, 1, hidden=(8,), transforms=1), 2, generator=torch.Generator().manual_seed(0)).eval()
+    fn = learned_log_ratio(Trained(flows.template, flows, 1, 1, 0.0, 0.0, "cpu", 10, "likelihood"), sim)
+    ref = torch.zeros(6, 1)  # the reference point of the toy
+    with torch.no_grad():
+        mixture = lambda t: torch.logsumexp(flows(x, t), 0) - math.log(2)  # noqa: E731
+        torch.testing.assert_close(fn(x, theta), mixture(theta) - mixture(ref), rtol=0, atol=1e-6)
