@@ -81,6 +81,8 @@ class EstimatorSection:
 
 @dataclass(frozen=True)
 class ObservedSection:
+    """The observed sample: ``[observed]`` (``n_events`` drawn at the truth with generator seed ``seed``)."""
+
     n_events: int = 1000
     seed: int = 2026
     signed: ClassVar[tuple[str, ...]] = ("seed",)
@@ -88,6 +90,8 @@ class ObservedSection:
 
 @dataclass(frozen=True)
 class FitSection:
+    """Profile scans: ``[fit]`` (confidence level, points of each scan, its half-width in errors of the exact fit)."""
+
     cl: float = 0.683
     scan_points: int = 41
     scan_sigmas: float = 3.0
