@@ -23,7 +23,7 @@ PUBLIC = {
         "Classifier", "classifier_training_data", "classifier_weights", "ClassifierWeights", "WeightClippingWarning",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
         "scandal_loss", "npe_loss", "density_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
-        "ensemble_log_prob", "member_spread",
+        "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
     "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
 }

@@ -64,7 +64,7 @@ def test_sample_posterior_from_ratio_estimator_and_errors():
         sample_posterior(_ExactRatio(), torch.zeros(5, 2), 10)
     with pytest.raises(InvalidEventsError):
         sample_posterior(_ExactRatio(), torch.tensor([[float("nan")]]), 10)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"Unknown sampler 'hmc'; choose one of \['importance', 'mcmc'\]"):
         sample_posterior(_ExactRatio(), x, 10, method="hmc")
     post = LogPosterior.from_estimator(_ExactRatio(), x)
     with pytest.raises(SamplingError):  # the time bound turns a long run into a clear error

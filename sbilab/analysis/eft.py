@@ -6,7 +6,7 @@ yield (unbinned), or the expected histograms (binned). Each coupling is profiled
 whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are read off
 (:func:`~sbilab.analysis.intervals.scan_intervals`), for five likelihoods:
 
-``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[training] method``)
+``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[estimator] method``)
 ``unbinned_exact``    the same with the toy's exact ratio (the best any method can do)
 ``histogram``         binned Poisson likelihood of the observable (pT; fixed-width bins up to
                       ``histogram_max`` plus overflow), morphed templates
@@ -16,13 +16,14 @@ whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are 
 ``sallino_exact``     the same with the exact score :math:`t(x|\theta_\mathrm{SM})`
 
 Unbinned fits use the closed-form yield :math:`\nu(\theta) = L\sigma(\theta)`; binned ones the
-morphed templates of :class:`~sbilab.analysis.templates.MorphedHistogram`.
+morphed templates of :class:`~sbilab.stats.templates.MorphedHistogram`. The options are the
+``[eft]`` section (:class:`EftSection`), registered with the pipeline.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,44 @@ import numpy as np
 import torch
 
 from ..events import Events
+from ..exceptions import ConfigError
+from ..stats.templates import MorphedHistogram, quantile_edges
 from .config import AnalysisConfig
 from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, train_score, truth_point
 from .intervals import scan_intervals
 from .plots import plot_profiles
-from .templates import MorphedHistogram, quantile_edges
+from .run import register_pipeline, write_results
 
-__all__ = ["run_eft_limits", "METHOD_LABELS"]
+__all__ = ["run_eft_limits", "EftSection", "METHOD_LABELS"]
+
+
+@dataclass(frozen=True)
+class EftSection:
+    """Options of the ``eft_limits`` pipeline: the ``[eft]`` section.
+
+    Attributes:
+        luminosity: Integrated luminosity (pb⁻¹); the expected yield is ``luminosity * σ(θ)``.
+        histogram_bins: Bins of the observable's histogram: fixed width on [0, histogram_max], the last an overflow bin.
+        histogram_max: Upper edge of the last fixed-width bin of the observable.
+        score_bins: Bins of the SALLINO histogram of the score projection (equal population at the reference).
+        template_events: Simulated events at the reference that fill the morphed templates.
+        asimov_events: Size of the weighted Asimov sample of the unbinned fits.
+        score_simulations: Training events of the SALLY score estimator.
+        cls: Confidence levels of the intervals.
+    """
+
+    luminosity: float = 300.0
+    histogram_bins: int = 8
+    histogram_max: float = 175.0
+    score_bins: int = 8
+    template_events: int = 200_000
+    asimov_events: int = 20_000
+    score_simulations: int = 50_000
+    cls: tuple[float, ...] = (0.683, 0.95)
+
+    def check(self, where: str) -> None:
+        if not all(0.0 < c < 1.0 for c in self.cls):
+            raise ConfigError(f"{where} cls = {list(self.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
 
 METHOD_LABELS = {
     "unbinned_learned": ("C1--", "learned ratio, unbinned"),
@@ -55,10 +87,11 @@ def _direction(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _scores(model, x: torch.Tensor) -> torch.Tensor:
-    """SALLY scores ``(N, P)`` in float64 (the members' mean for an ensemble)."""
+    """SALLY scores ``(N, P)`` in float64 (:class:`~sbilab.estimators.EnsembleMean`: the members' mean for an ensemble)."""
+    from ..estimators import EnsembleMean
+
     with torch.no_grad():
-        t = model(x.to(torch.get_default_dtype()))
-    return (t.mean(0) if t.dim() == 3 else t).to(torch.float64)
+        return EnsembleMean.of(model)(x.to(torch.get_default_dtype())).to(torch.float64)
 
 
 def _templates(sim, cfg: AnalysisConfig, score_model) -> tuple[dict[str, MorphedHistogram], dict[str, Any], dict[str, list]]:
@@ -118,6 +151,7 @@ def _global_fit(nll, space):
     return min(valid, key=lambda f: f.nll_min)
 
 
+@register_pipeline("eft_limits", section=("eft", EftSection), toys=("morphing",))
 def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the EFT-limits analysis described by ``config``; write results to ``out``; return a printable summary."""
     from ..publish import save
@@ -183,11 +217,11 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
         "expected_events": nu_true, "n_observed": n_obs, "truth": cfg.truth, "parameters": parameters,
         "methods": results, "sallino_directions": directions,
         "bins": {k: h.edges.tolist() for k, h in hists.items()},
-        "training": {"ratio": {"method": cfg.training.method, **ratio.record()}, "sally": score.record()},
+        "training": {"ratio": {"method": cfg.estimator.method, **ratio.record()}, "sally": score.record()},
         "seconds": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(document, indent=2, default=float))
-    save(out / "estimator.h5", ratio.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
+    write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
+    save(out / "estimator.h5", ratio.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.estimator.method})
     save(out / "score_estimator.h5", score.model, overwrite=True, metadata={"analysis": cfg.name, "method": "sally"})
     from scipy.stats import chi2
 
@@ -208,6 +242,6 @@ def _summary(cfg: AnalysisConfig, results: dict, names: list[str], doc: dict, ou
                 ivs = "  ".join(f"[{p['intervals'][c]['lo']:+.3f}, {p['intervals'][c]['hi']:+.3f}]" for c in cls)
                 ratio = (p["intervals"][cls[0]]["hi"] - p["intervals"][cls[0]]["lo"]) / (exact["hi"] - exact["lo"])
                 lines.append(f"{'':>{len(name) + 2}}{method:<17} {data_label:>8} {p['best']:+7.3f}  {ivs}  {ratio:11.3f}")
-    lines.append(f"wrote {out / 'results.json'}, {out / 'estimator.h5'}, {out / 'score_estimator.h5'}"
+    lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out / 'estimator.h5'}, {out / 'score_estimator.h5'}"
                  + (f", {out / 'limits.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

@@ -1,27 +1,25 @@
-r"""Intervals from profile likelihoods, and their asymptotic (Fisher) expectations.
+r"""Intervals from profile likelihoods.
 
 :func:`scan_intervals` profiles :math:`-2\Delta\log L` on a grid spanning the whole allowed
 range and returns, per confidence level, the outermost crossings of the :math:`\chi^2_1`
 threshold, each refined by root finding between the bracketing grid points (so disjoint
 allowed regions, common for quadratic EFT likelihoods, are not missed: the reported interval
 is their hull, and ``disjoint`` says so; regions narrower than the grid step can be missed,
-except the one around the best fit, which is always a scan point). :func:`fisher_widths` gives the expected
-:math:`\pm1\sigma` half-widths :math:`\sqrt{[(nI + C)^{-1}]_{jj}}` with Gaussian constraints
-:math:`C = \mathrm{diag}(1/s_k^2)` on the nuisance parameters, and with the nuisances fixed.
+except the one around the best fit, which is always a scan point). Their asymptotic expectations
+are :func:`sbilab.stats.cramer_rao` (with ``constraints=`` and ``fixed=``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..stats import FitResult, ProfileResult, UnbinnedLikelihood
 
-__all__ = ["Interval", "scan_intervals", "fisher_widths"]
+__all__ = ["Interval", "scan_intervals"]
 
 
 @dataclass(frozen=True)
@@ -88,38 +86,3 @@ def scan_intervals(nll: UnbinnedLikelihood, name: str, grid: Sequence[float], cl
         runs = int(below[0]) + sum(1 for i in range(len(x) - 1) if not below[i] and below[i + 1])
         out.append(Interval(float(cl), lo, hi, bool(below[0]), bool(below[-1]), runs > 1))
     return profile, out
-
-
-def fisher_widths(fisher: torch.Tensor, n: float, names: Sequence[str],
-                  constraints: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
-    r"""Expected :math:`\pm1\sigma` half-widths from the per-event Fisher information ``fisher (P, P)``.
-
-    Args:
-        fisher: Per-event Fisher information at the truth.
-        n: Number of events.
-        names: Parameter names, in the order of ``fisher``.
-        constraints: Gaussian constraints ``{nuisance: (mean, sigma)}``.
-
-    Returns:
-        ``{name: {"profiled": ..., "fixed": ...}}``: with the nuisances profiled under their
-        constraints, and with the nuisances fixed (only for the other parameters).
-
-    Example:
-        >>> f = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
-        >>> w = fisher_widths(f, 100, ["mu", "eta"], {"eta": (0.0, 1e9)})
-        >>> round(w["mu"]["profiled"], 4), round(w["mu"]["fixed"], 4)  # 1/sqrt(75), 1/sqrt(100)
-        (0.1155, 0.1)
-    """
-    f = n * fisher.to(torch.float64).clone()
-    nuisance = [i for i, name in enumerate(names) if name in constraints]
-    for i in nuisance:
-        f[i, i] += 1.0 / constraints[names[i]][1] ** 2
-    profiled = torch.linalg.inv(f).diagonal().sqrt()
-    keep = [i for i in range(len(names)) if i not in nuisance]
-    fixed = torch.linalg.inv(f[keep][:, keep]).diagonal().sqrt()
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = {"profiled": float(profiled[i])}
-        if i in keep:
-            out[name]["fixed"] = float(fixed[keep.index(i)])
-    return out

@@ -2,19 +2,22 @@
 
 from .classifier import Classifier, classifier_training_data
 from .density import ConditionalDensity
-from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
-from .likelihood import LikelihoodEstimator
+from .ensembles import EnsembleMean, ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
+from .likelihood import DensityRatio, LikelihoodEstimator
 from .losses import (
     LOSSES,
+    LossInfo,
     alice_loss,
     alices_loss,
     carl_loss,
     density_loss,
     cascal_loss,
     get_loss,
+    loss_info,
     nde_loss,
     npe_loss,
     rascal_loss,
+    register_loss,
     rolr_loss,
     sally_loss,
     scandal_loss,
@@ -50,8 +53,13 @@ __all__ = [
     "density_loss",
     "get_loss",
     "LOSSES",
+    "LossInfo",
+    "loss_info",
+    "register_loss",
     "ensemble_log_ratio",
     "ensemble_score",
     "ensemble_log_prob",
     "member_spread",
+    "EnsembleMean",
+    "DensityRatio",
 ]

@@ -4,6 +4,7 @@ from .augment import augment, doubly_ratio_training_data, joint_log_ratio, joint
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
 from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
+from .registry import TOYS, build_toy, register_toy
 from .space import ParameterSpace
 from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
@@ -32,4 +33,7 @@ __all__ = [
     "read_lhe_header",
     "iter_lhe_chunks",
     "read_lhe",
+    "TOYS",
+    "register_toy",
+    "build_toy",
 ]

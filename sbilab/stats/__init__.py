@@ -5,7 +5,18 @@ of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,
 ``score(x: (N, D)) -> (N, P)`` callables.
 """
 
-from .asymptotic import ProfileModel, asimov_significance, expected_cls, hypotest, p_values, q0, qmu, qtilde_mu, upper_limit
+from .asymptotic import (
+    ProfileModel,
+    asimov_significance,
+    expected_cls,
+    hypotest,
+    p_values,
+    q0,
+    qmu,
+    qtilde_mu,
+    unbinned_asimov,
+    upper_limit,
+)
 from .binned import (
     Channel,
     PyhfModel,
@@ -32,6 +43,7 @@ from .fisher import (
 )
 from .neyman import NeymanConstruction
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
+from .templates import MorphedHistogram, histogram, quantile_edges
 from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
 from .unbinned import UnbinnedLikelihood
 
@@ -55,6 +67,7 @@ __all__ = [
     "p_values",
     "expected_cls",
     "asimov_significance",
+    "unbinned_asimov",
     "hypotest",
     "upper_limit",
     # Neyman
@@ -69,6 +82,10 @@ __all__ = [
     "cramer_rao",
     "FisherTable",
     "fisher_table",
+    # histogram templates and binning
+    "quantile_edges",
+    "histogram",
+    "MorphedHistogram",
     # binned (pyhf)
     "PyhfModel",
     "Channel",
