@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from sbilab.nets.ensemble import Ensemble
 from sbilab.estimators import ConditionalDensity, PosteriorEstimator, density_loss, get_loss
 from sbilab.events import Events
 from sbilab.exceptions import ConfigError, InvalidEventsError, MissingAugmentedDataError, OutOfSupportError, ShapeMismatchError
@@ -141,7 +142,7 @@ def test_ensemble_training_and_posterior_is_a_density(tmp_path):
     c, y = linear_gaussian(400, 7)
     events = Events(x=c, theta=c.new_zeros(400, 0), latent=y)
     q = ConditionalDensity.from_events(events, target="latent", flow=FlowSpec("realnvp", transforms=1, hidden=(8,)))
-    res = fit(q, get_loss("density", target="latent"), events, epochs=2, ensemble=2, batch_size=100, seed=0, progress=False)
+    res = fit(Ensemble(q, 2), get_loss("density", target="latent"), events, epochs=2, batch_size=100, seed=0, progress=False)
     assert res.model(y[:5], c[:5]).shape == (2, 5) and math.isfinite(res.history["train_loss"][-1])
     from sbilab.publish import load, save
 

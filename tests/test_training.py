@@ -191,7 +191,7 @@ def test_ensemble_members_train_like_independent_models() -> None:
     template = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     ens = Ensemble(template, 3, generator=torch.Generator().manual_seed(0))
     initial = ens.member(1)
-    opts = dict(epochs=40, batch_size=100, learning_rate=1e-2, patience=None, **QUIET)
+    opts = dict(epochs=40, batch_size=100, learning_rate=1e-2, patience=None, init="keep", **QUIET)  # keep: start from `initial`
     res = fit(ens, mse_ensemble, ev, **opts)
     assert res.model is ens and len(res.history["val_loss_members"][0]) == 3
     grid = torch.linspace(-1.9, 1.9, 101).reshape(-1, 1)
@@ -229,8 +229,8 @@ def test_input_gradient_loss_trains_and_validates(k: int) -> None:
     g = torch.Generator().manual_seed(6)
     ev = Events(x=torch.randn(400, 2, generator=g), theta=torch.tensor([[1.5, -0.5]]).expand(400, 2))
     torch.manual_seed(0)
-    res = fit(nn.Linear(2, 1), score_matching, ev, epochs=60, batch_size=100, learning_rate=0.1, ensemble=k,
-              patience=None, **QUIET)
+    res = fit(Ensemble(nn.Linear(2, 1), k) if k > 1 else nn.Linear(2, 1), score_matching, ev, epochs=60, batch_size=100,
+              learning_rate=0.1, patience=None, **QUIET)
     members = [res.model.member(i) for i in range(k)] if k > 1 else [res.model]
     for m in members:
         torch.testing.assert_close(m.weight.detach().reshape(-1), torch.tensor([1.5, -0.5]), atol=1e-3, rtol=0)
@@ -318,9 +318,9 @@ def test_bad_options_and_loss_shape() -> None:
         fit(nn.Linear(2, 1), lambda m, b: mse(m, b).mean(), ev, **QUIET)
 
 
-def _run_worker(checkpoint: str, out: Path, *, slow: bool = False) -> subprocess.Popen:
+def _run_worker(checkpoint: str, out: Path, *flags: str, slow: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, str(ROOT / "tests" / "_train_worker.py"), checkpoint, str(out)] + (["--slow"] if slow else [])
+    args = [sys.executable, str(ROOT / "tests" / "_train_worker.py"), checkpoint, str(out), *flags] + (["--slow"] if slow else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -350,6 +350,25 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path) -> None:
         assert torch.equal(a["state"][name], b["state"][name]), name
 
 
+def test_killed_between_stop_and_final_save_resumes_exactly(tmp_path: Path) -> None:
+    # the worker SIGKILLs itself right after the checkpoint of the epoch at which the stopper fired
+    ckpt = tmp_path / "ckpt.pt"
+    victim = _run_worker(str(ckpt), tmp_path / "never.pt", "--stop-early", "--kill-after-stop")
+    output = victim.communicate(timeout=120)[0].decode()
+    assert victim.returncode == -signal.SIGKILL, output
+    killed_at = load_checkpoint(ckpt)
+    resumed = _run_worker(str(ckpt), tmp_path / "resumed.pt", "--stop-early")
+    output = resumed.communicate(timeout=120)[0].decode()
+    assert resumed.returncode == 0, output
+    a = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    b = _worker_module().train(None, stop_early=True)  # the same run, uninterrupted, in this process
+    assert b["stopped_early"] and a["stopped_early"] and len(b["train_loss"]) < 60
+    assert a["train_loss"] == b["train_loss"] and len(a["train_loss"]) == killed_at["epoch"]  # trains no further epoch
+    for name in b["state"]:
+        assert torch.equal(a["state"][name], b["state"][name]), name
+    assert killed_at["finished"] and killed_at["stopped_early"]  # the checkpoint says the run is over
+
+
 def _worker_module():
     spec = importlib.util.spec_from_file_location("_train_worker", ROOT / "tests" / "_train_worker.py")
     module = importlib.util.module_from_spec(spec)
@@ -375,7 +394,7 @@ def test_ensemble_resume_after_crash_is_bitwise_identical(tmp_path: Path) -> Non
     def run(checkpoint: Path | None) -> TrainingResult:
         torch.manual_seed(0)
         template = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
-        return fit(template, loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,
+        return fit(Ensemble(template, 3), loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,
                    checkpoint=checkpoint, resume=True, **QUIET)
 
     straight = run(None)

@@ -19,12 +19,14 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigError
 
-__all__ = ["TrainingConfig", "Schedule", "Keep", "learning_rate_factor"]
+__all__ = ["TrainingConfig", "Schedule", "Keep", "Init", "learning_rate_factor"]
 
 Schedule = Literal["cosine", "onecycle", "plateau", "constant"]
 _SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 Keep = Literal["best", "smoothed", "last"]
 _KEEP = ("best", "smoothed", "last")
+Init = Literal["seed", "keep"]
+_INIT = ("seed", "keep")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class TrainingConfig:
     ensemble: int = 1
     amp: bool = False
     seed: int = 0
+    init: Init = "seed"
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -96,6 +99,9 @@ class TrainingConfig:
             positive_int("patience")
         if self.keep not in _KEEP:
             raise ConfigError(f"fit: keep must be one of {_KEEP}, got {self.keep!r}.")
+        if self.init not in _INIT:
+            raise ConfigError(f"fit: init must be one of {_INIT}, got {self.init!r}; 'keep' continues from the "
+                              "estimator's current weights (a warm start).")
         if self.schedule not in _SCHEDULES:
             raise ConfigError(f"fit: schedule must be one of {_SCHEDULES}, got {self.schedule!r}.")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):

@@ -15,6 +15,7 @@ member-wise, K members train exactly as K independent runs on the same batches w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -28,8 +29,10 @@ from tqdm.auto import tqdm
 from ..events import Events
 from ..exceptions import ConfigError, TrainingDivergedError
 from ..nets.ensemble import Ensemble
+from ..nets.init import reinitialise
+from .checks import check_checkpoint_path, check_estimator, check_events, dry_run, first_events
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Keep, Schedule, TrainingConfig, learning_rate_factor
+from .config import Init, Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
 from .result import TrainingResult
@@ -55,6 +58,22 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _members(estimator: nn.Module, config: TrainingConfig) -> TrainingConfig:
+    """``config`` with ``ensemble`` = the number of members of ``estimator``; refuses a plain module with ``ensemble > 1``."""
+    k = estimator.k if isinstance(estimator, Ensemble) else 1
+    if config.ensemble > 1 and k == 1:
+        name = type(estimator).__name__
+        raise ConfigError(
+            f"fit: ensemble={config.ensemble} with a single {name}: fit trains the module it is given, in place, and "
+            f"would leave this {name} untrained. Build the ensemble yourself and keep it: "
+            f"ens = Ensemble(estimator, {config.ensemble}); fit(ens, ...); then use EnsembleMean(ens) "
+            "(sbilab.nets.Ensemble, sbilab.estimators.EnsembleMean). Or pass ensemble=1."
+        )
+    if config.ensemble not in (1, k):
+        raise ConfigError(f"fit: ensemble={config.ensemble}, but the Ensemble passed has {k} members; pass ensemble={k} or 1.")
+    return dataclasses.replace(config, ensemble=k)
+
+
 def fit(
     estimator: nn.Module,
     loss: Loss,
@@ -78,6 +97,7 @@ def fit(
     ensemble: int = _D.ensemble,
     amp: bool = _D.amp,
     seed: int = _D.seed,
+    init: Init = _D.init,
     device: str | torch.device = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
@@ -127,13 +147,16 @@ def fit(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, schedule=schedule,
         final_lr_fraction=final_lr_fraction, plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         weight_decay=weight_decay, clip_norm=clip_norm, validation_fraction=validation_fraction, patience=patience,
-        smoothing=smoothing, keep=keep, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed,
+        smoothing=smoothing, keep=keep, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed, init=init,
     )
     if not isinstance(estimator, nn.Module):
         raise ConfigError(f"fit: estimator must be a torch.nn.Module, got {type(estimator).__name__}.")
+    config = _members(estimator, config)
     if not callable(loss):
         raise ConfigError("fit: loss must be a function loss(model, batch) -> per-event losses.")
     dev = _resolve_device(device)
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)
     devices = [dev.index] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
@@ -148,17 +171,22 @@ class _Run:
                  config: TrainingConfig, device: torch.device, stream: bool | None, progress: bool) -> None:
         self.loss, self.config, self.device, self.progress = loss, config, device, progress
         self.source, self.validation = self._sources(data, validation, stream)
+        probe = first_events(self.source)
+        for what, events in (("data", getattr(self.source, "events", probe)), ("validation", self.validation)):
+            if events is not None:
+                check_events(events, what=what)
+                check_estimator(estimator, events)
         model = estimator
-        if config.ensemble > 1:
-            if isinstance(estimator, Ensemble):
-                raise ConfigError("fit: estimator is already an Ensemble; pass ensemble=1 or a plain module.")
-            model = Ensemble(estimator, config.ensemble, generator=torch.Generator().manual_seed(config.seed + 2))
+        if config.init == "seed":
+            reinitialise(model, config.seed + 2)
         self.model = model.to(device)
         self.k = model.k if isinstance(model, Ensemble) else 1
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"fit: {type(estimator).__name__} has no trainable parameters.")
         self.params = params
+        if probe is not None:
+            dry_run(self.model, loss, probe)
         self.optimizer = adam(params, config)
         self.stopper = EarlyStopping(self.k, config)
         self.best = clone_state(self.model)
@@ -167,6 +195,7 @@ class _Run:
             self.history["val_loss_members"] = []
         self.amp = config.amp and device.type == "cuda"
         self.val_needs_grad = bool(getattr(loss, "needs_input_grad", False))
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ data
     def _sources(self, data: Any, validation: Events | None, stream: bool | None) -> tuple[BatchSource, Events | None]:
@@ -231,9 +260,10 @@ class _Run:
         start_epoch, step, finished = 0, 0, False
         if checkpoint is not None and resume and os.path.exists(checkpoint):
             start_epoch, step, finished = self._restore(load_checkpoint(checkpoint))
+        stopped_early = self.stopped_early
         check_each_batch = self.device.type != "cuda"  # on CUDA, check once per epoch to avoid syncs
         bar = tqdm(total=cfg.epochs, initial=start_epoch, disable=not self.progress, desc="fit", unit="epoch", file=sys.stderr)
-        epoch, stopped_early = start_epoch, False
+        epoch = start_epoch
         model.train()
         try:
             while not finished and epoch < cfg.epochs:
@@ -264,10 +294,11 @@ class _Run:
                 weights = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
                 train_loss = float((stacked.mean(dim=1) * weights).sum() / weights.sum())
                 self._end_of_epoch(epoch, train_loss, time.perf_counter() - started, lr)
-                finished = self.stopper.should_stop and self.validation is not None
-                stopped_early = finished and epoch < cfg.epochs
-                if checkpoint is not None:
-                    self._save(checkpoint, epoch, step, finished=False)
+                stopped_early = self.stopper.should_stop and self.validation is not None and epoch < cfg.epochs
+                finished = stopped_early or epoch >= cfg.epochs
+                self.stopped_early = stopped_early
+                if checkpoint is not None:  # once the stopper has fired, the checkpoint says so: a resume does not train on
+                    self._save(checkpoint, epoch, step, finished=finished)
                 bar.update(1)
                 bar.set_postfix(train=f"{train_loss:.4g}", val=f"{self.history['val_loss'][-1]:.4g}")
         finally:
@@ -315,7 +346,7 @@ class _Run:
     def _save(self, path: str | os.PathLike, epoch: int, step: int, *, finished: bool) -> None:
         save_checkpoint(path, {
             "config": self.config.to_dict(), "data": self.source.fingerprint(), "k": self.k,
-            "epoch": epoch, "step": step, "finished": finished,
+            "epoch": epoch, "step": step, "finished": finished, "stopped_early": self.stopped_early,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best,
             "stopper": self.stopper.state_dict(), "history": self.history,
             "rng": rng_state(self.device, self.source.generator),
@@ -341,6 +372,7 @@ class _Run:
         self.stopper.load_state_dict(state["stopper"])
         self.history = {key: list(value) for key, value in state["history"].items()}
         set_rng_state(state["rng"], self.device, self.source.generator)
+        self.stopped_early = bool(state.get("stopped_early", False))
         return int(state["epoch"]), int(state["step"]), bool(state["finished"])
 
     def _result(self, stopped_early: bool) -> TrainingResult:
