@@ -133,9 +133,9 @@ ROWS: list[Row] = [
     Row("RatioEstimator: hidden=(8.5,)", lambda: RatioEstimator(SIM.space, 1, hidden=(8.5,)), ConfigError, r"hidden=\[8\.5\]"),
     Row("MLP: hidden=(0,)", lambda: MLP(2, 1, hidden=(0,)), ConfigError, r"MLP: hidden=\[0\]"),
     Row("RatioEstimator.log_ratio: complex x", lambda: EST.log_ratio(torch.ones(3, 1, dtype=torch.complex64), [0.5]),
-        InvalidEventsError, r"x is complex.*imaginary part"),
+        ShapeMismatchError, r"x is complex.*imaginary part"),
     Row("RatioEstimator.log_ratio: complex theta", lambda: EST.log_ratio(torch.ones(3, 1), torch.ones(1, dtype=torch.complex64)),
-        InvalidEventsError, r"theta is complex"),
+        ShapeMismatchError, r"theta is complex"),
 ]
 
 

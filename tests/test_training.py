@@ -183,6 +183,50 @@ def test_deterministic_with_seed() -> None:
     assert a.history["val_loss"] != c.history["val_loss"]
 
 
+def test_seed_fixes_the_initial_weights_and_keeps_buffers() -> None:
+    ev = linear_data(300, noise=0.5)
+
+    def run(seed: int, global_seed: int, **options) -> nn.Module:
+        torch.manual_seed(global_seed)  # how the network was built must not matter, only fit's seed
+        net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+        return fit(net, mse, ev, epochs=2, batch_size=100, seed=seed, **options, **QUIET).model
+
+    a, b, c = run(4, 0), run(4, 1), run(5, 0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    kept = run(4, 0, init="keep"), run(4, 1, init="keep")  # init="keep": the weights it was built with
+    assert not any(torch.equal(p, q) for p, q in zip(kept[0].parameters(), kept[1].parameters()))
+    # an estimator's standardisation buffers survive the re-initialisation; a warm start continues
+    from sbilab.estimators import RatioEstimator, carl_loss
+    from sbilab.simulators import GaussianLatent, ratio_training_data
+
+    sim = GaussianLatent()
+    pairs = ratio_training_data(sim, 200, generator=torch.Generator().manual_seed(0))
+    est = RatioEstimator.from_events(pairs, sim.space, hidden=(8,))
+    buffers = {k: v.clone() for k, v in est.named_buffers()}
+    fit(est, carl_loss, pairs, epochs=1, seed=0, **QUIET)
+    assert buffers and all(torch.equal(v, dict(est.named_buffers())[k]) for k, v in buffers.items())
+    trained = {k: v.clone() for k, v in est.state_dict().items()}
+    fit(est, carl_loss, pairs, epochs=1, seed=1, learning_rate=1e-12, init="keep", **QUIET)  # (almost) no step
+    assert all(torch.allclose(v, est.state_dict()[k], atol=1e-8) for k, v in trained.items())
+
+
+def test_ensemble_is_trained_in_place_and_a_single_estimator_is_refused() -> None:
+    ev = linear_data(300, noise=0.5)
+    template = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    with pytest.raises(ConfigError, match=r"ensemble=2 with a single Sequential.*untrained.*Ensemble\(estimator, 2\)"):
+        fit(template, mse_ensemble, ev, ensemble=2, **QUIET)
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        ens = Ensemble(template, 2)
+        res = fit(ens, mse_ensemble, ev, epochs=2, batch_size=100, seed=7, **QUIET)
+        assert res.model is ens and res.config.ensemble == 2  # the object the caller holds is the trained one
+        runs.append(ens)
+    assert all(torch.equal(p, q) for p, q in zip(runs[0].parameters(), runs[1].parameters()))  # fit's seed decides
+    assert not torch.equal(runs[0].member(0)[0].weight, runs[0].member(1)[0].weight)
+
+
 def test_ensemble_members_train_like_independent_models() -> None:
     # y = sin(2x) + noise: members start apart, each ends close to the truth and to a solo run
     g = torch.Generator().manual_seed(5)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..exceptions import InvalidEventsError, NonFiniteOutputError, ShapeMismatchError
+from ..exceptions import NonFiniteOutputError, ShapeMismatchError
 from ..simulators.space import ParameterSpace
 
 __all__ = ["check_x", "check_theta", "check_finite", "as_space"]
@@ -34,7 +34,7 @@ def _real(value: Any, argument: str) -> Tensor:
     """``value`` as a tensor; a complex one is refused (casting would drop its imaginary part)."""
     value = torch.as_tensor(value)
     if value.is_complex():
-        raise InvalidEventsError(
+        raise ShapeMismatchError(
             f"{argument} is complex ({value.dtype}); estimators take real inputs and the imaginary part would be dropped. "
             f"Pass real and imaginary parts as separate columns (as in training), or {argument}.real if that is meant."
         )
@@ -49,7 +49,7 @@ def check_x(x: Any, *, features: int, is_set: bool, like: Tensor, mask: Any = No
 
     Raises:
         ShapeMismatchError: ``x`` (or ``mask``) does not have the trained shape.
-        InvalidEventsError: ``x`` is complex.
+        ShapeMismatchError: ``x`` is complex.
     """
     x = _real(x, argument).to(device=like.device, dtype=like.dtype)
     if is_set:

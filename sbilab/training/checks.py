@@ -11,10 +11,12 @@ r"""What :func:`~sbilab.training.fit` checks before the first epoch, so that bad
   bad loss option or a shape error surfaces now, with the estimator's expected shapes, instead
   of after an epoch.
 * **The checkpoint path** is writable (a file is created and removed next to it).
+* **An ensemble is passed as one**: ``ensemble=K > 1`` with a single module is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +28,9 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ConfigError, InvalidEventsError, ShapeMismatchError
 from ..nets.ensemble import Ensemble
+from .config import TrainingConfig
 
-__all__ = ["check_events", "check_estimator", "dry_run", "check_checkpoint_path", "first_events"]
+__all__ = ["check_events", "check_estimator", "check_members", "dry_run", "check_checkpoint_path", "first_events"]
 
 _CANCELLING = 1e-6  # |sum w| below this fraction of sum |w|: weights cancel
 
@@ -147,3 +150,25 @@ def first_events(source: Any, n: int = 2) -> Events | None:
     if stream is not None:
         return next(iter(stream.batches(n, shuffle=False))).to(source.device)
     return None
+
+
+def check_members(estimator: nn.Module, config: TrainingConfig) -> TrainingConfig:
+    """``config`` with ``ensemble`` = the number of members of ``estimator``; refuses a plain module with ``ensemble > 1``.
+
+    ``fit`` trains the module it is given, in place; building an Ensemble of copies of a single
+    estimator would leave the caller's estimator untrained, with the trained members only in the
+    returned result: an easy way to fit data with an untrained network. So the caller builds the
+    Ensemble and holds it.
+    """
+    k = estimator.k if isinstance(estimator, Ensemble) else 1
+    if config.ensemble > 1 and k == 1:
+        name = type(estimator).__name__
+        raise ConfigError(
+            f"fit: ensemble={config.ensemble} with a single {name}: fit trains the module it is given, in place, and "
+            f"would leave this {name} untrained. Build the ensemble yourself and keep it: "
+            f"ens = Ensemble(estimator, {config.ensemble}); fit(ens, ...); then use EnsembleMean(ens) "
+            "(sbilab.nets.Ensemble, sbilab.estimators.EnsembleMean). Or pass ensemble=1."
+        )
+    if config.ensemble not in (1, k):
+        raise ConfigError(f"fit: ensemble={config.ensemble}, but the Ensemble passed has {k} members; pass ensemble={k} or 1.")
+    return dataclasses.replace(config, ensemble=k)

@@ -15,7 +15,6 @@ member-wise, K members train exactly as K independent runs on the same batches w
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
@@ -30,7 +29,7 @@ from ..events import Events
 from ..exceptions import ConfigError, TrainingDivergedError
 from ..nets.ensemble import Ensemble
 from ..nets.init import reinitialise
-from .checks import check_checkpoint_path, check_estimator, check_events, dry_run, first_events
+from .checks import check_checkpoint_path, check_estimator, check_events, check_members, dry_run, first_events
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Init, Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
@@ -56,22 +55,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
-
-
-def _members(estimator: nn.Module, config: TrainingConfig) -> TrainingConfig:
-    """``config`` with ``ensemble`` = the number of members of ``estimator``; refuses a plain module with ``ensemble > 1``."""
-    k = estimator.k if isinstance(estimator, Ensemble) else 1
-    if config.ensemble > 1 and k == 1:
-        name = type(estimator).__name__
-        raise ConfigError(
-            f"fit: ensemble={config.ensemble} with a single {name}: fit trains the module it is given, in place, and "
-            f"would leave this {name} untrained. Build the ensemble yourself and keep it: "
-            f"ens = Ensemble(estimator, {config.ensemble}); fit(ens, ...); then use EnsembleMean(ens) "
-            "(sbilab.nets.Ensemble, sbilab.estimators.EnsembleMean). Or pass ensemble=1."
-        )
-    if config.ensemble not in (1, k):
-        raise ConfigError(f"fit: ensemble={config.ensemble}, but the Ensemble passed has {k} members; pass ensemble={k} or 1.")
-    return dataclasses.replace(config, ensemble=k)
 
 
 def fit(
@@ -107,8 +90,13 @@ def fit(
     r"""Train ``estimator`` by minimising ``loss`` on ``data``; see :class:`TrainingConfig` for the options.
 
     Args:
-        estimator: The module to train (trained in place). With ``ensemble=K > 1`` it is the
-            template of an :class:`~sbilab.nets.ensemble.Ensemble` of K re-initialised copies.
+        estimator: The module to train, in place: what the caller holds is the trained model.
+            With ``init="seed"`` (default) its parameters are first drawn again from ``seed``
+            (every submodule's ``reset_parameters``; buffers such as the standardisation are
+            kept), so that ``seed`` alone fixes the run however the module was built; with
+            ``init="keep"`` training starts from its current weights (a warm start). For an
+            ensemble pass an :class:`~sbilab.nets.ensemble.Ensemble`: ``ens = Ensemble(estimator, K);
+            fit(ens, ...)`` trains the K members at once, in ``ens``.
         loss: ``loss(model, batch) -> (N,)`` per-event losses, ``(K, N)`` for ensembles. A loss
             that differentiates w.r.t. inputs (score matching) also works in validation: it is
             evaluated with gradients enabled but no parameter update (detected when it fails
@@ -128,9 +116,19 @@ def fit(
     Returns:
         :class:`TrainingResult` with the model holding its best weights and the history.
 
+    Before the first epoch (so that nothing is trained on bad input, and no epoch is lost) ``fit``
+    checks the events (real fields, labels 0/1, event weights with a clearly positive sum), the
+    estimator's shapes against the events' (``check_training_events``), the loss on two events
+    (a dry run in eval mode: missing augmented data, bad loss options, shape errors) and that the
+    checkpoint's folder is writable; see :mod:`sbilab.training.checks`.
+
     Raises:
-        ConfigError: an option is invalid, or the checkpoint does not match this run.
-        ShapeMismatchError: the loss does not return per-event losses of shape ``(N,)``/``(K, N)``.
+        ConfigError: an option is invalid (including ``ensemble > 1`` with a single module), the
+            checkpoint path is not writable, or the checkpoint does not match this run.
+        InvalidEventsError: complex fields, labels other than 0/1, event weights that cancel.
+        ShapeMismatchError: the events do not have the shapes the estimator was built for, or the
+            loss does not return per-event losses of shape ``(N,)``/``(K, N)``.
+        MissingAugmentedDataError: the loss needs a field the events lack.
         TrainingDivergedError: the loss became NaN/inf; the message names epoch and batch, the
             model holds the best weights so far (also in the exception's ``model`` attribute).
 
@@ -151,7 +149,7 @@ def fit(
     )
     if not isinstance(estimator, nn.Module):
         raise ConfigError(f"fit: estimator must be a torch.nn.Module, got {type(estimator).__name__}.")
-    config = _members(estimator, config)
+    config = check_members(estimator, config)
     if not callable(loss):
         raise ConfigError("fit: loss must be a function loss(model, batch) -> per-event losses.")
     dev = _resolve_device(device)
