@@ -25,7 +25,8 @@ PUBLIC = {
         "scandal_loss", "npe_loss", "density_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
-    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint",
+                        "OverfittingWarning"},
 }
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from sbilab import Events
 from sbilab.exceptions import ConfigError, ShapeMismatchError, TrainingDivergedError
 from sbilab.nets.ensemble import Ensemble
-from sbilab.training import TrainingResult, TrainingConfig, fit, load_checkpoint
+from sbilab.training import OverfittingWarning, TrainingResult, TrainingConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False)
@@ -135,14 +137,24 @@ def test_fit_keep_smoothed_and_last() -> None:
     for keep in ("smoothed", "last"):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
-        res = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
-                  patience=None, smoothing=0.5, keep=keep, **QUIET)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
+                      patience=None, smoothing=0.5, keep=keep, **QUIET)
+        overfit = [w for w in caught if issubclass(w.category, OverfittingWarning)]
         vals, smoothed = res.history["val_loss"], res.history["val_loss_smoothed"]
         want = len(vals) if keep == "last" else 1 + min(range(len(smoothed)), key=smoothed.__getitem__)
         assert res.best_epoch == want
         with torch.no_grad():
             assert float(mse(res.model.eval(), val).mean()) == pytest.approx(vals[want - 1], rel=1e-5)
     assert want == 60 and vals[-1] > min(vals)  # "last" really returned worse-than-best weights
+    # ... and says so: the kept loss is many standard errors (history["val_loss_error"]) above the minimum
+    assert len(overfit) == 1 and re.search(r"epoch 60, keep='last'.*standard errors above the minimum", str(overfit[0].message))
+    assert (vals[-1] - min(vals)) / res.history["val_loss_error"][-1] > 3
+    # a noisy but flat validation loss (enough data, no overfitting) does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverfittingWarning)
+        fit(nn.Linear(2, 1), mse, linear_data(2000, noise=1.0), epochs=10, batch_size=100, keep="last", patience=None, **QUIET)
 
 
 def test_nan_loss_names_epoch_and_keeps_best_weights() -> None:

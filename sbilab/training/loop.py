@@ -35,7 +35,7 @@ from .config import Init, Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
 from .result import TrainingResult
-from .stopping import EarlyStopping
+from .stopping import EarlyStopping, warn_if_overfitting
 
 __all__ = ["fit", "TrainingResult", "Loss"]
 
@@ -188,7 +188,7 @@ class _Run:
         self.optimizer = adam(params, config)
         self.stopper = EarlyStopping(self.k, config)
         self.best = clone_state(self.model)
-        self.history: dict[str, list] = {key: [] for key in ("train_loss", "val_loss", "val_loss_smoothed", "lr", "time")}
+        self.history: dict[str, list] = {key: [] for key in ("train_loss", "val_loss", "val_loss_error", "val_loss_smoothed", "lr", "time")}
         if self.k > 1:
             self.history["val_loss_members"] = []
         self.amp = config.amp and device.type == "cuda"
@@ -226,29 +226,43 @@ class _Run:
             per_event = self.loss(self.model, batch)
         return reduce_losses(per_event, batch.weights, self.k, len(batch))
 
-    @torch.no_grad()
-    def _no_grad_losses(self, batch: Events) -> Tensor:
-        return self._member_losses(batch)
+    def _moments(self, batch: Events) -> Tensor:
+        """Weighted means of the per-event losses and of their squares, ``(2, K)``."""
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
+            per_event = self.loss(self.model, batch)
+        first = reduce_losses(per_event, batch.weights, self.k, len(batch))
+        second = reduce_losses(per_event.float() ** 2, batch.weights, self.k, len(batch))
+        return torch.stack([first.reshape(-1), second.reshape(-1)]).detach()
 
-    def _validate(self) -> list[float]:
+    @torch.no_grad()
+    def _no_grad_moments(self, batch: Events) -> Tensor:
+        return self._moments(batch)
+
+    def _validate(self) -> tuple[list[float], list[float]]:
+        """Per member: the weighted mean validation loss and its standard error (from the per-event spread)."""
         val, chunk = self.validation, max(4 * self.config.batch_size, 4096)
         self.model.eval()
-        total, norm = 0.0, 0.0
+        total, norm, norm2 = 0.0, 0.0, 0.0
         for start in range(0, len(val), chunk):
             batch = val[start:start + chunk].to(self.device)
-            weight = float(batch.weights.sum()) if batch.weights is not None else float(len(batch))
+            w = batch.weights.double() if batch.weights is not None else None
+            weight = float(w.sum()) if w is not None else float(len(batch))
             if not self.val_needs_grad:
                 try:
-                    losses = self._no_grad_losses(batch)
+                    moments = self._no_grad_moments(batch)
                 except RuntimeError:  # the loss differentiates w.r.t. its inputs (e.g. score matching)
                     self.val_needs_grad = True
             if self.val_needs_grad:
                 with torch.enable_grad():
-                    losses = self._member_losses(batch).detach()
-            total = total + losses * weight
+                    moments = self._moments(batch)
+            total = total + moments.double() * weight
             norm += weight
+            norm2 += float((w ** 2).sum()) if w is not None else float(len(batch))
         self.model.train()
-        return (total / norm).reshape(-1).tolist()
+        mean, square = total / norm
+        n_eff = norm ** 2 / norm2
+        error = ((square - mean ** 2).clamp_min(0.0) / n_eff).sqrt()
+        return mean.tolist(), error.tolist()
 
     # ------------------------------------------------------------------ main loop
     def execute(self, checkpoint: str | os.PathLike | None, resume: bool) -> TrainingResult:
@@ -303,6 +317,7 @@ class _Run:
             bar.close()
         if self.validation is not None:
             model.load_state_dict(self.best)
+            warn_if_overfitting(self.history, self.stopper.best_epoch, self.config.keep)
         if checkpoint is not None:
             self._save(checkpoint, epoch, step, finished=True)
         return self._result(stopped_early)
@@ -310,19 +325,20 @@ class _Run:
     def _end_of_epoch(self, epoch: int, train_loss: float, seconds: float, lr: float) -> None:
         h = self.history
         if self.validation is not None:
-            members = self._validate()
+            members, errors = self._validate()
             if not all(math.isfinite(v) for v in members):
                 self._diverged(epoch, "validation", torch.tensor(members).sum())
             improved = self.stopper.update(epoch, members)
             if improved:
                 copy_best(self.best, self.model, improved, self.k)
-            val = sum(members) / len(members)
+            val, error = sum(members) / len(members), sum(errors) / len(errors)
             smoothed = sum(s for s in self.stopper.smoothed if s is not None) / self.k
         else:
-            members, val, smoothed = [math.nan] * self.k, math.nan, math.nan
+            members, val, smoothed, error = [math.nan] * self.k, math.nan, math.nan, math.nan
             self.stopper.best_epoch = [epoch] * self.k
         h["train_loss"].append(train_loss)
         h["val_loss"].append(val)
+        h["val_loss_error"].append(error)
         h["val_loss_smoothed"].append(smoothed)
         h["lr"].append(lr)
         h["time"].append(seconds)
@@ -369,6 +385,7 @@ class _Run:
         self.best = {name: t.to(self.device) for name, t in state["best"].items()}
         self.stopper.load_state_dict(state["stopper"])
         self.history = {key: list(value) for key, value in state["history"].items()}
+        self.history.setdefault("val_loss_error", [math.nan] * len(self.history["train_loss"]))  # older checkpoints
         set_rng_state(state["rng"], self.device, self.source.generator)
         self.stopped_early = bool(state.get("stopped_early", False))
         return int(state["epoch"]), int(state["step"]), bool(state["finished"])

@@ -14,11 +14,19 @@ for ``plateau_patience`` epochs.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from .config import TrainingConfig
 
-__all__ = ["EarlyStopping"]
+__all__ = ["EarlyStopping", "OverfittingWarning", "warn_if_overfitting", "OVERFIT_SIGMAS"]
+
+OVERFIT_SIGMAS = 3.0
+"""How many standard errors above its minimum the kept epoch's validation loss may lie before ``fit`` warns."""
+
+
+class OverfittingWarning(UserWarning):
+    """The weights ``fit`` kept have a validation loss significantly above the run's minimum."""
 
 
 class EarlyStopping:
@@ -75,3 +83,37 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
+
+
+def warn_if_overfitting(history: dict[str, list], kept_epochs: list[int], keep: str) -> None:
+    r"""Warn (:class:`OverfittingWarning`) if a member's kept weights validate significantly worse than its best epoch.
+
+    With :math:`v_e` the validation loss of epoch :math:`e` and :math:`\sigma_e` its standard
+    error (``history["val_loss_error"]``, from the per-event spread of the loss over the
+    validation events), the warning fires when :math:`v_\mathrm{kept} - \min_e v_e >`
+    ``OVERFIT_SIGMAS`` :math:`\sigma_\mathrm{kept}`. Differences within the noise of the
+    validation estimate (flat losses such as ALICE's, whose epochs differ by far less than
+    :math:`\sigma`) do not warn; a network that fits its training events' noise does.
+    """
+    values = history.get("val_loss_members") or [[v] for v in history.get("val_loss", [])]
+    errors = history.get("val_loss_error", [])
+    if not values or len(errors) != len(values):
+        return
+    worst = None
+    for member, kept in enumerate(kept_epochs):
+        curve = [row[member] for row in values]
+        low = min(range(len(curve)), key=curve.__getitem__)
+        error = errors[kept - 1]
+        if not (error > 0 and math.isfinite(error)):
+            continue
+        sigmas = (curve[kept - 1] - curve[low]) / error
+        if sigmas > OVERFIT_SIGMAS and (worst is None or sigmas > worst[0]):
+            worst = (sigmas, member, kept, curve[kept - 1], low + 1, curve[low])
+    if worst is not None:
+        sigmas, member, kept, value, low, lowest = worst
+        who = f"member {member}'s" if len(kept_epochs) > 1 else "the"
+        warnings.warn(OverfittingWarning(
+            f"fit: {who} kept weights (epoch {kept}, keep={keep!r}) have validation loss {value:.5g}, {sigmas:.1f} standard "
+            f"errors above the minimum {lowest:.5g} at epoch {low}: the network fits the noise of its training events. "
+            "Use more training events, fewer epochs or weight_decay, or keep='best' to return the epoch of the minimum."
+        ), stacklevel=4)
