@@ -31,6 +31,7 @@ import math
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ RULES: dict[str, dict[str, Any]] = {
     "none-best": dict(patience=None, keep="best"),
     "none-smoothed": dict(patience=None, keep="smoothed"),
     "none-last": dict(patience=None, keep="last"),
+    "none-auto": dict(patience=None, keep="auto"),
     "patience10-smoothed0.9": dict(patience=10, keep="smoothed", smoothing=0.9),
     "none-smoothed0.9": dict(patience=None, keep="smoothed", smoothing=0.9),
 }
@@ -64,14 +66,27 @@ def log(msg: str) -> None:
     print(f"[readme_seeds] {msg}", file=sys.stderr, flush=True)
 
 
-def replay(config: TrainingConfig, val_losses: list[float]) -> tuple[int, int]:
-    """(epochs run, epoch kept) of ``config``'s stopping rule on recorded validation losses."""
+def replay(config: TrainingConfig, val_losses: list[float], val_errors: list[float]) -> tuple[int, int]:
+    """(epochs run, epoch kept) of ``config``'s stopping rule on recorded validation losses and their standard errors."""
     stopper = EarlyStopping(1, config)
-    for epoch, loss in enumerate(val_losses, 1):
-        stopper.update(epoch, [loss])
+    for epoch, (loss, error) in enumerate(zip(val_losses, val_errors), 1):
+        stopper.update(epoch, [loss], [error])
         if stopper.should_stop:
-            return epoch, stopper.best_epoch[0]
-    return len(val_losses), stopper.best_epoch[0]
+            break
+    stopper.finish()
+    return stopper.last_epoch, stopper.best_epoch[0]
+
+
+@torch.no_grad()
+def validation_errors(est: torch.nn.Module, states: list[dict], loss: Any, validation: Events) -> list[float]:
+    """Standard error of the mean validation loss of every epoch's weights (what fit's history records)."""
+    errors = []
+    model = copy.deepcopy(est).eval()
+    for state in states:
+        model.load_state_dict(state)
+        per_event = torch.cat([loss(model, validation[i:i + 4096]).detach() for i in range(0, len(validation), 4096)])
+        errors.append(float(per_event.double().std(correction=0) / math.sqrt(len(per_event))))
+    return errors
 
 
 class Snapshots:
@@ -114,16 +129,24 @@ def run_seed(seed: int, args: argparse.Namespace, configs: dict[str, TrainingCon
     train = ratio_training_data(sim, args.n, generator=torch.Generator().manual_seed(seed))
     est = RatioEstimator.from_events(train, sim.space)
     loss = Snapshots(get_loss("alices", alpha=0.1))
-    # the whole budget (patience=None); every rule below is a prefix of this run
-    res = fit(est, loss, train, seed=seed, epochs=args.epochs, patience=None, progress=False)
+    saved = Path(args.states or ".") / f"seed{seed}.pt"
+    if args.reuse_states and saved.exists():  # the weights of every epoch of an earlier identical run
+        stored = torch.load(saved, weights_only=True)
+        loss.states, val = stored["states"], stored["val_loss"].tolist()
+        _, validation = train.split(TrainingConfig().validation_fraction, generator=torch.Generator().manual_seed(seed))
+        errors = stored["val_loss_error"].tolist() if "val_loss_error" in stored else validation_errors(
+            est, loss.states, loss.loss, validation)
+        log(f"seed {seed}: weights of {len(val)} epochs read from {saved}")
+    else:  # the whole budget (patience=None); every rule below is a prefix of this run
+        res = fit(est, loss, train, seed=seed, epochs=args.epochs, patience=None, progress=False)
+        val, errors = res.history["val_loss"], res.history["val_loss_error"]
+        if args.states:  # tensors only (torch.save of a dict of tensors), to refit other rules' epochs later
+            torch.save({"val_loss": torch.tensor(val), "val_loss_error": torch.tensor(errors), "states": loss.states}, saved)
     seconds = time.perf_counter() - started
     data = sim.simulate(N_OBSERVED, theta=torch.tensor(TRUTH), generator=torch.Generator().manual_seed(1000 + seed))
     observed = Events.observed(data.x)
     exact = fit_summary(ExactLogRatio(sim), observed, sim.space)
-    val = res.history["val_loss"]
     assert len(loss.states) == len(val), (len(loss.states), len(val))
-    if args.save_states:  # tensors only (torch.save of a dict of tensors), to fit other rules' epochs later
-        torch.save({"val_loss": torch.tensor(val), "states": loss.states}, f"{args.save_states}/seed{seed}.pt")
     fitted: dict[int, dict[str, Any]] = {}
     if args.every_epoch:  # the learned fit at every epoch: any other rule can be evaluated from the JSON later
         for epoch in range(1, len(val) + 1):
@@ -132,7 +155,7 @@ def run_seed(seed: int, args: argparse.Namespace, configs: dict[str, TrainingCon
             fitted[epoch] = fit_summary(model.eval().log_ratio, observed, sim.space)
     rules = {}
     for name, cfg in configs.items():
-        ran, kept = replay(cfg, val)
+        ran, kept = replay(cfg, val, errors)
         if kept not in fitted:
             model = copy.deepcopy(est)
             model.load_state_dict(loss.states[kept - 1])
@@ -140,7 +163,7 @@ def run_seed(seed: int, args: argparse.Namespace, configs: dict[str, TrainingCon
         rules[name] = {"epochs_run": ran, "kept_epoch": kept, **compare(fitted[kept], exact)}
     log(f"seed {seed}: trained {len(val)} epochs in {seconds:.0f} s; exact Γ = {exact['best']['Gamma']:.3f}; "
         + ", ".join(f"{n}: Γ={r['Gamma']['best']:.3f} (ep {r['kept_epoch']}/{r['epochs_run']})" for n, r in rules.items()))
-    out = {"seed": seed, "train_seconds": seconds, "val_loss": val, "exact": exact, "rules": rules}
+    out = {"seed": seed, "train_seconds": seconds, "val_loss": val, "val_loss_error": errors, "exact": exact, "rules": rules}
     if args.every_epoch:
         out["per_epoch"] = [compare(fitted[e], exact) for e in range(1, len(val) + 1)]
     if args.jsonl:  # one line per finished seed: a long run can be read (and continued) while it goes
@@ -156,7 +179,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--save-states", metavar="DIR", help="save every epoch's weights per seed to DIR/seed<s>.pt")
+    parser.add_argument("--states", metavar="DIR", help="save every epoch's weights per seed to DIR/seed<s>.pt")
+    parser.add_argument("--reuse-states", action="store_true",
+                        help="read the weights from --states DIR instead of training (the runs are seeded: identical)")
     parser.add_argument("--jsonl", metavar="FILE", help="append each seed's result to FILE as it finishes")
     parser.add_argument("--every-epoch", action="store_true", help="also fit the learned ratio of every epoch (in the JSON)")
     args = parser.parse_args()

@@ -128,6 +128,13 @@ def test_keep_chooses_raw_best_smoothed_best_or_last_epoch() -> None:
         for e, loss in enumerate(losses, 1):
             stopper.update(e, [loss])
         assert stopper.best_epoch == [epoch] and stopper.best_loss == [losses[epoch - 1]]
+    # "auto": the last epoch unless its loss is > 3 standard errors above the minimum (here 0.5 at epoch 2)
+    for error, epoch in ((0.2, 9), (0.1, 2), (None, 9)):  # 2.5 sigma: noise, keep the last; 5 sigma: overfit
+        stopper = EarlyStopping(1, TrainingConfig(keep="auto"))
+        for e, loss in enumerate(losses, 1):
+            stopper.update(e, [loss], None if error is None else [error])
+        assert stopper.finish() == ([0] if epoch == 9 else []) and stopper.best_epoch == [epoch]
+        assert stopper.best_loss == [losses[epoch - 1]]
     with pytest.raises(ConfigError, match="keep must be one of"):
         TrainingConfig(keep="lowest")
 
@@ -148,13 +155,24 @@ def test_fit_keep_smoothed_and_last() -> None:
         with torch.no_grad():
             assert float(mse(res.model.eval(), val).mean()) == pytest.approx(vals[want - 1], rel=1e-5)
     assert want == 60 and vals[-1] > min(vals)  # "last" really returned worse-than-best weights
+    # keep="auto" sees the same overfitting and returns the minimum's weights, without a warning
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverfittingWarning)
+        auto = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
+                   patience=None, keep="auto", **QUIET)
+    assert auto.history["val_loss"] == vals and auto.best_epoch == 1 + min(range(60), key=vals.__getitem__)
     # ... and says so: the kept loss is many standard errors (history["val_loss_error"]) above the minimum
     assert len(overfit) == 1 and re.search(r"epoch 60, keep='last'.*standard errors above the minimum", str(overfit[0].message))
     assert (vals[-1] - min(vals)) / res.history["val_loss_error"][-1] > 3
-    # a noisy but flat validation loss (enough data, no overfitting) does not warn
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", OverfittingWarning)
-        fit(nn.Linear(2, 1), mse, linear_data(2000, noise=1.0), epochs=10, batch_size=100, keep="last", patience=None, **QUIET)
+    # a noisy but flat validation loss (enough data, no overfitting) does not warn, and "auto" keeps the last epoch
+    for keep in ("last", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OverfittingWarning)
+            flat = fit(nn.Linear(2, 1), mse, linear_data(2000, noise=1.0), epochs=15, batch_size=50, keep=keep, patience=None,
+                       learning_rate=0.2, schedule="constant", **QUIET)
+        assert flat.best_epoch == 15 and min(flat.history["val_loss"]) < flat.history["val_loss"][-1]  # not the minimum
 
 
 def test_nan_loss_names_epoch_and_keeps_best_weights() -> None:

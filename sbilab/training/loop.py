@@ -316,6 +316,9 @@ class _Run:
         finally:
             bar.close()
         if self.validation is not None:
+            last = self.stopper.finish()  # keep="auto": members whose last weights are kept
+            if last:
+                copy_best(self.best, self.model, last, self.k)
             model.load_state_dict(self.best)
             warn_if_overfitting(self.history, self.stopper.best_epoch, self.config.keep)
         if checkpoint is not None:
@@ -328,7 +331,7 @@ class _Run:
             members, errors = self._validate()
             if not all(math.isfinite(v) for v in members):
                 self._diverged(epoch, "validation", torch.tensor(members).sum())
-            improved = self.stopper.update(epoch, members)
+            improved = self.stopper.update(epoch, members, errors)
             if improved:
                 copy_best(self.best, self.model, improved, self.k)
             val, error = sum(members) / len(members), sum(errors) / len(errors)
