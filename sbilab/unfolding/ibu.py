@@ -119,17 +119,20 @@ class IBUResult:
         return self.covariance_response[-1].diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
 
 
-def _as_cov(value: Tensor | None, batch: torch.Size, n: int, name: str) -> Tensor | None:
-    """``value`` as a covariance ``(..., n, n)`` (a ``(..., n)`` input is a diagonal of variances)."""
+def _as_cov(value: Tensor | None, data_shape: torch.Size, n: int, name: str) -> Tensor | None:
+    """``value`` as a covariance ``(..., n, n)``: a tensor shaped like the data (or ``(n,)``) holds
+    variances, one ending in ``(n, n)`` is a covariance."""
     if value is None:
         return None
     v = torch.as_tensor(value, dtype=torch.float64)
-    if v.shape[-1:] != (n,) or v.dim() == 0:
-        raise ShapeMismatchError(f"{name} must be variances (..., {n}) or a covariance (..., {n}, {n}); got {tuple(v.shape)}.")
     if not bool(torch.isfinite(v).all()):
         raise InvalidEventsError(f"{name} holds NaN/inf values.")
-    is_matrix = v.dim() >= 2 and v.shape[-2] == n and (v.dim() - 2 == len(batch) or v.dim() == 2 and len(batch) != 1)
-    return v if is_matrix else torch.diag_embed(v)
+    if v.shape == data_shape or v.shape == (n,):
+        return torch.diag_embed(v)
+    if v.dim() >= 2 and v.shape[-2:] == (n, n):
+        return v
+    raise ShapeMismatchError(f"{name} must be variances shaped like the data {tuple(data_shape)} or a covariance "
+                             f"(..., {n}, {n}); got {tuple(v.shape)}.")
 
 
 def iterative_unfold(
@@ -153,10 +156,10 @@ def iterative_unfold(
         iterations: Number of iterations ``K >= 1``.
         prior: Starting generator-level distribution ``(..., C)`` (any normalisation; only
             its shape matters). Default: ``response.truth`` (the simulation), else uniform.
-        data_covariance: Variances ``(..., E)`` or covariance ``(..., E, E)`` of ``data``;
-            default Poisson (``diag(data)``).
+        data_covariance: Variances of ``data`` (a tensor of its shape, or ``(E,)``) or its
+            covariance ``(..., E, E)``; default Poisson (``diag(data)``).
         background: Expected background counts per detector bin ``(..., E)``, subtracted.
-        background_covariance: Their variances ``(..., E)`` or covariance ``(..., E, E)``.
+        background_covariance: Their variances or covariance (as ``data_covariance``).
         covariance: Propagate the data (+ background) covariance.
         response_covariance: Propagate the response's simulation statistics (when it has them).
 
@@ -184,14 +187,19 @@ def iterative_unfold(
     if bool((d.sum(-1) <= 0).any()):
         raise InvalidEventsError("data has a non-positive total count; there is nothing to unfold.")
     batch = d.shape[:-1]
-    v_d = _as_cov(data_covariance, batch, n_e, "data_covariance") if data_covariance is not None else torch.diag_embed(d.clamp_min(0))
+    if not covariance:
+        v_d = None
+    elif data_covariance is not None:
+        v_d = _as_cov(data_covariance, d.shape, n_e, "data_covariance")
+    else:
+        v_d = torch.diag_embed(d.clamp_min(0))  # Poisson
     if background is not None:
         b = torch.as_tensor(background, dtype=torch.float64, device=d.device)
         if b.shape[-1:] != (n_e,) or not bool(torch.isfinite(b).all()):
             raise ShapeMismatchError(f"background must be finite counts (..., {n_e}); got shape {tuple(b.shape)}.")
         d = d - b
-        v_b = _as_cov(background_covariance, batch, n_e, "background_covariance")
-        if v_b is not None:
+        v_b = _as_cov(background_covariance, d.shape, n_e, "background_covariance")
+        if v_b is not None and v_d is not None:
             v_d = v_d + v_b.to(d.device)
     if prior is None:
         p = response.truth if response.truth is not None else torch.ones(n_c, dtype=torch.float64)
@@ -235,11 +243,11 @@ def iterative_unfold(
     for _ in range(iterations):
         f = n @ r.T  # (..., E)
         f_inv = torch.where(f > 0, 1 / f.clamp_min(1e-300), torch.zeros_like(f))
-        m = r.T * (n * eff_inv)[..., :, None] * f_inv[..., None, :]  # (..., C', E)
-        n_new = torch.where(live, (m @ d[..., :, None])[..., 0], n)
+        dfr = d * f_inv  # (..., E)
+        n_new = torch.where(live, n * eff_inv * (dfr @ r), n)  # = M^k d without forming M
         if covariance or do_resp:
+            m = r.T * (n * eff_inv)[..., :, None] * f_inv[..., None, :]  # (..., C', E)
             ratio = torch.where(n > 0, n_new / n.clamp_min(1e-300), torch.zeros_like(n))
-            dfr = d * f_inv  # (..., E)
             a = torch.diag_embed(ratio) - (m * dfr[..., None, :]) @ r  # (..., C', C')
         if covariance:
             jac = m + a @ jac
