@@ -255,7 +255,7 @@ def iterative_unfold(
             direct = -(m * dfr[..., None, :])[..., :, None, :] * n[..., None, :, None]  # (..., a, i, j)
             diag = (n * eff_inv)[..., :, None] * dfr[..., None, :] - (n_new * eff_inv)[..., :, None]  # (..., a, j)
             direct = (direct + eye[:, :, None] * diag[..., :, None, :]) * live[:, None, None]
-            grad_r = direct + torch.einsum("...al,...lij->...aij", a, grad_r)
+            grad_r = direct + (a @ grad_r.flatten(-2)).view(grad_r.shape)
         n = n_new
         out.append(n[..., :n_c])
         if has_fakes:
@@ -265,7 +265,8 @@ def iterative_unfold(
             out_vd.append(js @ v_d @ js.transpose(-1, -2))
         if do_resp:
             gs = grad_r[..., :n_c, :, :]
-            out_vr.append(torch.einsum("...aij,ijk,...bik->...ab", gs, cov_blocks, gs))
+            g_cov = torch.einsum("...aij,ijk->...aik", gs, cov_blocks)  # G_i Cov(R_i), then contract (i, k) with G
+            out_vr.append(g_cov.flatten(-2) @ gs.flatten(-2).transpose(-1, -2))
     return IBUResult(
         unfolded=torch.stack(out),
         prior=(p_ext[..., :n_c] / p_ext.sum(-1, keepdim=True) * d.sum(-1, keepdim=True)).expand(*batch, n_c).clone(),
