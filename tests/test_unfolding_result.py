@@ -78,7 +78,7 @@ def test_two_dimensional_and_density_histograms():
                                weights=res.weights_nominal.numpy())
     np.testing.assert_allclose(band.nominal.numpy(), ref, rtol=1e-12)
     assert band.nominal.shape == (2, 6) and band.error.shape == (2, 6) and band.covariance.shape == (12, 12)
-    dens = res.histogram(("eta", "pt"), 4, range=[(-2, 2), (20, 30)], density=True)
+    dens = res.histogram(("eta", "pt"), 4, ranges=[(-2, 2), (20, 30)], density=True)
     volume = 1.0 * 2.5
     assert float(dens.nominal.sum() * volume) == pytest.approx(1.0) and float(dens.bootstrap_data[2].sum() * volume) == pytest.approx(1.0)
     one = res.histogram("eta", 10)  # integer bins over the events' range

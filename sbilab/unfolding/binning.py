@@ -48,12 +48,17 @@ def bin_index(values: Tensor, edges: Tensor) -> Tensor:
         values: ``(N,)``.
         edges: ``(B + 1,)`` strictly increasing.
     """
-    v = values.to(torch.float64).contiguous()
-    e = edges.to(device=v.device, dtype=torch.float64)
+    e = edges.to(device=values.device, dtype=torch.float64)
     n_bins = e.numel() - 1
-    idx = torch.searchsorted(e, v, right=True) - 1
-    idx = torch.where(v == e[-1], n_bins - 1, idx)
-    return torch.where((idx >= 0) & (idx < n_bins), idx, -1)
+    v = torch.nan_to_num(values.to(torch.float64), nan=float(e[0]) - 1.0).contiguous()  # NaN -> outside
+    width = (e[-1] - e[0]) / n_bins
+    if bool(((e.diff() - width).abs() <= 1e-9 * width).all()):  # equal widths: arithmetic, then an exact one-step fix
+        idx = ((v - e[0]) / width).floor().clamp(0, n_bins - 1).long()
+        idx = idx - (v < e[idx]).long() + (v >= e[idx + 1]).long()
+    else:
+        idx = torch.searchsorted(e, v, right=True) - 1
+    inside = (v >= e[0]) & (v <= e[-1])
+    return torch.where(inside, idx.clamp(max=n_bins - 1), -1)
 
 
 def flat_bin_index(values: Sequence[Tensor], edges: Sequence[Tensor]) -> Tensor:
@@ -80,7 +85,6 @@ def histogram(index: Tensor, weights: Tensor, n_bins: int) -> Tensor:
         weights: ``(..., N)`` (any number of leading columns, e.g. replicas).
         n_bins: Number of bins.
     """
-    inside = index >= 0
-    w = weights[..., inside]
-    out = torch.zeros((*weights.shape[:-1], n_bins), dtype=weights.dtype, device=weights.device)
-    return out.index_add_(-1, index[inside].to(weights.device), w)
+    idx = torch.where(index >= 0, index, n_bins).to(weights.device)  # outside -> one spare bin, dropped
+    out = torch.zeros((*weights.shape[:-1], n_bins + 1), dtype=weights.dtype, device=weights.device)
+    return out.index_add_(-1, idx, weights)[..., :n_bins]

@@ -184,8 +184,6 @@ def iterative_unfold(
         raise ShapeMismatchError(f"data has shape {tuple(d.shape)}; the response has {n_e} detector bins (last dimension).")
     if not bool(torch.isfinite(d).all()):
         raise InvalidEventsError("data holds NaN/inf counts.")
-    if bool((d.sum(-1) <= 0).any()):
-        raise InvalidEventsError("data has a non-positive total count; there is nothing to unfold.")
     batch = d.shape[:-1]
     if not covariance:
         v_d = None
@@ -201,6 +199,8 @@ def iterative_unfold(
         v_b = _as_cov(background_covariance, d.shape, n_e, "background_covariance")
         if v_b is not None and v_d is not None:
             v_d = v_d + v_b.to(d.device)
+    if bool((d.sum(-1) <= 0).any()):
+        raise InvalidEventsError("data (minus background) has a non-positive total count; there is nothing to unfold.")
     if prior is None:
         p = response.truth if response.truth is not None else torch.ones(n_c, dtype=torch.float64)
     else:
@@ -221,7 +221,7 @@ def iterative_unfold(
         r = torch.cat([r_sig, shape[:, None]], 1)
         ref_truth = response.truth.to(d.device) if response.truth is not None else p
         scale = (eff_sig * p).sum(-1) / (eff_sig * ref_truth).sum(-1)
-        p_ext = torch.cat([p.expand(*p.shape), (fakes.sum() * scale)[..., None].expand(*p.shape[:-1], 1)], -1)
+        p_ext = torch.cat([p, (fakes.sum() * scale)[..., None]], -1)
         if cov_blocks is not None:
             f_cov = response.fakes_covariance if response.fakes_covariance is not None else torch.zeros(n_e, n_e, dtype=torch.float64)
             cov_blocks = torch.cat([cov_blocks, f_cov[None]], 0)

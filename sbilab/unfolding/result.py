@@ -310,14 +310,14 @@ class UnfoldedResult:
                                 iterations=int(spec["iterations"]), settings=spec["settings"])
 
     def histogram(self, observables: str | Sequence[str], bins: int | Sequence[float] | Sequence[Any] = 20, *,
-                  range: Sequence[tuple[float, float]] | None = None, density: bool = False) -> HistogramBand:
+                  ranges: Sequence[tuple[float, float]] | None = None, density: bool = False) -> HistogramBand:
         """Histogram of any observables (1-D, 2-D, ...) with every weight column, in one pass.
 
         Args:
             observables: One name or a sequence of names (one axis each).
             bins: For each axis: a number of equal-width bins or a sequence of edges. A single
                 int applies to every axis; for one observable a sequence of numbers is its edges.
-            range: ``(low, high)`` per axis for integer ``bins`` (default: the events' min and max).
+            ranges: ``(low, high)`` per axis for integer ``bins`` (default: the events' min and max).
             density: Normalise every histogram to unit integral inside the bins (shape only).
 
         Returns:
@@ -337,12 +337,12 @@ class UnfoldedResult:
             per_axis = [bins]
         else:
             per_axis = list(bins)
-        if len(per_axis) != len(names) or (range is not None and len(range) != len(names)):
-            raise ConfigError(f"bins and range need one entry per observable ({len(names)}).")
+        if len(per_axis) != len(names) or (ranges is not None and len(ranges) != len(names)):
+            raise ConfigError(f"bins and ranges need one entry per observable ({len(names)}).")
         edges = []
         for i, (b, v) in enumerate(zip(per_axis, cols)):
             if isinstance(b, int):
-                lo, hi = (float(v.min()), float(v.max())) if range is None else map(float, range[i])
+                lo, hi = (float(v.min()), float(v.max())) if ranges is None else map(float, ranges[i])
                 edges.append(as_edges(torch.linspace(lo, hi, b + 1, dtype=torch.float64), f"bins of {names[i]}"))
             else:
                 edges.append(as_edges(b, f"bins of {names[i]}"))
@@ -351,12 +351,12 @@ class UnfoldedResult:
         columns = self.columns()
         hists = histogram(index, torch.stack([c.to(torch.float64) for c in columns.values()]), int(torch.tensor(shape).prod()))
         if density:
-            volume = torch.ones(shape, dtype=torch.float64)
-            for axis, e in enumerate(edges):
-                volume = volume * e.diff().reshape([-1 if a == axis else 1 for a in torch.arange(len(edges)).tolist()])
-            hists = hists / (hists.sum(-1, keepdim=True) * volume.reshape(1, -1))
+            volume = edges[0].diff()
+            for e in edges[1:]:  # row-major bin volumes, the order of flat_bin_index
+                volume = torch.outer(volume, e.diff()).reshape(-1)
+            hists = hists / (hists.sum(-1, keepdim=True) * volume)
         hists = hists.reshape(len(columns), *shape)
         pos = {name: i for i, name in enumerate(columns)}
-        pick = {k: hists[[pos[f"weights_{k}_{i}"] for i in torch.arange(self.replicas(k)).tolist()]] for k in _REPLICAS}
+        pick = {k: hists[[pos[f"weights_{k}_{i}"] for i in range(self.replicas(k))]] for k in _REPLICAS}
         return HistogramBand(names, tuple(edges), hists[0], pick["ensemble"], pick["bootstrap_mc"], pick["bootstrap_data"],
                              {s: hists[pos[f"weights_{s}"]] for s in self.weights_systematics})
