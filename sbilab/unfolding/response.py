@@ -58,9 +58,9 @@ def _column(values: Tensor, name: str) -> Tensor:
     return v.to(torch.float64)
 
 
-def _mask(values: Tensor | None, n: int, name: str) -> Tensor:
+def _mask(values: Tensor | None, n: int, name: str, device: torch.device | None = None) -> Tensor:
     if values is None:
-        return torch.ones(n, dtype=torch.bool)
+        return torch.ones(n, dtype=torch.bool, device=device)
     m = torch.as_tensor(values)
     if m.dtype != torch.bool:
         raise InvalidEventsError(f"{name} must be a bool tensor (True = event passes); got dtype {m.dtype}.")
@@ -185,8 +185,8 @@ class Response:
         n = g.shape[0]
         if x.shape[0] != n:
             raise ShapeMismatchError(f"gen has {n} events but reco has {x.shape[0]}; they must be paired row by row.")
-        pg, pr = _mask(pass_gen, n, "pass_gen"), _mask(pass_reco, n, "pass_reco")
-        w = torch.ones(n, dtype=torch.float64) if weights is None else _column(weights, "weights")
+        pg, pr = _mask(pass_gen, n, "pass_gen", g.device), _mask(pass_reco, n, "pass_reco", g.device)
+        w = torch.ones(n, dtype=torch.float64, device=g.device) if weights is None else _column(weights, "weights")
         if w.shape[0] != n:
             raise ShapeMismatchError(f"weights has {w.shape[0]} entries for {n} events.")
         if not bool(torch.isfinite(w).all()):
@@ -254,7 +254,8 @@ class Response:
         if self.truth is None or self.gen_edges is None:
             raise InvalidEventsError("event_weights needs a response built by Response.from_events (truth and gen_edges).")
         g = _column(gen, "gen")
-        idx = torch.where(_mask(pass_gen, g.shape[0], "pass_gen"), bin_index(g, self.gen_edges), -1)
-        ratio = torch.where(self.truth > 0, torch.as_tensor(unfolded, dtype=torch.float64) / self.truth.clamp_min(1e-300), 0.0)
+        idx = torch.where(_mask(pass_gen, g.shape[0], "pass_gen", g.device), bin_index(g, self.gen_edges), -1)
+        truth = self.truth.to(g.device)
+        ratio = torch.where(truth > 0, torch.as_tensor(unfolded, dtype=torch.float64, device=g.device) / truth.clamp_min(1e-300), 0.0)
         w = torch.ones_like(g) if weights is None else _column(weights, "weights")
         return torch.where(idx >= 0, ratio[..., idx.clamp_min(0)] * w, torch.zeros_like(w))
