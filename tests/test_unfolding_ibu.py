@@ -116,8 +116,12 @@ def test_batched_replicas_equal_single_calls():
     priors = torch.rand(5, r.shape[1], generator=g, dtype=torch.float64) + 0.1
     out = iterative_unfold(batch, resp, iterations=3, prior=priors)
     assert out.unfolded.shape == (3, 5, 4) and out.covariance_response.shape == (3, 5, 4, 4)
+    many_priors = iterative_unfold(batch[0], resp, iterations=3, prior=priors)  # one data set, five priors
+    assert many_priors.prior.shape == (5, 4)
+    torch.testing.assert_close(many_priors.prior.sum(-1), batch[0].sum().expand(5))
     for b in range(5):
         one = iterative_unfold(batch[b], resp, iterations=3, prior=priors[b])
+        torch.testing.assert_close(many_priors.unfolded[:, b], iterative_unfold(batch[0], resp, iterations=3, prior=priors[b]).unfolded)
         torch.testing.assert_close(out.unfolded[:, b], one.unfolded, rtol=1e-13, atol=1e-12)
         torch.testing.assert_close(out.covariance_data[:, b], one.covariance_data, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(out.covariance_response[:, b], one.covariance_response, rtol=1e-12, atol=1e-12)

@@ -67,7 +67,8 @@ class IBUResult:
 
     Attributes:
         unfolded: Unfolded generator-level counts after iterations ``1..K``, ``(K, ..., C)``.
-        prior: The starting counts :math:`n^0` (signal causes), ``(..., C)``.
+        prior: The starting counts :math:`n^0` (signal causes; the prior's shape scaled to the
+            data's total), ``(..., C)``.
         covariance_data: Covariance from the data (and background) statistics, ``(K, ..., C, C)``,
             or ``None`` if not computed.
         covariance_response: Covariance from the simulation statistics of the response
@@ -231,6 +232,7 @@ def iterative_unfold(
     eff_inv = torch.where(eff > 0, 1 / eff.clamp_min(1e-300), torch.zeros_like(eff))
     n = p_ext / p_ext.sum(-1, keepdim=True) * d.sum(-1, keepdim=True)  # pyunfold's start: sum(data) * prior
     n = n + torch.zeros(*batch, r.shape[1], dtype=torch.float64, device=d.device)  # broadcast to (..., C')
+    start = n[..., :n_c].clone()
     do_resp = response_covariance and cov_blocks is not None
     if do_resp:
         cov_blocks = cov_blocks.to(d.device, torch.float64)
@@ -269,7 +271,7 @@ def iterative_unfold(
             out_vr.append(g_cov.flatten(-2) @ gs.flatten(-2).transpose(-1, -2))
     return IBUResult(
         unfolded=torch.stack(out),
-        prior=(p_ext[..., :n_c] / p_ext.sum(-1, keepdim=True) * d.sum(-1, keepdim=True)).expand(*batch, n_c).clone(),
+        prior=start,
         covariance_data=torch.stack(out_vd) if covariance else None,
         covariance_response=torch.stack(out_vr) if do_resp else None,
         fakes=torch.stack(out_fakes) if has_fakes else None,
