@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sbilab.exceptions import InvalidEventsError, StoreError
-from sbilab.simulators.lhe import iter_lhe_chunks, read_lhe, read_lhe_header
+from sbilab.io import iter_lhe_chunks, read_lhe, read_lhe_header
 
 DATA = Path(__file__).parents[2] / "shared" / "data" / "lhe"
 FILES = ["madgraph-2.0.0-wbj.lhe", "powheg-box-v2-W.lhe", "madgraph5-3.5.8-pp_to_jj.lhe.gz", "pythia-8.3.14-weakbosons.lhe"]
@@ -88,10 +88,13 @@ def test_named_weights_feed_weighted_events():
     x, _ = data.particle([1, 2, 3, 4, 5, 21], features=("pt",))
     weighted = data.to_weighted_events(x, bench, ids)
     w = data.weights_for(ids)
+    # IDWTUP = -4 with event_norm = average: each event carries 1/N of its weight, in pb
     for b in range(3):
-        np.testing.assert_allclose(weighted.weights_at(torch.tensor(bench[b])).numpy(), w[:, b], rtol=1e-10)
-    assert weighted.event_norm == "average"
+        np.testing.assert_allclose(weighted.weights_at(torch.tensor(bench[b])).numpy(), w[:, b] / len(data), rtol=1e-10)
+    assert weighted.event_norm == "sum"
     assert weighted.cross_section(torch.tensor([0.0])).item() == pytest.approx(w[:, 1].mean(), rel=1e-10)
+    raw = data.to_weighted_events(x, bench, ids, normalise=False)
+    assert raw.event_norm == "average" and raw.cross_section(torch.tensor([0.0])).item() == pytest.approx(w[:, 1].mean(), rel=1e-10)
     with pytest.raises(InvalidEventsError, match="not declared"):
         data.weights_for(["no-such-weight"])
 
