@@ -195,18 +195,18 @@ def test_systematics_feed_pyhf_and_weighted_events():
 
 @needs_data
 def test_streaming_into_a_store_matches_reading_whole(tmp_path):
-    path = DATA / "madgraph5-3.5.8-pp_to_jj.lhe.gz"
+    path = DATA / "pythia-8.3.14-weakbosons.lhe"
     scan = scan_normalisation(path)
-    assert scan.n_events == 1000 and scan.max_selected == 2
-    store = lhe_to_store(path, tmp_path / "jj.sbistore", chunk_size=300, progress=False)
-    assert len(store) == 1000 and store.n_chunks == 4
-    assert store.metadata["extra"]["lhe"]["idwtup"] == -4
+    assert scan.n_events == 100 and scan.normalisation.cross_section == pytest.approx(48.76776, rel=1e-14)
+    store = lhe_to_store(path, tmp_path / "p.sbistore", chunk_size=30, progress=False)
+    assert len(store) == 100 and store.n_chunks == 4 and store.metadata["extra"]["lhe"]["idwtup"] == 3
     whole = read_lhe(path).to_events(("pt", "eta", "phi", "m"))
     back = store.to_events()
+    assert back.x.shape[1] == scan.max_selected == whole.x.shape[1]
     torch.testing.assert_close(back.x, whole.x)
-    torch.testing.assert_close(back.weights, whole.weights)
-    assert back.weights.double().sum().item() == pytest.approx(scan.normalisation.cross_section, rel=1e-6)
+    torch.testing.assert_close(back.mask, whole.mask)
     # per-process normalisation (IDWTUP = 3) uses the whole file's sums, not each chunk's
-    small = lhe_to_store(DATA / "pythia-8.3.14-weakbosons.lhe", tmp_path / "p.sbistore", chunk_size=30, progress=False)
-    assert small.to_events().weights.double().sum().item() == pytest.approx(48.76776, rel=1e-6)
-    assert small.to_events().x.shape[1] == scan_normalisation(DATA / "pythia-8.3.14-weakbosons.lhe").max_selected
+    torch.testing.assert_close(back.weights, whole.weights)
+    assert back.weights.double().sum().item() == pytest.approx(48.76776, rel=1e-6)
+    with pytest.raises(StoreError, match="already exists"):
+        lhe_to_store(path, tmp_path / "p.sbistore", progress=False)

@@ -38,18 +38,28 @@ __all__ = ["LHEHeader", "LHEData", "read_lhe_header", "iter_lhe_chunks", "read_l
 FEATURES = ("px", "py", "pz", "E", "pt", "eta", "phi", "m", "pid")
 PDF_COLUMNS = ("id1", "id2", "x1", "x2", "scale", "xpdf1", "xpdf2")
 _INIT = re.compile(r"\s*<init[\s>]")
-_WGT = re.compile(r"<wgt\b([^>]*)>\s*([^<\s]+)\s*</wgt>")
+_WGT = re.compile(r"""<wgt\s+id\s*=\s*["']([^"']*)["'][^>]*>\s*([^<\s]+)\s*</wgt>""")
 _WEIGHTS = re.compile(r"<weights\b[^>]*>(.*?)</weights>", re.S)
 _SCALES = re.compile(r"<scales\b([^>]*?)(?:/>|>(.*?)</scales>)", re.S)
 _MGRWT = re.compile(r"<mgrwt\b[^>]*>(.*?)</mgrwt>", re.S)
 _SUBTAG = re.compile(r"<(\w+)\b([^>]*)>(.*?)</\1>", re.S)
 _KNOWN = re.compile(r"<rwgt\b.*?</rwgt>|<weights\b.*?</weights>|<scales\b[^>]*?/>|<scales\b.*?</scales>|<mgrwt\b.*?</mgrwt>", re.S)
+_TAG = re.compile(r"<(\w+)")
+_KNOWN_TAGS = {"rwgt", "wgt", "weights", "mgrwt", "rscale", "asrwt", "pdfrwt", "totfact", "matchscale"}
 _PER_PARTICLE = ("pid", "status", "mothers", "colours", "momenta", "mass", "lifetime", "spin", "mask")
 _PER_EVENT = ("weight", "process_id", "scale", "alpha_qed", "alpha_qcd", "named_weights", "lhef3_weights", "pdf", "comments")
 
 
 def _floats(text: str) -> list[float]:
     return [float(t.replace("D", "E").replace("d", "e")) for t in text.split()]
+
+
+def _array(tokens: Sequence[str]) -> np.ndarray:
+    """Numbers (Fortran ``D`` exponents allowed) as a float array, parsed in C."""
+    try:
+        return np.array(tokens, dtype=float)
+    except ValueError:
+        return np.array([t.replace("D", "E").replace("d", "e") for t in tokens], dtype=float)
 
 
 def _maybe_float(text: str) -> float:
@@ -258,46 +268,60 @@ def _lines(fh: IO[str], path: str) -> Iterator[str]:
         raise FileFormatError(f"{path}: the file is truncated or corrupt ({err}).") from None
 
 
-def _event_blocks(fh: IO[str], path: str) -> Iterator[tuple[str, list[str]]]:
-    block: list[str] | None = None
-    start = ""
-    for line in _lines(fh, path):
-        stripped = line.lstrip()
-        if block is None:
-            if stripped.startswith("<event") and (len(stripped) == 6 or stripped[6] in " >\t\n"):
-                block, start = [], stripped
-        elif stripped.startswith("</event>"):
-            yield start, block
-            block = None
-        else:
-            block.append(line)
-    if block is not None:
+def _event_blocks(fh: IO[str], path: str, block_size: int = 1 << 20) -> Iterator[tuple[str, list[str]]]:
+    """``(start tag, lines)`` of each ``<event>``, read in blocks of ``block_size`` characters (no per-line Python loop)."""
+    buf = ""
+    try:
+        while True:
+            data = fh.read(block_size)
+            buf += data
+            pos = 0
+            while True:
+                start = buf.find("<event", pos)
+                while start >= 0 and buf[start + 6: start + 7] not in (" ", ">", "\t", "\n", "\r", ""):
+                    start = buf.find("<event", start + 6)  # <eventgroup> and the like
+                if start < 0:
+                    pos = max(pos, len(buf) - 6)
+                    break
+                end = buf.find("</event>", start)
+                tag_end = buf.find(">", start)
+                if end < 0 or tag_end < 0:
+                    pos = start
+                    break
+                yield buf[start:tag_end + 1], buf[tag_end + 1:end].split("\n")
+                pos = end + 8
+            buf = buf[pos:]
+            if not data:
+                break
+    except (OSError, EOFError) as err:  # a gzip stream cut short
+        raise FileFormatError(f"{path}: the file is truncated or corrupt ({err}).") from None
+    if "<event" in buf:
         raise FileFormatError(f"{path}: the last event has no </event>; the file is truncated.")
 
 
 def _tail(lines: list[str], wid: dict[str, int], named: np.ndarray) -> dict[str, Any]:
     """Everything after the particle table: weights, scales, #pdf, <mgrwt>, comments."""
     extra: dict[str, Any] = {}
-    comments = []
-    tags = []
-    for ln in lines:
-        s = ln.strip()
-        if not s:
-            continue
-        if s.startswith("#pdf"):
-            extra["pdf"] = [_maybe_float(t) for t in s[4:].split()][:7]
-        elif s.startswith("#"):
-            comments.append(s)
-        else:
-            tags.append(ln)
-    if not tags:
-        extra["comments"] = comments
+    comments: list[str] = []
+    text = "\n".join(lines)
+    if "#" in text:
+        kept = []
+        for ln in lines:
+            s = ln.strip()
+            if s.startswith("#pdf"):
+                extra["pdf"] = [_maybe_float(t) for t in s[4:].split()][:7]
+            elif s.startswith("#"):
+                comments.append(s)
+            else:
+                kept.append(ln)
+        text = "\n".join(kept)
+    extra["comments"] = comments
+    if "<" not in text:
         return extra
-    text = "".join(tags)
-    for attrs, value in _WGT.findall(text):
-        key = attributes(attrs).get("id")
-        if key in wid:
-            named[wid[key]] = float(value.replace("D", "E"))
+    pairs = [(wid[k], v) for k, v in _WGT.findall(text) if k in wid]
+    if pairs:
+        index, values = zip(*pairs)
+        named[list(index)] = _array(values)
     found = _WEIGHTS.search(text)
     if found:
         extra["weights"] = _floats(found.group(1))
@@ -310,10 +334,9 @@ def _tail(lines: list[str], wid: dict[str, int], named: np.ndarray) -> dict[str,
             tag + (f"_beam{attributes(a)['beam']}" if "beam" in attributes(a) else ""): [_maybe_float(t) for t in body.split()]
             for tag, a, body in _SUBTAG.findall(found.group(1))
         }
-    rest = _KNOWN.sub("", text).strip()
+    rest = _KNOWN.sub("", text).strip() if set(_TAG.findall(text)) - _KNOWN_TAGS else ""
     if rest:
         comments.append(rest)
-    extra["comments"] = comments
     return extra
 
 
@@ -334,16 +357,20 @@ def iter_lhe_chunks(path: str | Path, chunk_size: int = 10000, *, max_events: in
             rest: list[str] = []
             need = 1
             try:
-                for ln in block:
+                for i, ln in enumerate(block):
                     s = ln.lstrip()
-                    if not s or s[0] == "#" or len(body) >= need:
+                    if not s or s[0] == "#":
                         rest.append(ln)
                         continue
                     body.append(ln)
                     if len(body) == 1:
                         head = _floats(ln)
                         need = 1 + int(head[0])
-                table = np.array([_floats(ln) for ln in body[1:]], dtype=float)
+                    if len(body) == need:
+                        rest.extend(block[i + 1:])
+                        break
+                tokens = " ".join(body[1:]).split()
+                table = _array(tokens).reshape(-1, 13) if len(tokens) == 13 * (need - 1) else np.zeros((len(body) - 1, 0))
             except (ValueError, IndexError) as err:
                 raise FileFormatError(f"{path}: event {count} has a malformed line ({err}).") from None
             if not body or table.shape != (need - 1, 13) or len(head) < 6:

@@ -61,10 +61,18 @@ def scan_normalisation(path: str | os.PathLike, *, status: Sequence[int] | None 
         header = _read_header(fh, str(path), idwtup)
         bar = tqdm(desc=f"scanning {Path(path).name}", unit=" events", disable=not progress)
         for _, block in _event_blocks(fh, str(path)):
-            lines = [ln for ln in block if ln.strip() and not ln.lstrip().startswith(("#", "<"))]
+            lines: list[str] = []
+            need = 1
             try:
-                head = _floats(lines[0])
-                particles = lines[1:1 + int(head[0])]
+                for ln in block:
+                    if ln.strip() and not ln.lstrip().startswith(("#", "<")):
+                        lines.append(ln)
+                        if len(lines) == 1:
+                            head = _floats(ln)
+                            need = 1 + int(head[0])
+                        if len(lines) == need:
+                            break
+                particles = lines[1:need]
                 count = len(particles) if keep is None else sum(int(ln.split()[1]) in keep for ln in particles)
             except (ValueError, IndexError) as err:
                 raise FileFormatError(f"{path}: event {len(ids)} has a malformed line ({err}).") from None
