@@ -3,8 +3,9 @@ r"""LHE readers: sbilab's ``sbilab.io`` reader vs scikit-hep's ``pylhe``, in one
 On every shared LHE file (``../shared/data/lhe``, the gzip one included) each reader reads the
 whole file (best of 3 wall times); then a large file made by repeating the events of the
 MadGraph 5 dijet file (1000 events with 145 named weights each) is read by each reader in a fresh
-subprocess, which reports its wall and CPU time (user + system, less sensitive to other jobs on
-the machine) and its peak resident memory (``VmHWM``, which starts afresh at exec):
+subprocess, which reports its wall and CPU time (process time, less sensitive to other jobs on
+the machine) and its peak resident memory above what the imports took (``VmHWM`` minus the
+``VmRSS`` after importing; sbilab's import alone brings in torch):
 
 - ``sbilab read_lhe``: everything into numpy arrays at once;
 - ``sbilab iter_lhe_chunks``: streaming, 10⁴-event chunks, nothing kept;
@@ -33,29 +34,32 @@ DATA = ROOT.parent / "shared" / "data" / "lhe"
 FILES = ["madgraph-2.0.0-wbj.lhe", "powheg-box-v2-W.lhe", "madgraph5-3.5.8-pp_to_jj.lhe.gz", "pythia-8.3.14-weakbosons.lhe"]
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 sys.path.insert(0, {root!r})
 path, mode = {path!r}, {mode!r}
-t = time.perf_counter()
-if mode == "sbilab read_lhe":
-    from sbilab.io import read_lhe
-    n = len(read_lhe(path))
-elif mode == "sbilab iter_lhe_chunks":
-    from sbilab.io import iter_lhe_chunks
-    n = sum(len(c) for c in iter_lhe_chunks(path, 10000))
-elif mode == "pylhe list":
-    import pylhe
-    n = len(pylhe.LHEFile.fromfile(path, generator=False).events)
-elif mode == "pylhe stream":
-    import pylhe
-    n = sum(1 for _ in pylhe.LHEFile.fromfile(path).events)
+
+
+def rss(key):
+    return [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)][0] / 1024
+
+
+if mode.startswith("sbilab"):
+    from sbilab.io import iter_lhe_chunks, read_lhe
 else:
     import pylhe
+base = rss("VmRSS")  # after the imports (sbilab imports torch)
+t, c = time.perf_counter(), time.process_time()
+if mode == "sbilab read_lhe":
+    n = len(read_lhe(path))
+elif mode == "sbilab iter_lhe_chunks":
+    n = sum(len(chunk) for chunk in iter_lhe_chunks(path, 10000))
+elif mode == "pylhe list":
+    n = len(pylhe.LHEFile.fromfile(path, generator=False).events)
+elif mode == "pylhe stream":
+    n = sum(1 for _ in pylhe.LHEFile.fromfile(path).events)
+else:
     n = len(pylhe.to_awkward(pylhe.LHEFile.fromfile(path)))
-wall = time.perf_counter() - t
-use = resource.getrusage(resource.RUSAGE_SELF)
-hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024  # reset at exec, unlike ru_maxrss
-print(n, wall, use.ru_utime + use.ru_stime, hwm)
+print(n, time.perf_counter() - t, time.process_time() - c, rss("VmHWM") - base)  # VmHWM starts afresh at exec
 """
 
 
@@ -122,22 +126,22 @@ def large_file(repeat: int) -> dict[str, object]:
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             count, wall, cpu, rss = done.stdout.split()
             assert int(count) == n, (mode, count, n)
-            rows.append({"reader": mode, "wall_s": round(float(wall), 2), "cpu_s": round(float(cpu), 2), "peak_rss_mb": round(float(rss), 1)})
+            rows.append({"reader": mode, "wall_s": round(float(wall), 2), "cpu_s": round(float(cpu), 2), "peak_rss_above_imports_mb": round(float(rss), 1)})
             log(rows[-1])
     return {"events": n, "file_mb": round(size_mb, 1), "readers": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a 5000-event large file (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="a 3000-event large file (< 60 s on an idle machine)")
     parser.add_argument("--json", action="store_true", help="print one JSON object of figures")
-    parser.add_argument("--repeat", type=int, default=None, help="copies of the 1000 dijet events in the large file (default 50; quick 5)")
+    parser.add_argument("--repeat", type=int, default=None, help="copies of the 1000 dijet events in the large file (default 50; quick 3)")
     args = parser.parse_args()
     if not DATA.is_dir():
         log(f"skipped: {DATA} is absent (the shared LHE files)")
         print(json.dumps({"skipped": f"{DATA} absent"}) if args.json else "skipped")
         return
-    repeat = args.repeat or (5 if args.quick else 50)
+    repeat = args.repeat or (3 if args.quick else 50)
     result: dict[str, object] = {"pylhe": have_pylhe(), "files": small_files(), "large": large_file(repeat)}
     if have_pylhe():
         import pylhe
