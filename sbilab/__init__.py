@@ -4,11 +4,12 @@ The flow of data: a :class:`Simulator` produces :class:`Events` (stored in a
 :class:`SimulationStore`), :func:`fit` trains an estimator (:class:`RatioEstimator`,
 :class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`) with a loss
 from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurements and limits,
-and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle).
+and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle);
+:mod:`sbilab.io` reads LHE and ROOT files and writes ROOT, hist and ONNX.
 """
 
 from ._version import __version__
-from . import calibration, exceptions, inference, publish, simulators, stats
+from . import calibration, exceptions, inference, io, publish, simulators, stats
 from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
@@ -25,6 +26,7 @@ __all__ = [
     "calibration",
     "exceptions",
     "inference",
+    "io",
     "publish",
     "simulators",
     "stats",

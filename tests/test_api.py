@@ -12,7 +12,7 @@ from sbilab import exceptions
 
 PUBLIC = {
     "sbilab": {
-        "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
+        "__version__", "calibration", "exceptions", "inference", "io", "publish", "simulators", "stats",
         "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
         "PosteriorEstimator", "PosteriorMixture", "Ensemble", "get_loss", "fit", "FitResult", "TrainingConfig", "UnbinnedLikelihood",
@@ -23,6 +23,13 @@ PUBLIC = {
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
         "scandal_loss", "npe_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread",
+    },
+    "sbilab.io": {
+        "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",
+        "Normalisation", "normalisation", "WeightSet", "weight_sets", "combine_variations", "COMBINE_KINDS",
+        "BinnedSystematics", "binned_systematics", "event_systematics", "nuisance_weighted_events", "LHEScan",
+        "scan_normalisation", "lhe_to_store", "read_root", "iter_root", "root_to_store", "write_root", "to_hist", "from_hist",
+        "EXPORTABLE", "export_onnx", "verify_onnx", "describe_onnx",
     },
     "sbilab.training": {"fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
 }

@@ -207,7 +207,7 @@ def combine_variations(nominal: np.ndarray, members: np.ndarray, kind: str) -> t
     Example:
         >>> down, up = combine_variations(np.array([10.0]), np.array([[12.0], [9.0], [11.0], [10.5]]), "hessian")
         >>> down.round(6).tolist(), up.round(6).tolist()  # pairs (12, 9) and (11, 10.5)
-        [[9.0], [12.236068]]
+        ([9.0], [12.236068])
     """
     w0 = np.asarray(nominal, dtype=float)
     m = np.asarray(members, dtype=float)
