@@ -19,54 +19,25 @@ IDWTUP, :mod:`sbilab.io.lhe_weights`); :meth:`LHEData.to_events` gives
 
 from __future__ import annotations
 
-import gzip
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ..events import Events
 from ..exceptions import FileFormatError, InvalidEventsError
 from ..simulators.weighted import WeightedEvents
-from .lhe_header import LHEHeader, attributes, parse_header
+from .lhe_header import LHEHeader, attributes
+from .lhe_parse import event_blocks, floats, numbers, open_lhe, parse_tail, read_header
 from .lhe_weights import Normalisation, normalisation
 
 __all__ = ["LHEHeader", "LHEData", "read_lhe_header", "iter_lhe_chunks", "read_lhe"]
 
 FEATURES = ("px", "py", "pz", "E", "pt", "eta", "phi", "m", "pid")
 PDF_COLUMNS = ("id1", "id2", "x1", "x2", "scale", "xpdf1", "xpdf2")
-_INIT = re.compile(r"\s*<init[\s>]")
-_WGT = re.compile(r"""<wgt\s+id\s*=\s*["']([^"']*)["'][^>]*>\s*([^<\s]+)\s*</wgt>""")
-_WEIGHTS = re.compile(r"<weights\b[^>]*>(.*?)</weights>", re.S)
-_SCALES = re.compile(r"<scales\b([^>]*?)(?:/>|>(.*?)</scales>)", re.S)
-_MGRWT = re.compile(r"<mgrwt\b[^>]*>(.*?)</mgrwt>", re.S)
-_SUBTAG = re.compile(r"<(\w+)\b([^>]*)>(.*?)</\1>", re.S)
-_KNOWN = re.compile(r"<rwgt\b.*?</rwgt>|<weights\b.*?</weights>|<scales\b[^>]*?/>|<scales\b.*?</scales>|<mgrwt\b.*?</mgrwt>", re.S)
-_TAG = re.compile(r"<(\w+)")
-_KNOWN_TAGS = {"rwgt", "wgt", "weights", "mgrwt", "rscale", "asrwt", "pdfrwt", "totfact", "matchscale"}
 _PER_PARTICLE = ("pid", "status", "mothers", "colours", "momenta", "mass", "lifetime", "spin", "mask")
 _PER_EVENT = ("weight", "process_id", "scale", "alpha_qed", "alpha_qcd", "named_weights", "lhef3_weights", "pdf", "comments")
-
-
-def _floats(text: str) -> list[float]:
-    return [float(t.replace("D", "E").replace("d", "e")) for t in text.split()]
-
-
-def _array(tokens: Sequence[str]) -> np.ndarray:
-    """Numbers (Fortran ``D`` exponents allowed) as a float array, parsed in C."""
-    try:
-        return np.array(tokens, dtype=float)
-    except ValueError:
-        return np.array([t.replace("D", "E").replace("d", "e") for t in tokens], dtype=float)
-
-
-def _maybe_float(text: str) -> float:
-    try:
-        return float(text.replace("D", "E"))
-    except ValueError:
-        return float("nan")
 
 
 @dataclass(frozen=True)
@@ -214,17 +185,6 @@ class LHEData:
         return WeightedEvents.from_arrays(x, self.weights_for(weight_ids, norm, normalise=normalise), benchmarks, **kwargs)
 
 
-def _open(path: str | Path) -> IO[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"LHE file {str(path)!r} does not exist.")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def read_lhe_header(path: str | Path, *, idwtup: int | None = None) -> LHEHeader:
     """Parse the header and ``<init>`` block of an LHE file (reads only up to the first event).
 
@@ -232,112 +192,8 @@ def read_lhe_header(path: str | Path, *, idwtup: int | None = None) -> LHEHeader
         FileFormatError: missing file, not LHEF, no complete ``<init>``, IDWTUP not in ±1..±4
             (``idwtup=`` overrides the file's value).
     """
-    with _open(path) as fh:
-        return _read_header(fh, str(path), idwtup)
-
-
-def _read_header(fh: IO[str], path: str, idwtup: int | None = None) -> LHEHeader:
-    head: list[str] = []
-    try:
-        first = fh.readline()
-        while first and (not first.strip() or first.lstrip().startswith("<?xml")):
-            first = fh.readline()
-    except (OSError, EOFError) as err:
-        raise FileFormatError(f"{path}: cannot be read ({err}).") from None
-    if "<LesHouchesEvents" not in first:
-        raise FileFormatError(f"{path}: not a Les Houches Event file (first line lacks <LesHouchesEvents>).")
-    version = attributes(first).get("version", "")
-    for line in _lines(fh, path):
-        if _INIT.match(line):
-            init = []
-            for inner in _lines(fh, path):
-                if "</init>" in inner:
-                    init.append(inner.split("</init>")[0])
-                    return parse_header(head, init, path, version=version, idwtup=idwtup)
-                init.append(inner)
-            break
-        head.append(line)
-    raise FileFormatError(f"{path}: no complete <init> block found; the file is truncated or not LHEF.")
-
-
-def _lines(fh: IO[str], path: str) -> Iterator[str]:
-    try:
-        for line in fh:  # not ``yield from``: closing this generator would close the file
-            yield line
-    except (OSError, EOFError) as err:  # a gzip stream cut short
-        raise FileFormatError(f"{path}: the file is truncated or corrupt ({err}).") from None
-
-
-def _event_blocks(fh: IO[str], path: str, block_size: int = 1 << 20) -> Iterator[tuple[str, list[str]]]:
-    """``(start tag, lines)`` of each ``<event>``, read in blocks of ``block_size`` characters (no per-line Python loop)."""
-    buf = ""
-    try:
-        while True:
-            data = fh.read(block_size)
-            buf += data
-            pos = 0
-            while True:
-                start = buf.find("<event", pos)
-                while start >= 0 and buf[start + 6: start + 7] not in (" ", ">", "\t", "\n", "\r", ""):
-                    start = buf.find("<event", start + 6)  # <eventgroup> and the like
-                if start < 0:
-                    pos = max(pos, len(buf) - 6)
-                    break
-                end = buf.find("</event>", start)
-                tag_end = buf.find(">", start)
-                if end < 0 or tag_end < 0:
-                    pos = start
-                    break
-                yield buf[start:tag_end + 1], buf[tag_end + 1:end].split("\n")
-                pos = end + 8
-            buf = buf[pos:]
-            if not data:
-                break
-    except (OSError, EOFError) as err:  # a gzip stream cut short
-        raise FileFormatError(f"{path}: the file is truncated or corrupt ({err}).") from None
-    if "<event" in buf:
-        raise FileFormatError(f"{path}: the last event has no </event>; the file is truncated.")
-
-
-def _tail(lines: list[str], wid: dict[str, int], named: np.ndarray) -> dict[str, Any]:
-    """Everything after the particle table: weights, scales, #pdf, <mgrwt>, comments."""
-    extra: dict[str, Any] = {}
-    comments: list[str] = []
-    text = "\n".join(lines)
-    if "#" in text:
-        kept = []
-        for ln in lines:
-            s = ln.strip()
-            if s.startswith("#pdf"):
-                extra["pdf"] = [_maybe_float(t) for t in s[4:].split()][:7]
-            elif s.startswith("#"):
-                comments.append(s)
-            else:
-                kept.append(ln)
-        text = "\n".join(kept)
-    extra["comments"] = comments
-    if "<" not in text:
-        return extra
-    pairs = [(wid[k], v) for k, v in _WGT.findall(text) if k in wid]
-    if pairs:
-        index, values = zip(*pairs)
-        named[list(index)] = _array(values)
-    found = _WEIGHTS.search(text)
-    if found:
-        extra["weights"] = _floats(found.group(1))
-    found = _SCALES.search(text)
-    if found:
-        extra["scales"] = {k: _maybe_float(v) for k, v in attributes(found.group(1)).items()}
-    found = _MGRWT.search(text)
-    if found:
-        extra["mgrwt"] = {
-            tag + (f"_beam{attributes(a)['beam']}" if "beam" in attributes(a) else ""): [_maybe_float(t) for t in body.split()]
-            for tag, a, body in _SUBTAG.findall(found.group(1))
-        }
-    rest = _KNOWN.sub("", text).strip() if set(_TAG.findall(text)) - _KNOWN_TAGS else ""
-    if rest:
-        comments.append(rest)
-    return extra
+    with open_lhe(path) as fh:
+        return read_header(fh, str(path), idwtup)
 
 
 def iter_lhe_chunks(path: str | Path, chunk_size: int = 10000, *, max_events: int | None = None,
@@ -347,12 +203,12 @@ def iter_lhe_chunks(path: str | Path, chunk_size: int = 10000, *, max_events: in
     Raises:
         FileFormatError: as :func:`read_lhe_header`; an event that is cut short or malformed.
     """
-    with _open(path) as fh:
-        header = _read_header(fh, str(path), idwtup)
+    with open_lhe(path) as fh:
+        header = read_header(fh, str(path), idwtup)
         wid = {w: i for i, w in enumerate(header.weight_ids)}
         events: list[tuple[list[float], np.ndarray, np.ndarray, str, dict[str, Any]]] = []
         count = 0
-        for start, block in _event_blocks(fh, str(path)):
+        for start, block in event_blocks(fh, str(path)):
             body: list[str] = []
             rest: list[str] = []
             need = 1
@@ -364,19 +220,19 @@ def iter_lhe_chunks(path: str | Path, chunk_size: int = 10000, *, max_events: in
                         continue
                     body.append(ln)
                     if len(body) == 1:
-                        head = _floats(ln)
+                        head = floats(ln)
                         need = 1 + int(head[0])
                     if len(body) == need:
                         rest.extend(block[i + 1:])
                         break
                 tokens = " ".join(body[1:]).split()
-                table = _array(tokens).reshape(-1, 13) if len(tokens) == 13 * (need - 1) else np.zeros((len(body) - 1, 0))
+                table = numbers(tokens).reshape(-1, 13) if len(tokens) == 13 * (need - 1) else np.zeros((len(body) - 1, 0))
             except (ValueError, IndexError) as err:
                 raise FileFormatError(f"{path}: event {count} has a malformed line ({err}).") from None
             if not body or table.shape != (need - 1, 13) or len(head) < 6:
                 raise FileFormatError(f"{path}: event {count} declares {need - 1} particles but its table has shape {table.shape}.")
             named = np.full(len(wid), np.nan)
-            extra = _tail(rest, wid, named)
+            extra = parse_tail(rest, wid, named)
             events.append((head, table, named, start, extra))
             count += 1
             if len(events) == chunk_size:

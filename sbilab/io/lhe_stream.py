@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from ..events import Events
 from ..exceptions import FileFormatError
 from ..store import SimulationStore
-from .lhe import _event_blocks, _floats, _open, _read_header, iter_lhe_chunks
+from .lhe import iter_lhe_chunks
+from .lhe_parse import event_blocks, floats, open_lhe, read_header
 from .lhe_header import LHEHeader
 from .lhe_weights import Normalisation, normalisation
 
@@ -57,10 +58,10 @@ def scan_normalisation(path: str | os.PathLike, *, status: Sequence[int] | None 
     ids: list[int] = []
     weights: list[float] = []
     widest = 0
-    with _open(path) as fh:
-        header = _read_header(fh, str(path), idwtup)
+    with open_lhe(path) as fh:
+        header = read_header(fh, str(path), idwtup)
         bar = tqdm(desc=f"scanning {Path(path).name}", unit=" events", disable=not progress)
-        for _, block in _event_blocks(fh, str(path)):
+        for _, block in event_blocks(fh, str(path)):
             lines: list[str] = []
             need = 1
             try:
@@ -68,7 +69,7 @@ def scan_normalisation(path: str | os.PathLike, *, status: Sequence[int] | None 
                     if ln.strip() and not ln.lstrip().startswith(("#", "<")):
                         lines.append(ln)
                         if len(lines) == 1:
-                            head = _floats(ln)
+                            head = floats(ln)
                             need = 1 + int(head[0])
                         if len(lines) == need:
                             break
