@@ -40,9 +40,14 @@ def test_weighted_strategies_average_to_sigma(tmp_path, idwtup):
     path.write_text(lhe_text(idwtup, [(99.0, 1), (55.0, 2)], [(1, weights[0]), (2, weights[1]), (1, weights[2]), (2, weights[3])]))
     data = read_lhe(path)
     assert data.header.idwtup == idwtup
-    np.testing.assert_allclose(data.cross_section_weights(), np.array(weights) / 4, rtol=1e-15)
-    assert data.normalisation().cross_section == pytest.approx(np.mean(weights), rel=1e-15)  # XSECUP is not used
-    path.write_text(lhe_text(idwtup, [(99.0, 1), (55.0, 2)], [(1, w) for w in weights], norm="sum"))
+    w = np.array(weights)
+    if abs(idwtup) == 4:  # used as given: sigma = mean over all events
+        expected, sigma = w / 4, w.mean()
+    else:  # the shower generator's unweighting: sigma_i = mean weight of process i, here 2 events each
+        expected, sigma = w / 2, w[[0, 2]].mean() + w[[1, 3]].mean()
+    np.testing.assert_allclose(data.cross_section_weights(), expected, rtol=1e-15)
+    assert data.normalisation().cross_section == pytest.approx(sigma, rel=1e-15)  # XSECUP is not used
+    path.write_text(lhe_text(idwtup, [(99.0, 1), (55.0, 2)], [(1, x) for x in weights], norm="sum"))
     np.testing.assert_allclose(read_lhe(path).cross_section_weights(), weights, rtol=1e-15)
 
 

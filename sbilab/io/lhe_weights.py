@@ -10,8 +10,9 @@ Accord (arXiv:hep-ph/0109068, sec. 2; LHEF arXiv:hep-ph/0609017; LHEF 3 arXiv:14
 ========  ==============================================================  ==========================================
 IDWTUP    meaning of XWGTUP (and XSECUP)                                   :math:`f_j` for an event of process i
 ========  ==============================================================  ==========================================
-+1, −1    weight in pb whose mean over events is σ (−1: signed); XSECUP    :math:`1/N` (``event_norm="sum"``: 1)
-          need not be given
++1, −1    weight in pb; the mean weight of process i's events is its      :math:`1/N_i` (``event_norm="sum"``: 1)
+          cross section (the shower generator picks processes by XMAXUP
+          and accepts with XWGTUP/XMAXUP); −1: signed; XSECUP not needed
 +2, −2    relative weight within process i, whose cross section is         :math:`\mathrm{XSECUP}_i / \sum_{k\in i}\mathrm{XWGTUP}_k`
           XSECUP_i (−2: signed weights, XSECUP_i the net cross section)
 +3, −3    unit weight +1 (−3: ±1); process i has cross section XSECUP_i    :math:`\mathrm{XSECUP}_i / \sum_{k\in i}\mathrm{XWGTUP}_k`
@@ -19,7 +20,7 @@ IDWTUP    meaning of XWGTUP (and XSECUP)                                   :math
           XSECUP informative only
 ========  ==============================================================  ==========================================
 
-``N`` is the number of events read. MadGraph's run card ``event_norm`` (kept in the header)
+``N`` is the number of events read, :math:`N_i` those of process i (LPRUP = IDPRUP). MadGraph's run card ``event_norm`` (kept in the header)
 says whether its weights average (``"average"``, ``"bias"``) or sum (``"sum"``) to σ; it is
 honoured for ±1 and ±4. So a Pythia file with IDWTUP = 3, XWGTUP = 1 and XSECUP = 48.77 pb gives
 weights that sum to 48.77 pb, not to the number of events.
@@ -94,7 +95,8 @@ def normalisation(header: LHEHeader, process_id: np.ndarray, weight: np.ndarray,
 
     Args:
         header: The file's header (IDWTUP, per-process XSECUP).
-        event_norm: ``"average"`` or ``"sum"`` for IDWTUP ±1, ±4 (default: the header's, else ``"average"``).
+        event_norm: ``"average"`` or ``"sum"`` for IDWTUP ±1, ±4 (default: the header's, else ``"average"``;
+            MadGraph's ``"bias"`` counts as ``"average"``).
 
     Raises:
         FileFormatError: no events; an event's process is not declared in ``<init>`` (IDWTUP ±2, ±3);
@@ -110,9 +112,12 @@ def normalisation(header: LHEHeader, process_id: np.ndarray, weight: np.ndarray,
     if norm not in ("average", "sum"):
         raise FileFormatError(f"event_norm must be 'average' or 'sum', got {norm!r}.")
     present = np.unique(ids)
-    if abs(header.idwtup) in (1, 4):
+    if abs(header.idwtup) == 4:
         f = 1.0 / n if norm == "average" else 1.0
         return Normalisation(header.idwtup, norm, n, {int(p): f for p in present}, float(w.sum() * f))
+    if abs(header.idwtup) == 1:  # per process: sigma_i = mean weight of its events
+        per = {int(p): (1.0 / int((ids == p).sum()) if norm == "average" else 1.0) for p in present}
+        return Normalisation(header.idwtup, norm, n, per, float(sum(w[ids == p].sum() * f for p, f in per.items())))
     xsec = {int(p): float(x) for x, p in zip(header.cross_sections[:, 0], header.process_ids)}
     factors: dict[int, float] = {}
     for p in present.tolist():
