@@ -84,8 +84,11 @@ def _open_object(path: str | os.PathLike, tree: str) -> tuple[Any, Any]:
     try:
         obj = handle[tree]
     except Exception as err:  # noqa: BLE001
+        try:
+            keys = [k.split(";")[0] for k in handle.keys()]
+        except Exception:  # noqa: BLE001 - a damaged directory
+            keys = []
         handle.close()
-        keys = [k.split(";")[0] for k in handle.keys()] if not isinstance(err, OSError) else []
         raise FileFormatError(f"{path}: no tree or RNTuple {tree!r} ({type(err).__name__}); the file holds {keys[:20]}.") from None
     if not hasattr(obj, "iterate"):
         handle.close()
