@@ -134,15 +134,15 @@ def large_file(repeat: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a 3000-event large file (< 60 s on an idle machine)")
+    parser.add_argument("--quick", action="store_true", help="a 2000-event large file (< 60 s on an idle machine)")
     parser.add_argument("--json", action="store_true", help="print one JSON object of figures")
-    parser.add_argument("--repeat", type=int, default=None, help="copies of the 1000 dijet events in the large file (default 50; quick 3)")
+    parser.add_argument("--repeat", type=int, default=None, help="copies of the 1000 dijet events in the large file (default 50; quick 2)")
     args = parser.parse_args()
     if not DATA.is_dir():
         log(f"skipped: {DATA} is absent (the shared LHE files)")
         print(json.dumps({"skipped": f"{DATA} absent"}) if args.json else "skipped")
         return
-    repeat = args.repeat or (3 if args.quick else 50)
+    repeat = args.repeat or (2 if args.quick else 50)
     result: dict[str, object] = {"pylhe": have_pylhe(), "files": small_files(), "large": large_file(repeat)}
     if have_pylhe():
         import pylhe
