@@ -5,11 +5,12 @@ The flow of data: a :class:`Simulator` produces :class:`Events` (stored in a
 :class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`,
 :class:`Classifier`) with a loss from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats`
 turns it into measurements and limits, and :mod:`sbilab.publish` saves estimators and results
-as HDF5 + JSON (no pickle).
+as HDF5 + JSON (no pickle); :mod:`sbilab.io` reads LHE and ROOT files and writes ROOT, hist and
+ONNX.
 """
 
 from ._version import __version__
-from . import calibration, exceptions, inference, publish, simulators, stats
+from . import calibration, exceptions, inference, io, publish, simulators, stats
 from .estimators import Classifier, ConditionalDensity, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
@@ -26,6 +27,7 @@ __all__ = [
     "calibration",
     "exceptions",
     "inference",
+    "io",
     "publish",
     "simulators",
     "stats",

@@ -24,6 +24,8 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "FileFormatError",
+    "ExportError",
 ]
 
 
@@ -85,3 +87,12 @@ class PublishError(SbilabError, OSError):
 
 class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
+
+
+class FileFormatError(StoreError, ValueError):
+    """An external file (LHE, ROOT, ONNX) is truncated, malformed, or lacks what was asked of it
+    (an unknown weighting strategy, a branch that does not exist)."""
+
+
+class ExportError(SbilabError, TypeError):
+    """An object cannot be exported to the requested external format (e.g. an estimator kind ONNX cannot express)."""

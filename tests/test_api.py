@@ -12,7 +12,7 @@ from sbilab import exceptions
 
 PUBLIC = {
     "sbilab": {
-        "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
+        "__version__", "calibration", "exceptions", "inference", "io", "publish", "simulators", "stats",
         "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
         "PosteriorEstimator", "PosteriorMixture", "Classifier", "ConditionalDensity", "Ensemble", "get_loss", "fit", "TrainingResult", "TrainingConfig", "UnbinnedLikelihood",
@@ -32,6 +32,13 @@ PUBLIC = {
         "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
         "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
         "UnfoldedResult", "HistogramBand", "read_pandas_table",
+    },
+    "sbilab.io": {
+        "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",
+        "Normalisation", "normalisation", "WeightSet", "weight_sets", "combine_variations", "COMBINE_KINDS",
+        "BinnedSystematics", "binned_systematics", "event_systematics", "nuisance_weighted_events", "LHEScan",
+        "scan_normalisation", "lhe_to_store", "read_root", "iter_root", "root_to_store", "write_root", "to_hist", "from_hist",
+        "EXPORTABLE", "export_onnx", "verify_onnx", "describe_onnx",
     },
 }
 
