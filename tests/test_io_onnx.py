@@ -13,7 +13,7 @@ import torch
 
 from sbilab import publish
 from sbilab.cli import main
-from sbilab.estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator
+from sbilab.estimators import Classifier, ConditionalDensity, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator
 from sbilab.events import Events
 from sbilab.exceptions import ExportError
 from sbilab.nets import Ensemble
@@ -47,10 +47,14 @@ def estimators():
         "flow_maf": LikelihoodEstimator.from_events(vec, SPACE, hidden=(16,), flow="maf"),
         "posterior": PosteriorEstimator.from_events(vec, SPACE, hidden=(16,), transforms=2),
         "score": ScoreEstimator.from_events(vec, SPACE, hidden=(16,)),
+        "classifier_set": Classifier.from_events(sets.replace(theta=torch.zeros(64, 0), label=(torch.arange(64) % 2).double()), hidden=(16,), seed=0),
+        "classifier_theta": Classifier.from_events(vec.replace(label=(torch.arange(64) % 2).double()), hidden=(16,), seed=0),
+        "density_set": ConditionalDensity.from_events(sets, target="theta", low=(-1.0, None), high=(None, 2.0),
+                                                      flow={"transforms": 2, "hidden": [16]}),
     }
 
 
-CASES = [(n, torch.float32) for n in ("ratio", "ratio_set", "ratio_doubly", "flow_nsf", "flow_maf", "posterior", "score")]
+CASES = [(n, torch.float32) for n in ("ratio", "ratio_set", "ratio_doubly", "flow_nsf", "flow_maf", "posterior", "score", "classifier_set", "classifier_theta", "density_set")]
 CASES += [("ratio_set", torch.float64), ("flow_nsf", torch.float64)]
 
 
@@ -63,10 +67,17 @@ def test_onnxruntime_matches_torch_at_two_batch_sizes(tmp_path, name, dtype):
     path = export_onnx(module, tmp_path / f"{name}.onnx")
     assert verify_onnx(path, module, batch_sizes=(2, 29), seed=1) < (1e-5 if dtype == torch.float32 else 1e-10)
     info = describe_onnx(path)
-    assert info["kind"] == type(module).__name__ and info["parameter_names"] == ["a", "b"]
+    assert info["kind"] == type(module).__name__
+    assert info["parameter_names"] == ([] if name in ("classifier_set", "classifier_theta", "density_set") else ["a", "b"])
     assert info["graph_inputs"][info["inputs"][0]][0] == "batch"  # dynamic batch axis
     if name == "ratio_set":
         assert info["inputs"] == ["x", "theta", "mask"] and info["graph_inputs"]["x"][:2] == ["batch", "particles"]
+    if name in ("classifier_set", "classifier_theta"):
+        assert info["inputs"] == (["x", "mask"] if name == "classifier_set" else ["x", "theta"])
+    if name == "posterior":
+        assert info["inputs"] == ["theta", "x"]
+    if name == "density_set":
+        assert info["inputs"] == ["y", "context", "mask"] and info["graph_inputs"]["context"][:2] == ["batch", "particles"]
 
 
 @needs_onnx
@@ -77,7 +88,7 @@ def test_what_cannot_be_exported_is_named(tmp_path):
     ensemble = Ensemble(est["ratio"], 2)
     mixture = PosteriorMixture(Ensemble(est["posterior"], 2))
     for module in (ensemble, mixture, torch.nn.Linear(2, 1)):
-        with pytest.raises(ExportError, match=r"cannot be exported to ONNX; exportable kinds are \['Classifier', 'LikelihoodEstimator'"):
+        with pytest.raises(ExportError, match=r"cannot be exported to ONNX; exportable kinds are \['Classifier', 'ConditionalDensity', 'LikelihoodEstimator'"):
             export_onnx(module, tmp_path / "x.onnx")
 
 

@@ -14,6 +14,7 @@ Classifier             ``x``, [``theta``], [``mask``]              ``logit (N,)`
 LikelihoodEstimator    ``x (N, D)``, ``theta (N, P)``              ``log_prob (N,)``
 PosteriorEstimator     ``theta (N, P)``, ``x`` [+ ``mask``]        ``log_prob (N,)``
 ScoreEstimator         ``x`` [+ ``mask``]                          ``score (N, P)``
+ConditionalDensity     ``y (N, Dy)``, ``context`` [+ ``mask``]     ``log_prob (N,)``
 =====================  =========================================  =========================
 
 A mask travels as float (1 = real entry). The model's ``metadata_props`` carry a JSON
@@ -50,6 +51,7 @@ EXPORTABLE = {
     "LikelihoodEstimator": "log_prob",
     "PosteriorEstimator": "log_prob",
     "ScoreEstimator": "score",
+    "ConditionalDensity": "log_prob",
 }
 """Exportable kinds and the name of their output."""
 
@@ -63,15 +65,26 @@ def _kind(module: Any) -> str:
         return type(module).__name__
 
 
+def _arguments(module: nn.Module) -> dict[str, str]:
+    """ONNX input name -> the estimator's ``forward`` argument. Conditional densities take ``(y, c)``:
+    a :class:`PosteriorEstimator` exports them as ``theta`` and ``x``, any other as ``y`` and ``context``."""
+    params = _inspect.signature(module.forward).parameters
+    if "y" in params and "c" in params:
+        posterior = getattr(module, "space", None) is not None
+        return {"theta" if posterior else "y": "y", "x" if posterior else "context": "c", "mask": "mask"}
+    return {"x": "x", "theta": "theta", "mask": "mask"}
+
+
 class _Wrapper(nn.Module):
     """``forward(*inputs)`` in a fixed order, a float mask turned into bool."""
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
         super().__init__()
         self.module, self.names = module, list(names)
+        self.arguments = _arguments(module)
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        kwargs = dict(zip(self.names, inputs))
+        kwargs = {self.arguments[n]: t for n, t in zip(self.names, inputs)}
         if "mask" in kwargs:
             kwargs["mask"] = kwargs["mask"] > 0.5
         return self.module(**kwargs)
@@ -79,19 +92,22 @@ class _Wrapper(nn.Module):
 
 def _signature(module: nn.Module, kind: str) -> list[str]:
     params = [p for p in _inspect.signature(module.forward).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = [p.name for p in params if p.name not in ("x", "theta", "mask") and p.default is p.empty]
+    onnx_name = {arg: name for name, arg in _arguments(module).items()}
+    unknown = [p.name for p in params if p.name not in onnx_name and p.default is p.empty]
     if unknown:
-        raise ExportError(f"{kind}.forward needs {unknown}; ONNX export handles the inputs x, theta and mask only.")
+        raise ExportError(f"{kind}.forward needs {unknown}; ONNX export handles the inputs x, theta and mask (y, c and mask "
+                          "for conditional densities) only.")
     is_set = bool(getattr(module, "is_set", False) or getattr(module, "sets", False))
     names = []
     for p in params:
         if p.name == "mask":
             if is_set:
                 names.append("mask")
-        elif p.name == "theta" and p.default is not p.empty and getattr(module, "space", None) is None:
-            continue
-        elif p.name in ("x", "theta"):
-            names.append(p.name)
+        elif p.name == "theta" and p.default is not p.empty and getattr(module, "space", None) is None \
+                and not getattr(module, "theta_features", 0):
+            continue  # an optional θ the estimator does not use (e.g. a classifier of x alone)
+        elif p.name in onnx_name:
+            names.append(onnx_name[p.name])
     return names
 
 
@@ -99,13 +115,23 @@ def _example(module: nn.Module, names: Sequence[str], batch: int, generator: tor
     """Random inputs: θ uniform in the space's finite box (normal around the reference where unbounded), x standard normal."""
     dtype = next((p.dtype for p in module.parameters()), torch.get_default_dtype())
     space = getattr(module, "space", None)
-    features = int(getattr(module, "x_features"))
+    features = int(getattr(module, "x_features", None) or getattr(module, "context_features"))
     is_set = "mask" in names
     out = []
     for name in names:
-        if name == "x":
+        if name == "y":  # a conditional density's target: uniform in its finite box, normal where open
+            lo, hi = module.bounds
+            u = torch.rand(batch, lo.numel(), generator=generator, dtype=torch.float64)
+            finite = torch.isfinite(lo) & torch.isfinite(hi)
+            edge = torch.where(torch.isfinite(lo), lo + 0.5, torch.where(torch.isfinite(hi), hi - 0.5, torch.zeros_like(lo)))
+            y = torch.where(finite, lo + (hi - lo) * (0.05 + 0.9 * u), edge + torch.randn(batch, lo.numel(), generator=generator, dtype=torch.float64).abs()
+                            * torch.where(torch.isfinite(hi) & ~torch.isfinite(lo), -1.0, 1.0))
+            out.append(y.to(dtype))
+        elif name in ("x", "context"):
             shape = (batch, particles, features) if is_set else (batch, features)
             out.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
+        elif name == "theta" and space is None:  # a parameterised classifier: θ standard normal
+            out.append(torch.randn(batch, int(module.theta_features), generator=generator, dtype=torch.float64).to(dtype))
         elif name == "theta":
             lo, hi, ref = space.low, space.high, space.reference
             u = torch.rand(batch, lo.numel(), generator=generator, dtype=torch.float64)
@@ -143,7 +169,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, *, opset: int = 17, 
     output = EXPORTABLE[kind]
     module = module.eval()
     example = _example(module, names, 3, torch.Generator().manual_seed(0))
-    dynamic = {n: {0: "batch", 1: "particles"} if n in ("mask",) or (n == "x" and "mask" in names) else {0: "batch"} for n in names}
+    dynamic = {n: {0: "batch", 1: "particles"} if n == "mask" or (n in ("x", "context") and "mask" in names) else {0: "batch"} for n in names}
     dynamic[output] = {0: "batch"}
     buffer = io.BytesIO()
     try:
