@@ -1,8 +1,9 @@
 """sbilab: simulation-based inference for particle physics, centred on likelihood ratios.
 
-The flow of data: a :class:`Simulator` produces :class:`Events` (stored in a
-:class:`SimulationStore`), :func:`fit` trains an estimator (:class:`RatioEstimator`,
-:class:`ScoreEstimator`, :class:`LikelihoodEstimator`, :class:`PosteriorEstimator`) with a loss
+The flow of data: a :class:`Simulator` produces :class:`Events` (:class:`PairedEvents` for two
+levels of the same events; both stored in a :class:`SimulationStore`), :func:`fit` trains an
+estimator (:class:`RatioEstimator`, :class:`ScoreEstimator`, :class:`LikelihoodEstimator`,
+:class:`PosteriorEstimator`) with a loss
 from :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurements and limits,
 and :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle).
 """
@@ -13,6 +14,7 @@ from .estimators import LikelihoodEstimator, PosteriorEstimator, PosteriorMixtur
 from .events import Events
 from .exceptions import SbilabError
 from .nets import Ensemble
+from .paired import PairedEvents
 from .simulators import ParameterSpace, Simulator, augment, joint_log_ratio, joint_score, ratio_training_data, score_training_data
 from .stats import UnbinnedLikelihood
 from .store import SimulationStore
@@ -30,6 +32,7 @@ __all__ = [
     "stats",
     # data
     "Events",
+    "PairedEvents",
     "ParameterSpace",
     "Simulator",
     "SimulationStore",

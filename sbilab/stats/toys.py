@@ -102,7 +102,8 @@ def fit_toys(
         start: ``(T, P)`` or ``(P,)`` starting point (default: the reference).
         iterations: Maximum Newton iterations.
         tolerance: Convergence when the predicted gain :math:`-\tfrac12 g^T H^{-1} g` in
-            :math:`\log L` is below this for a toy.
+            :math:`\log L` is below this for a toy (its last Newton step is then taken, so a
+            converged fit sits on the minimum to rounding precision).
         chunk_events: Events per estimator call (and per autograd graph).
         block_events: Toys are fitted in blocks of at most this many events (at least one toy
             per block), which bounds the memory of the per-toy Hessians and line searches.
@@ -150,6 +151,7 @@ def fit_toys(
     free_f = free.to(torch.float64)
     converged = torch.zeros(t, dtype=torch.bool)
     ll, g, h = _loglik_grad_hess(model, x, theta, weights, mask, free, chunk_events)
+    step = torch.zeros_like(theta)
     for _ in range(iterations):
         # active set: a parameter at a bound whose gradient points outwards is held there
         outward = ((theta <= low) & (g < 0)) | ((theta >= high) & (g > 0))
@@ -182,6 +184,15 @@ def fit_toys(
             alpha = torch.where(accepted, alpha, alpha / 2)
         theta[act] = new_theta
         ll[act], g[act], h[act] = _loglik_grad_hess(model, xa, new_theta, wa, ma, free, chunk_events)
+    # converged toys are in the quadratic regime: their last Newton step (computed above, not yet
+    # taken) puts them on the minimum to rounding precision, not just within `tolerance`
+    last = torch.nonzero(converged & (step != 0).any(1))[:, 0]
+    if len(last):
+        trial = torch.minimum(torch.maximum(theta[last] + step[last], low), high)
+        ll_t, g_t, h_t = _loglik_grad_hess(model, x[last], trial, _take(weights, last), _take(mask, last), free, chunk_events)
+        better = ll_t >= ll[last]
+        keep = last[better]
+        theta[keep], ll[keep], g[keep], h[keep] = trial[better], ll_t[better], g_t[better], h_t[better]
     if not return_covariance:
         return theta, -2 * ll, converged
     neg_h = -(h * free_f[:, None] * free_f[None, :]) + torch.diag(1 - free_f)
