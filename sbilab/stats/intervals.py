@@ -81,7 +81,7 @@ def _stepping(nll: "UnbinnedLikelihood", name: str, cl: float, best: FitResult) 
     step = best.errors[name] if best.errors[name] > 0 else 0.1 * (bounds[1] - bounds[0])
 
     def excess(v: float) -> float:
-        return nll.fit(start=best.best, fixed={name: v}).nll_min - best.nll_min - level
+        return nll.fit(start=best.best, fixed={name: v}, polish=False).nll_min - best.nll_min - level
 
     ends, at_bound = [], []
     for sign, bound in ((-1.0, bounds[0]), (1.0, bounds[1])):
@@ -113,7 +113,7 @@ def _grid(nll: "UnbinnedLikelihood", name: str, grid: np.ndarray, cls: Sequence[
         deltas = np.asarray(profile.delta_nll)
         if not np.nanmin(deltas) < -1e-3:
             break
-        better = nll.fit(start=best.best, fixed={name: float(grid[int(np.nanargmin(deltas))])})
+        better = nll.fit(start=best.best, fixed={name: float(grid[int(np.nanargmin(deltas))])}, polish=False)
         best = nll.fit(start=better.best)
     x = np.asarray(profile.values)
     y = np.minimum(np.asarray(profile.delta_nll), 1e6)
@@ -123,7 +123,7 @@ def _grid(nll: "UnbinnedLikelihood", name: str, grid: np.ndarray, cls: Sequence[
         level = float(chi2.ppf(cl, 1))
 
         def excess(v: float) -> float:
-            return nll.fit(start=best.best, fixed={name: v}).nll_min - best.nll_min - level
+            return nll.fit(start=best.best, fixed={name: v}, polish=False).nll_min - best.nll_min - level
 
         below = y < level
         crossings = []

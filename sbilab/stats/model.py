@@ -116,7 +116,8 @@ def event_log_ratio(log_ratio: LogRatio, theta: Tensor, x: Tensor, *, weights: T
     t, n = x.shape[:2]
     dtype = _dtype_of(log_ratio) or theta.dtype
     xs = x.to(dtype).reshape(t * n, *x.shape[2:])
-    th = theta.to(dtype).repeat_interleave(n, dim=0)
+    th = theta.to(dtype)
+    th = th.expand(n, -1) if t == 1 else th.repeat_interleave(n, dim=0)  # one dataset: a view, no copy
     if x.dim() == 4:
         m = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device) if mask is None else mask
         values = log_ratio(xs, th, mask=m.reshape(t * n, -1))
