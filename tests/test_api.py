@@ -13,7 +13,7 @@ from sbilab import exceptions
 PUBLIC = {
     "sbilab": {
         "__version__", "calibration", "exceptions", "inference", "io", "publish", "simulators", "stats",
-        "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
+        "Events", "PairedEvents", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
         "PosteriorEstimator", "PosteriorMixture", "Classifier", "ConditionalDensity", "Ensemble", "get_loss", "fit", "TrainingResult", "TrainingConfig", "UnbinnedLikelihood",
         "SbilabError",

@@ -4,7 +4,7 @@ Observed data: :math:`n \sim \mathrm{Pois}(L\sigma(\theta_\mathrm{true}))` event
 true couplings. Expected (Asimov) data: a large sample at the truth weighted to the expected
 yield (unbinned), or the expected histograms (binned). Each coupling is profiled over its
 whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are read off
-(:func:`~sbilab.analysis.intervals.scan_intervals`), for five likelihoods:
+(:func:`~sbilab.stats.profile_intervals` on a grid), for five likelihoods:
 
 ``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[estimator] method``)
 ``unbinned_exact``    the same with the toy's exact ratio (the best any method can do)
@@ -33,9 +33,9 @@ import torch
 from ..events import Events
 from ..exceptions import ConfigError
 from ..stats.templates import MorphedHistogram, quantile_edges
+from ..stats import profile_intervals
 from .config import AnalysisConfig
 from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, train_score, truth_point
-from .intervals import scan_intervals
 from .plots import plot_profiles
 from .run import register_pipeline, write_results
 
@@ -191,7 +191,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
             for name in names:
                 i = names.index(name)
                 grid = np.linspace(float(sim.space.low[i]), float(sim.space.high[i]), cfg.fit.scan_points)
-                profile, intervals = scan_intervals(nll, name, grid, cfg.eft.cls, best=best)
+                profile, intervals = profile_intervals(nll, name, cfg.eft.cls, grid=grid, best=best)
                 entry["parameters"][name] = {
                     "best": best.best[name],
                     "intervals": {f"{iv.cl:g}": iv.to_dict() for iv in intervals},

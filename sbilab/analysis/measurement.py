@@ -29,7 +29,7 @@ import torch
 from ..events import Events
 from .config import AnalysisConfig
 from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
-from .intervals import Interval, scan_intervals
+from ..stats import Interval, profile_intervals
 from .plots import plot_profiles
 from .run import register_pipeline, write_results
 
@@ -55,7 +55,7 @@ def _scan(nll, best, names: list[str], widths: dict[str, float], cfg: AnalysisCo
         lo, hi = nll.limits[nll.names.index(name)]
         half = cfg.fit.scan_sigmas * max(widths[name], 1e-6)
         grid = np.linspace(max(lo, best.best[name] - half), min(hi, best.best[name] + half), max(cfg.fit.scan_points, 3))
-        profile, (interval,) = scan_intervals(nll, name, grid, [cfg.fit.cl], best=best)
+        profile, (interval,) = profile_intervals(nll, name, [cfg.fit.cl], grid=grid, best=best)
         out[name] = (profile, interval)
     return out
 

@@ -165,6 +165,6 @@ def doubly_ratio_training_data(
         dtype = theta0.dtype
         parts.append(Events(x=ev.x, theta=torch.cat([theta0, theta1], dim=1), log_r_joint=log_r.to(dtype),
                             score_joint=score.to(dtype), label=torch.full((n,), label, dtype=dtype), latent=ev.latent,
-                            mask=ev.mask))
+                            mask=ev.mask, latent_mask=ev.latent_mask, spectator=ev.spectator))
     both = Events.concatenate(parts)
     return both[torch.randperm(2 * n, generator=generator)]
