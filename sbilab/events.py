@@ -5,7 +5,7 @@ statistic consumes them. Validation happens once, at construction, with errors t
 the field, the number of offending rows and an example row.
 
 Shapes (``N`` events, ``D`` observables, ``M`` particles of ``F`` features, ``P``
-parameters, ``L`` latent variables):
+parameters, ``L`` latent variables, or ``T`` steps of ``K`` latent columns):
 
 ========================  ======================  ==============================================
 field                     shape                   meaning
@@ -17,9 +17,14 @@ field                     shape                   meaning
 ``score_joint``           ``(N, P)``              :math:`\nabla_\theta \log p(x,z|\theta)`
 ``weights``               ``(N,)``                event weights (default: all ones)
 ``label``                 ``(N,)``                1 if drawn at ``theta``, 0 if at the reference
-``latent``                ``(N, L)``              the simulator's latent path z (e.g. parton level)
+``latent``                ``(N, L)`` or           the simulator's latent path z (e.g. parton level,
+                          ``(N, T, K)``           or a padded variable-length history)
 ``mask``                  ``(N, M)`` bool         which set entries are real (set inputs only)
+``latent_mask``           ``(N, T)`` bool         which history steps are real (3-D latent only)
 ========================  ======================  ==============================================
+
+Padded fields (``x`` with ``mask``, ``latent`` with ``latent_mask``) may hold anything in their
+padding; :meth:`Events.concatenate` pads batches of different ``M`` or ``T`` to the largest.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Events"]
 
-TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask")
+TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask", "latent_mask")
+_MASKS = {"x": "mask", "latent": "latent_mask"}  # padded field -> its bool mask
 
 
 def _as_tensor(name: str, value: Any) -> Tensor | None:
@@ -51,7 +57,7 @@ def _as_tensor(name: str, value: Any) -> Tensor | None:
         array = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - reported to the user below
         raise InvalidEventsError(f"Events.{name}: cannot convert {type(value).__name__} to a tensor ({err}).") from err
-    if array.dtype.kind in "iub" and name != "mask":
+    if array.dtype.kind in "iub" and name not in _MASKS.values():
         return torch.as_tensor(array, dtype=torch.get_default_dtype())
     return torch.as_tensor(array)
 
@@ -76,8 +82,10 @@ class Events:
         score_joint: Joint score at ``theta``, ``(N, P)``.
         weights: Event weights, ``(N,)``. ``None`` means unit weights.
         label: 1 for events drawn at ``theta``, 0 for events drawn at the reference, ``(N,)``.
-        latent: Latent variables of the simulation, ``(N, L)``.
+        latent: Latent variables of the simulation, ``(N, L)``, or a padded history ``(N, T, K)``
+            (then give ``latent_mask``).
         mask: Validity mask of set entries, ``(N, M)`` bool; only with 3-D ``x``.
+        latent_mask: Validity mask of history steps, ``(N, T)`` bool; only with 3-D ``latent``.
         space: If given, every ``theta`` row must lie inside it.
 
     Raises:
@@ -100,12 +108,13 @@ class Events:
     label: Tensor | None = None
     latent: Tensor | None = None
     mask: Tensor | None = None
+    latent_mask: Tensor | None = None
     space: "ParameterSpace | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in TENSOR_FIELDS:
             value = _as_tensor(name, getattr(self, name))
-            if value is not None and name != "mask" and not value.is_floating_point():
+            if value is not None and name not in _MASKS.values() and not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
             object.__setattr__(self, name, value)
         x, theta = self.x, self.theta
@@ -119,7 +128,10 @@ class Events:
         if x.dim() not in (2, 3):
             raise InvalidEventsError(f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F).")
         n = x.shape[0]
-        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2}
+        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2,
+                         "latent_mask": 2}
+        if self.latent is not None and self.latent.dim() == 3:
+            expected_dims["latent"] = 3
         for name, ndim in expected_dims.items():
             value = getattr(self, name)
             if value is None:
@@ -144,13 +156,21 @@ class Events:
                     f"x has shape {tuple(x.shape)}."
                 )
             object.__setattr__(self, "mask", self.mask.bool())
+        if self.latent_mask is not None:
+            if self.latent is None or self.latent.dim() != 3 or self.latent_mask.shape[1] != self.latent.shape[1]:
+                raise InvalidEventsError(
+                    f"Events.latent_mask of shape {tuple(self.latent_mask.shape)} needs latent of shape "
+                    f"(N, {self.latent_mask.shape[1]}, K); latent has shape {None if self.latent is None else tuple(self.latent.shape)}."
+                )
+            object.__setattr__(self, "latent_mask", self.latent_mask.bool())
         for name in TENSOR_FIELDS:
             value = getattr(self, name)
-            if value is None or name == "mask" or not value.is_floating_point():
+            if value is None or name in _MASKS.values() or not value.is_floating_point():
                 continue
             bad = ~torch.isfinite(value)
-            if name == "x" and self.mask is not None:
-                bad = bad & self.mask.unsqueeze(-1)
+            mask = getattr(self, _MASKS[name]) if name in _MASKS else None
+            if mask is not None and value.dim() == 3:
+                bad = bad & mask.unsqueeze(-1)
             if bool(bad.any()):
                 count, first = _first_bad_rows(bad)
                 raise InvalidEventsError(
@@ -173,13 +193,23 @@ class Events:
 
     @classmethod
     def concatenate(cls, parts: Sequence["Events"]) -> "Events":
-        """Concatenate batches along the event axis; fields present in some parts only are dropped."""
+        """Concatenate batches along the event axis; fields present in some parts only are dropped.
+
+        A padded field with its mask in every part (``x`` with ``mask``, ``latent`` with
+        ``latent_mask``) is padded with zeros (mask ``False``) to the largest ``M`` or ``T``.
+        """
         parts = list(parts)
         if not parts:
             raise InvalidEventsError("Events.concatenate needs at least one batch.")
         kwargs: dict[str, Any] = {}
+        width: dict[str, int] = {}  # padded field and its mask -> the largest M or T
+        for field, mask in _MASKS.items():
+            if all(getattr(p, field) is not None and getattr(p, field).dim() == 3 and getattr(p, mask) is not None for p in parts):
+                width[field] = width[mask] = max(int(getattr(p, field).shape[1]) for p in parts)
         for name in TENSOR_FIELDS:
             values = [getattr(p, name) for p in parts]
+            if name in width:
+                values = [_pad(v, width[name]) for v in values]
             if all(v is not None for v in values):
                 shapes = {tuple(v.shape[1:]) for v in values}
                 if len(shapes) > 1:
@@ -271,6 +301,13 @@ class Events:
     def __repr__(self) -> str:
         parts = [f"{name}={tuple(v.shape)}" for name, v in self.tensors().items()]
         return f"Events(n={len(self)}, " + ", ".join(parts) + f", device={self.device})"
+
+
+def _pad(value: Tensor, width: int) -> Tensor:
+    """``value (N, W, ...)`` padded with zeros (``False``) along dim 1 to ``width``."""
+    if value.shape[1] == width:
+        return value
+    return torch.cat([value, value.new_zeros(value.shape[0], width - value.shape[1], *value.shape[2:])], dim=1)
 
 
 def _unchecked(values: dict[str, Tensor | None], space: "ParameterSpace | None") -> Events:

@@ -24,6 +24,9 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "OverestimateError",
+    "NegativeKernelError",
+    "HistoryVersionError",
 ]
 
 
@@ -85,3 +88,15 @@ class PublishError(SbilabError, OSError):
 
 class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
+
+
+class OverestimateError(OutOfSupportError):
+    """A parameter point lies outside the region where a veto algorithm's overestimate holds."""
+
+
+class NegativeKernelError(OutOfSupportError):
+    """A splitting kernel would be negative somewhere in phase space at the requested parameters."""
+
+
+class HistoryVersionError(InvalidEventsError):
+    """Stored simulation histories come from a different simulator version or layout."""

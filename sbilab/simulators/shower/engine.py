@@ -1,0 +1,312 @@
+r"""The batched veto algorithm: one trial per still-active event per step, all events at once.
+
+Algorithm (Höche's final-state dipole shower, arXiv:1411.4085, with the competition of the
+dipoles written as one sum of rates). For an event at scale :math:`t`, every colour-connected
+emitter–spectator pair :math:`(i, k)` and kernel :math:`a` allowed for the emitter's flavour
+is a candidate with z-integrated overestimate
+
+.. math:: I_{ika} = \int_{z_-}^{z_+} \hat P_a(z)\,dz, \qquad
+    z_\pm = \tfrac12\big(1 \pm \sqrt{1 - 4t_0/m_{ik}^2}\big),
+
+(none if :math:`m^2_{ik} < 4t_0`). The next trial scale is drawn from the Sudakov factor of the
+total rate :math:`R = \sum I_{ika}` with the exact one-loop coupling
+(:meth:`~.kernels.RunningCoupling.next_scale`); the candidate is chosen with probability
+:math:`I_{ika}/R` (equivalent to the competition of one trial per candidate), z from
+:math:`\hat P_a`, :math:`y = t/(m^2_{ik} z(1-z))`; trials with :math:`y \ge 1` are vetoed,
+others accepted with probability :math:`w_\theta = (1-y) P_a(z, y)/\hat P_a(z)`. Accepted
+trials map the momenta with the Catani–Seymour final-final dipole map
+
+.. math::
+    p_i = z\,\tilde p_{ij} + (1-z)\,y\,\tilde p_k + k_\perp, \quad
+    p_j = (1-z)\,\tilde p_{ij} + z\,y\,\tilde p_k - k_\perp, \quad
+    p_k = (1-y)\,\tilde p_k, \quad -k_\perp^2 = m^2_{ik}\,y\,z(1-z),
+
+and update the leading-colour partners: the emitted gluon is inserted between emitter and
+spectator on their colour line; g → qq̄ cuts the gluon's line into two. An event stops when
+the next scale falls below :math:`t_0`. Every draw comes from one ``torch.Generator``; rates are
+cached per event and recomputed only for events whose kinematics changed.
+
+The colour state is a doubly linked list per event: ``nxt[i]`` is the parton whose anticolour
+carries i's colour, ``prv[i]`` the one whose colour carries i's anticolour (-1: none). e⁺e⁻ → qq̄
+never forms closed gluon loops, so each partner is a distinct dipole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .history import COLUMNS, HISTORY_VERSION
+from .kernels import CA, KERNEL_GG, KERNEL_GQ, KERNEL_QQ, NF, TR, Overestimate, RunningCoupling, p_gg, p_gq, qq_coefficients
+
+__all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot"]
+
+_F64 = torch.float64
+GLUON = 21
+
+
+@dataclass(frozen=True)
+class ShowerSettings:
+    """Physics settings of one shower: centre-of-mass energy (GeV), cutoff t0 (GeV²), coupling, overestimate."""
+
+    ecms: float
+    t0: float
+    coupling: RunningCoupling
+    overestimate: Overestimate
+
+    @property
+    def t_start(self) -> float:
+        r"""Starting scale :math:`Q^2/4`: :math:`t = m^2 y z(1-z) \le m^2/4 \le Q^2/4` for every dipole."""
+        return self.ecms**2 / 4.0
+
+
+@dataclass
+class ShowerState:
+    """Final state and history of a batch of showers.
+
+    Attributes:
+        momenta: ``(N, M, 4)`` float64 four-momenta (E, px, py, pz); padding is zero.
+        pid: ``(N, M)`` PDG ids (0 in the padding).
+        n_particles: ``(N,)``.
+        history: ``(N, T, K)`` float64 trials (columns of :data:`~.history.COLUMNS`).
+        n_trials: ``(N,)`` stored trials per event.
+    """
+
+    momenta: Tensor
+    pid: Tensor
+    n_particles: Tensor
+    history: Tensor
+    n_trials: Tensor
+
+
+def mdot(a: Tensor, b: Tensor) -> Tensor:
+    """Minkowski product of ``(..., 4)`` vectors (metric +,-,-,-)."""
+    return a[..., 0] * b[..., 0] - (a[..., 1:] * b[..., 1:]).sum(-1)
+
+
+def hard_process(n: int, ecms: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    r"""e⁺e⁻ → qq̄: back-to-back massless q, q̄ with :math:`\cos\vartheta \sim 1 + \cos^2\vartheta`.
+
+    The flavour is uniform over d, u, s, c, b (massless). :math:`\cos\vartheta` is the real root
+    of :math:`c^3 + 3c + 4 - 8u = 0`, :math:`c = -2\sinh(\tfrac13 \operatorname{arsinh}(2 - 4u))`.
+
+    Returns:
+        momenta ``(n, 2, 4)`` float64, pid ``(n, 2)`` (quark, antiquark).
+    """
+    u = torch.rand(n, 3, generator=generator, dtype=_F64)
+    cos = -2.0 * torch.sinh(torch.asinh(2.0 - 4.0 * u[:, 0]) / 3.0)
+    sin = torch.sqrt((1.0 - cos**2).clamp(min=0.0))
+    phi = 2.0 * math.pi * u[:, 1]
+    direction = torch.stack([sin * torch.cos(phi), sin * torch.sin(phi), cos], dim=1)
+    energy = torch.full((n, 1), ecms / 2.0, dtype=_F64)
+    momenta = torch.stack([torch.cat([energy, energy * direction], 1), torch.cat([energy, -energy * direction], 1)], 1)
+    flavour = 1 + (u[:, 2] * NF).long().clamp(max=NF - 1)
+    return momenta, torch.stack([flavour, -flavour], dim=1)
+
+
+def _transverse_basis(pij: Tensor, pk: Tensor) -> tuple[Tensor, Tensor]:
+    """Two unit spacelike vectors ``(B, 4)`` orthogonal to the massless ``pij``, ``pk`` and to each other."""
+    pp = mdot(pij, pk).unsqueeze(-1).unsqueeze(-1)
+    axes = torch.eye(4, dtype=pij.dtype, device=pij.device)[1:]  # (3, 4): (0, e_a)
+    # project (0, e_a) on the plane orthogonal to pij and pk: n = r - [(r.pk) pij + (r.pij) pk]/(pij.pk)
+    n = axes + (pk[:, None, 1:].transpose(1, 2) * pij[:, None, :] + pij[:, None, 1:].transpose(1, 2) * pk[:, None, :]) / pp
+    norm2 = -mdot(n, n)
+    best = norm2.argmax(dim=1)
+    rows = torch.arange(len(pij), device=pij.device)
+    n1 = n[rows, best] / norm2[rows, best].sqrt().unsqueeze(-1)
+    v = n + mdot(n, n1.unsqueeze(1)).unsqueeze(-1) * n1.unsqueeze(1)  # remove the n1 component (n1.n1 = -1)
+    vnorm2 = -mdot(v, v)
+    second = vnorm2.argmax(dim=1)
+    n2 = v[rows, second] / vnorm2[rows, second].sqrt().unsqueeze(-1)
+    return n1, n2
+
+
+def dipole_map(pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Catani–Seymour final-final map :math:`(\tilde p_{ij}, \tilde p_k) \to (p_i, p_j, p_k)` (module docstring).
+
+    Args:
+        pij, pk: ``(B, 4)`` massless momenta of emitter and spectator.
+        z, omz, y, phi: ``(B,)``; ``omz`` = 1 - z computed without cancellation.
+    """
+    m2 = 2.0 * mdot(pij, pk)
+    kt = torch.sqrt((m2 * y * z * omz).clamp(min=0.0))
+    n1, n2 = _transverse_basis(pij, pk)
+    k_perp = kt.unsqueeze(-1) * (torch.cos(phi).unsqueeze(-1) * n1 + torch.sin(phi).unsqueeze(-1) * n2)
+    z_, omz_, y_ = z.unsqueeze(-1), omz.unsqueeze(-1), y.unsqueeze(-1)
+    pi = z_ * pij + omz_ * y_ * pk + k_perp
+    pj = omz_ * pij + z_ * y_ * pk - k_perp
+    return pi, pj, (1.0 - y_) * pk
+
+
+def _z_limits(m2: Tensor, t0: float) -> tuple[Tensor, Tensor]:
+    r""":math:`z_- = 2t_0/(m^2(1 + \sqrt{1 - 4t_0/m^2}))` (no cancellation) and :math:`z_+ = 1 - z_-`."""
+    root = torch.sqrt((1.0 - 4.0 * t0 / m2).clamp(min=0.0))
+    zm = 2.0 * t0 / (m2 * (1.0 + root))
+    return zm, 1.0 - zm
+
+
+class _Veto:
+    """State of the batched veto algorithm for ``n`` events (see the module docstring)."""
+
+    def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None) -> None:
+        self.s = settings
+        self.gen = generator
+        self.theta = theta.to(_F64)
+        n = theta.shape[0]
+        self.n, self.m_cap, self.t_cap = n, 8, 16
+        self.p = torch.zeros(n, self.m_cap, 4, dtype=_F64)
+        self.pid = torch.zeros(n, self.m_cap, dtype=torch.long)
+        self.nxt = torch.full((n, self.m_cap), -1, dtype=torch.long)
+        self.prv = torch.full((n, self.m_cap), -1, dtype=torch.long)
+        self.p[:, :2], self.pid[:, :2] = hard_process(n, settings.ecms, generator)
+        self.nxt[:, 0], self.prv[:, 1] = 1, 0
+        self.npart = torch.full((n,), 2, dtype=torch.long)
+        self.t = torch.full((n,), settings.t_start, dtype=_F64)
+        self.hist = torch.zeros(n, self.t_cap, len(COLUMNS), dtype=_F64)
+        self.count = torch.zeros(n, dtype=torch.long)
+        self.cum = torch.zeros(n, 4 * self.m_cap, dtype=_F64)
+        everyone = torch.arange(n)
+        self._update_rates(everyone)
+        self.active = self.cum[:, -1] > 0
+
+    # ------------------------------------------------------------------ capacity
+    def _grow_particles(self, needed: int) -> None:
+        add = max(self.m_cap, needed - self.m_cap)
+        n = self.n
+        self.p = torch.cat([self.p, self.p.new_zeros(n, add, 4)], 1)
+        self.pid = torch.cat([self.pid, self.pid.new_zeros(n, add)], 1)
+        self.nxt = torch.cat([self.nxt, self.nxt.new_full((n, add), -1)], 1)
+        self.prv = torch.cat([self.prv, self.prv.new_full((n, add), -1)], 1)
+        self.cum = torch.cat([self.cum, self.cum[:, -1:].expand(n, 4 * add)], 1)
+        self.m_cap += add
+
+    def _grow_history(self, needed: int) -> None:
+        add = max(self.t_cap, needed - self.t_cap)
+        self.hist = torch.cat([self.hist, self.hist.new_zeros(self.n, add, len(COLUMNS))], 1)
+        self.t_cap += add
+
+    # ------------------------------------------------------------------ rates
+    def _update_rates(self, e: Tensor) -> None:
+        """Recompute the cumulative candidate rates ``cum[e] (B, 4M)``; candidate c = 4i + 2·side + kind."""
+        b, m = e.numel(), self.m_cap
+        p = self.p[e]
+        partner = torch.stack([self.nxt[e], self.prv[e]], dim=-1)  # (B, M, 2)
+        pk = torch.gather(p, 1, partner.clamp(min=0).reshape(b, 2 * m, 1).expand(-1, -1, 4)).reshape(b, m, 2, 4)
+        m2 = 2.0 * mdot(p.unsqueeze(2), pk)
+        ok = (partner >= 0) & (m2 > 4.0 * self.s.t0)
+        zm, zp = _z_limits(torch.where(ok, m2, torch.full_like(m2, 8.0 * self.s.t0)), self.s.t0)
+        log_range, width = torch.log(zp / zm), zp - zm
+        gluon = (self.pid[e] == GLUON).unsqueeze(-1)
+        over = self.s.overestimate
+        r0 = torch.where(gluon, CA * log_range, over.soft * log_range + over.flat * width)
+        r1 = torch.where(gluon, NF * 0.5 * TR * width, torch.zeros_like(width))
+        rate = torch.stack([r0, r1], dim=-1) * ok.unsqueeze(-1)
+        self.cum[e] = rate.reshape(b, 4 * m).cumsum(dim=-1)
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> bool:
+        """One trial for every active event; returns whether any event is still active."""
+        idx = torch.nonzero(self.active).squeeze(1)
+        if idx.numel() == 0:
+            return False
+        s, over = self.s, self.s.overestimate
+        u = torch.rand(idx.numel(), 7, generator=self.gen, dtype=_F64)
+        total = self.cum[idx, -1]
+        t = s.coupling.next_scale(self.t[idx], total, u[:, 0])
+        self.t[idx] = t
+        go = t > s.t0
+        self.active[idx[~go]] = False
+        idx, u, t, total = idx[go], u[go], t[go], total[go]
+        if idx.numel() == 0:
+            return bool(self.active.any())
+        c = torch.searchsorted(self.cum[idx], (u[:, 1] * total).unsqueeze(1), right=True).squeeze(1)
+        c = c.clamp(max=4 * self.m_cap - 1)
+        i, side, kind = c // 4, (c // 2) % 2, c % 2
+        k = torch.where(side == 0, self.nxt[idx, i], self.prv[idx, i])
+        pij, pk = self.p[idx, i], self.p[idx, k]
+        m2 = 2.0 * mdot(pij, pk)
+        zm, zp = _z_limits(m2, s.t0)
+        flavour = self.pid[idx, i]
+        ktype = torch.where(flavour == GLUON, torch.where(kind == 0, KERNEL_GG, KERNEL_GQ), KERNEL_QQ)
+        qq, gg = ktype == KERNEL_QQ, ktype == KERNEL_GG
+        log_range, width = torch.log(zp / zm), zp - zm
+        soft_w = torch.where(qq, over.soft * log_range, gg.to(_F64))
+        flat_w = torch.where(qq, over.flat * width, (ktype == KERNEL_GQ).to(_F64))
+        soft = u[:, 2] * (soft_w + flat_w) < soft_w
+        omz_soft = zp * (zm / zp).pow(u[:, 3])
+        z_flat = zm + width * u[:, 3]
+        omz = torch.where(soft, omz_soft, 1.0 - z_flat)
+        z = torch.where(soft, 1.0 - omz_soft, z_flat)
+        y = t / (m2 * z * omz)
+        inside = y < 1.0
+        p_hat = torch.where(qq, over.soft / omz + over.flat, torch.where(gg, CA / omz, torch.full_like(z, NF * 0.5 * TR)))
+        value = torch.where(qq, (qq_coefficients(z, y) * self.theta[idx]).sum(-1), torch.where(gg, p_gg(z, y), p_gq(z)))
+        accept = inside & (u[:, 4] < (1.0 - y) * value / p_hat)
+        phi = 2.0 * math.pi * u[:, 5]
+        quark = 1 + (u[:, 6] * NF).long().clamp(max=NF - 1)
+        emitted = torch.where(ktype == KERNEL_GQ, -quark, torch.full_like(quark, GLUON))
+        self._record(idx, inside, [t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat])
+        a = torch.nonzero(accept).squeeze(1)
+        if a.numel():
+            self._emit(idx[a], i[a], k[a], side[a], ktype[a], quark[a], pij[a], pk[a], z[a], omz[a], y[a], phi[a])
+        return bool(self.active.any())
+
+    def _record(self, idx: Tensor, inside: Tensor, values: list[Tensor]) -> None:
+        rec = torch.nonzero(inside).squeeze(1)
+        if rec.numel() == 0:
+            return
+        e = idx[rec]
+        pos = self.count[e]
+        if int(pos.max()) + 1 > self.t_cap:
+            self._grow_history(int(pos.max()) + 1)
+        version = torch.full((rec.numel(),), float(HISTORY_VERSION), dtype=_F64)
+        self.hist[e, pos] = torch.stack([v[rec].to(_F64) for v in values] + [version], dim=1)
+        self.count[e] = pos + 1
+
+    def _emit(self, e: Tensor, i: Tensor, k: Tensor, side: Tensor, ktype: Tensor, quark: Tensor,
+              pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> None:
+        """Apply accepted splittings: new momenta, flavours and colour partners; refresh the rates."""
+        j = self.npart[e]
+        if int(j.max()) + 1 > self.m_cap:
+            self._grow_particles(int(j.max()) + 1)
+        pi, pj, pk_new = dipole_map(pij, pk, z, omz, y, phi)
+        self.p[e, i], self.p[e, k], self.p[e, j] = pi, pk_new, pj
+        self.npart[e] = j + 1
+        insert = ktype != KERNEL_GQ
+        for which, forward, backward in ((insert & (side == 0), self.nxt, self.prv), (insert & (side == 1), self.prv, self.nxt)):
+            ee, ii, kk, jj = e[which], i[which], k[which], j[which]
+            forward[ee, ii], backward[ee, jj], forward[ee, jj], backward[ee, kk] = jj, ii, kk, jj
+        self.pid[e[insert], j[insert]] = GLUON
+        split = ~insert  # g -> q qbar: i becomes the quark (keeps its colour line), j the antiquark (takes the anticolour line)
+        ee, ii, jj, fl = e[split], i[split], j[split], quark[split]
+        before = self.prv[ee, ii]
+        self.pid[ee, ii], self.pid[ee, jj] = fl, -fl
+        self.prv[ee, jj], self.nxt[ee, before] = before, jj
+        self.prv[ee, ii] = -1
+        self._update_rates(e)
+        self.active[e] &= self.cum[e, -1] > 0
+
+    def result(self) -> ShowerState:
+        m = int(self.npart.max())
+        t = int(self.count.max()) if self.n else 0
+        return ShowerState(self.p[:, :m].clone(), self.pid[:, :m].clone(), self.npart.clone(),
+                           self.hist[:, :t].clone(), self.count.clone())
+
+
+def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
+               max_steps: int = 100_000) -> ShowerState:
+    r"""Shower one e⁺e⁻ → qq̄ event per row of ``theta (N, 3)`` = (D, F, C) with the batched veto algorithm.
+
+    θ must be checked by the caller (:meth:`~.kernels.Overestimate.check`).
+
+    Returns:
+        :class:`ShowerState` with final-state momenta, flavours and the stored trial history.
+    """
+    veto = _Veto(theta, settings, generator)
+    for _ in range(max_steps):
+        if not veto.step():
+            break
+    return veto.result()
