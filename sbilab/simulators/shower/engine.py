@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .history import COLUMNS, HISTORY_VERSION
-from .kernels import CA, KERNEL_GG, KERNEL_GQ, KERNEL_QQ, NF, TR, Overestimate, RunningCoupling, p_gg, p_gq, qq_coefficients
+from .kernels import CA, CF, KERNEL_GG, KERNEL_GQ, KERNEL_QQ, NF, TR, Overestimate, RunningCoupling, p_gg, p_gq
 
 __all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot"]
 
@@ -149,62 +149,79 @@ def _z_limits(m2: Tensor, t0: float) -> tuple[Tensor, Tensor]:
 
 
 class _Veto:
-    """State of the batched veto algorithm for ``n`` events (see the module docstring)."""
+    """State of the batched veto algorithm for ``n`` events (see the module docstring).
+
+    Momenta are stored component-major, ``P (4, n, M)``, and every per-particle access goes through
+    flat indices ``e * M + i`` (one ``index_select`` / ``index_copy_`` per access).
+    """
 
     def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None) -> None:
         self.s = settings
         self.gen = generator
         self.theta = theta.to(_F64)
         n = theta.shape[0]
-        self.n, self.m_cap, self.t_cap = n, 8, 16
-        self.p = torch.zeros(n, self.m_cap, 4, dtype=_F64)
+        self.n, self.m_cap = n, 8
+        self.P = torch.zeros(4, n, self.m_cap, dtype=_F64)
         self.pid = torch.zeros(n, self.m_cap, dtype=torch.long)
         self.nxt = torch.full((n, self.m_cap), -1, dtype=torch.long)
         self.prv = torch.full((n, self.m_cap), -1, dtype=torch.long)
-        self.p[:, :2], self.pid[:, :2] = hard_process(n, settings.ecms, generator)
+        momenta, pid = hard_process(n, settings.ecms, generator)
+        self.P[:, :, :2] = momenta.permute(2, 0, 1)
+        self.pid[:, :2] = pid
         self.nxt[:, 0], self.prv[:, 1] = 1, 0
         self.npart = torch.full((n,), 2, dtype=torch.long)
         self.t = torch.full((n,), settings.t_start, dtype=_F64)
-        self.hist = torch.zeros(n, self.t_cap, len(COLUMNS), dtype=_F64)
+        self.trials: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: event, position, row (B, K)
         self.count = torch.zeros(n, dtype=torch.long)
+        self.rate = torch.zeros(n, self.m_cap, 4, dtype=_F64)  # candidate rates: (side, kind) per emitter slot
         self.cum = torch.zeros(n, 4 * self.m_cap, dtype=_F64)
         everyone = torch.arange(n)
-        self._update_rates(everyone)
+        self._update_rates(everyone, torch.tensor([[0, 1]]).expand(n, 2))
         self.active = self.cum[:, -1] > 0
 
-    # ------------------------------------------------------------------ capacity
+    # ------------------------------------------------------------------ storage
+    def _get(self, flat: Tensor) -> Tensor:
+        """Momenta ``(4, B)`` of the particles at flat indices ``flat (B,)``."""
+        return self.P.view(4, -1).index_select(1, flat)
+
     def _grow_particles(self, needed: int) -> None:
         add = max(self.m_cap, needed - self.m_cap)
         n = self.n
-        self.p = torch.cat([self.p, self.p.new_zeros(n, add, 4)], 1)
+        self.P = torch.cat([self.P, self.P.new_zeros(4, n, add)], 2)
         self.pid = torch.cat([self.pid, self.pid.new_zeros(n, add)], 1)
         self.nxt = torch.cat([self.nxt, self.nxt.new_full((n, add), -1)], 1)
         self.prv = torch.cat([self.prv, self.prv.new_full((n, add), -1)], 1)
+        self.rate = torch.cat([self.rate, self.rate.new_zeros(n, add, 4)], 1)
         self.cum = torch.cat([self.cum, self.cum[:, -1:].expand(n, 4 * add)], 1)
         self.m_cap += add
 
-    def _grow_history(self, needed: int) -> None:
-        add = max(self.t_cap, needed - self.t_cap)
-        self.hist = torch.cat([self.hist, self.hist.new_zeros(self.n, add, len(COLUMNS))], 1)
-        self.t_cap += add
-
     # ------------------------------------------------------------------ rates
-    def _update_rates(self, e: Tensor) -> None:
-        """Recompute the cumulative candidate rates ``cum[e] (B, 4M)``; candidate c = 4i + 2·side + kind."""
-        b, m = e.numel(), self.m_cap
-        p = self.p[e]
-        partner = torch.stack([self.nxt[e], self.prv[e]], dim=-1)  # (B, M, 2)
-        pk = torch.gather(p, 1, partner.clamp(min=0).reshape(b, 2 * m, 1).expand(-1, -1, 4)).reshape(b, m, 2, 4)
-        m2 = 2.0 * mdot(p.unsqueeze(2), pk)
-        ok = (partner >= 0) & (m2 > 4.0 * self.s.t0)
-        zm, zp = _z_limits(torch.where(ok, m2, torch.full_like(m2, 8.0 * self.s.t0)), self.s.t0)
-        log_range, width = torch.log(zp / zm), zp - zm
-        gluon = (self.pid[e] == GLUON).unsqueeze(-1)
+    def _update_rates(self, e: Tensor, slots: Tensor) -> None:
+        """Recompute the rates of emitter ``slots (B, S)`` of events ``e (B,)`` (-1: none), then ``cum[e] (B, 4M)``.
+
+        Candidate c = 4i + 2·side + kind: side 0 is the colour partner ``nxt[i]``, side 1 the
+        anticolour partner ``prv[i]``; kind 0 is q → qg or g → gg, kind 1 g → qq̄.
+        """
+        b, width, m, t0 = e.numel(), slots.shape[1], self.m_cap, self.s.t0
+        valid = slots >= 0
+        flat = (e.unsqueeze(1) * m + slots.clamp(min=0)).reshape(-1)
+        pe = self._get(flat).view(4, b, width)
+        gluon = self.pid.view(-1).index_select(0, flat).view(b, width) == GLUON
         over = self.s.overestimate
-        r0 = torch.where(gluon, CA * log_range, over.soft * log_range + over.flat * width)
-        r1 = torch.where(gluon, NF * 0.5 * TR * width, torch.zeros_like(width))
-        rate = torch.stack([r0, r1], dim=-1) * ok.unsqueeze(-1)
-        self.cum[e] = rate.reshape(b, 4 * m).cumsum(dim=-1)
+        rates = []
+        for partner in (self.nxt, self.prv):
+            part = partner.view(-1).index_select(0, flat).view(b, width)
+            pk = self._get((e.unsqueeze(1) * m + part.clamp(min=0)).reshape(-1)).view(4, b, width)
+            m2 = 2.0 * (pe[0] * pk[0] - pe[1] * pk[1] - pe[2] * pk[2] - pe[3] * pk[3])
+            ok = (part >= 0) & (m2 > 4.0 * t0)
+            zm, zp = _z_limits(torch.where(ok, m2, 8.0 * t0), t0)
+            log_range, width_z = torch.log(zp / zm), zp - zm
+            r0 = torch.where(gluon, CA * log_range, over.soft * log_range + over.flat * width_z)
+            r1 = torch.where(gluon, NF * 0.5 * TR * width_z, 0.0)
+            rates += [r0 * ok, r1 * ok]
+        rate = torch.stack(rates, dim=-1)[valid]  # (valid slots, 4)
+        self.rate.view(-1, 4).index_copy_(0, flat[valid.reshape(-1)], rate)
+        self.cum.index_copy_(0, e, self.rate.index_select(0, e).view(b, 4 * m).cumsum(dim=-1))
 
     # ------------------------------------------------------------------ one step
     def step(self) -> bool:
@@ -212,88 +229,109 @@ class _Veto:
         idx = torch.nonzero(self.active).squeeze(1)
         if idx.numel() == 0:
             return False
-        s, over = self.s, self.s.overestimate
-        u = torch.rand(idx.numel(), 7, generator=self.gen, dtype=_F64)
-        total = self.cum[idx, -1]
-        t = s.coupling.next_scale(self.t[idx], total, u[:, 0])
-        self.t[idx] = t
+        s, over, m = self.s, self.s.overestimate, self.m_cap
+        u = torch.rand(7, idx.numel(), generator=self.gen, dtype=_F64)
+        total = self.cum.view(-1).index_select(0, idx * (4 * m) + (4 * m - 1))
+        t = s.coupling.next_scale(self.t.index_select(0, idx), total, u[0])
+        self.t.index_copy_(0, idx, t)
         go = t > s.t0
-        self.active[idx[~go]] = False
-        idx, u, t, total = idx[go], u[go], t[go], total[go]
-        if idx.numel() == 0:
-            return bool(self.active.any())
-        c = torch.searchsorted(self.cum[idx], (u[:, 1] * total).unsqueeze(1), right=True).squeeze(1)
-        c = c.clamp(max=4 * self.m_cap - 1)
+        if not bool(go.all()):
+            self.active.index_fill_(0, idx[~go], False)
+            idx, u, t, total = idx[go], u[:, go], t[go], total[go]
+            if idx.numel() == 0:
+                return bool(self.active.any())
+        if 4 * idx.numel() > self.n:  # search every row (O(n log M)) rather than copy the active rows (O(B M))
+            target = torch.zeros(self.n, 1, dtype=_F64).index_copy_(0, idx, (u[1] * total).unsqueeze(1))
+            c = torch.searchsorted(self.cum, target, right=True).squeeze(1).index_select(0, idx)
+        else:
+            c = torch.searchsorted(self.cum.index_select(0, idx), (u[1] * total).unsqueeze(1), right=True).squeeze(1)
+        c = c.clamp(max=4 * m - 1)
         i, side, kind = c // 4, (c // 2) % 2, c % 2
-        k = torch.where(side == 0, self.nxt[idx, i], self.prv[idx, i])
-        pij, pk = self.p[idx, i], self.p[idx, k]
-        m2 = 2.0 * mdot(pij, pk)
+        fi = idx * m + i
+        k = torch.where(side == 0, self.nxt.view(-1).index_select(0, fi), self.prv.view(-1).index_select(0, fi))
+        pij, pk = self._get(fi), self._get(idx * m + k)
+        m2 = 2.0 * (pij[0] * pk[0] - pij[1] * pk[1] - pij[2] * pk[2] - pij[3] * pk[3])
         zm, zp = _z_limits(m2, s.t0)
-        flavour = self.pid[idx, i]
-        ktype = torch.where(flavour == GLUON, torch.where(kind == 0, KERNEL_GG, KERNEL_GQ), KERNEL_QQ)
+        flavour = self.pid.view(-1).index_select(0, fi)
+        ktype = torch.where(flavour == GLUON, KERNEL_GG + kind, torch.full_like(kind, KERNEL_QQ))
         qq, gg = ktype == KERNEL_QQ, ktype == KERNEL_GG
         log_range, width = torch.log(zp / zm), zp - zm
         soft_w = torch.where(qq, over.soft * log_range, gg.to(_F64))
         flat_w = torch.where(qq, over.flat * width, (ktype == KERNEL_GQ).to(_F64))
-        soft = u[:, 2] * (soft_w + flat_w) < soft_w
-        omz_soft = zp * (zm / zp).pow(u[:, 3])
-        z_flat = zm + width * u[:, 3]
+        soft = u[2] * (soft_w + flat_w) < soft_w
+        omz_soft = zp * (zm / zp).pow(u[3])
+        z_flat = zm + width * u[3]
         omz = torch.where(soft, omz_soft, 1.0 - z_flat)
         z = torch.where(soft, 1.0 - omz_soft, z_flat)
         y = t / (m2 * z * omz)
         inside = y < 1.0
         p_hat = torch.where(qq, over.soft / omz + over.flat, torch.where(gg, CA / omz, torch.full_like(z, NF * 0.5 * TR)))
-        value = torch.where(qq, (qq_coefficients(z, y) * self.theta[idx]).sum(-1), torch.where(gg, p_gg(z, y), p_gq(z)))
-        accept = inside & (u[:, 4] < (1.0 - y) * value / p_hat)
-        phi = 2.0 * math.pi * u[:, 5]
-        quark = 1 + (u[:, 6] * NF).long().clamp(max=NF - 1)
+        th = self.theta.index_select(0, idx)
+        zy, yz_omz = omz + z * y, y * z * omz
+        p_qq = CF * (th[:, 0] * 2.0 * z * (1.0 - y) / zy + th[:, 1] * omz + th[:, 2] * yz_omz)
+        value = torch.where(qq, p_qq, torch.where(gg, p_gg(z, y), p_gq(z)))
+        accept = inside & (u[4] < (1.0 - y) * value / p_hat)
+        phi = 2.0 * math.pi * u[5]
+        quark = 1 + (u[6] * NF).long().clamp(max=NF - 1)
         emitted = torch.where(ktype == KERNEL_GQ, -quark, torch.full_like(quark, GLUON))
-        self._record(idx, inside, [t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat])
+        self._record(idx, inside, (t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat))
         a = torch.nonzero(accept).squeeze(1)
         if a.numel():
-            self._emit(idx[a], i[a], k[a], side[a], ktype[a], quark[a], pij[a], pk[a], z[a], omz[a], y[a], phi[a])
+            self._emit(idx[a], i[a], k[a], side[a], ktype[a], quark[a], pij[:, a], pk[:, a], z[a], omz[a], y[a], phi[a])
         return bool(self.active.any())
 
-    def _record(self, idx: Tensor, inside: Tensor, values: list[Tensor]) -> None:
+    def _record(self, idx: Tensor, inside: Tensor, values: tuple[Tensor, ...]) -> None:
         rec = torch.nonzero(inside).squeeze(1)
         if rec.numel() == 0:
             return
         e = idx[rec]
-        pos = self.count[e]
-        if int(pos.max()) + 1 > self.t_cap:
-            self._grow_history(int(pos.max()) + 1)
+        pos = self.count.index_select(0, e)
         version = torch.full((rec.numel(),), float(HISTORY_VERSION), dtype=_F64)
-        self.hist[e, pos] = torch.stack([v[rec].to(_F64) for v in values] + [version], dim=1)
-        self.count[e] = pos + 1
+        self.trials.append((e, pos, torch.stack([v[rec].to(_F64) for v in values] + [version], dim=1)))
+        self.count.index_copy_(0, e, pos + 1)
 
     def _emit(self, e: Tensor, i: Tensor, k: Tensor, side: Tensor, ktype: Tensor, quark: Tensor,
               pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> None:
         """Apply accepted splittings: new momenta, flavours and colour partners; refresh the rates."""
-        j = self.npart[e]
+        j = self.npart.index_select(0, e)
         if int(j.max()) + 1 > self.m_cap:
             self._grow_particles(int(j.max()) + 1)
-        pi, pj, pk_new = dipole_map(pij, pk, z, omz, y, phi)
-        self.p[e, i], self.p[e, k], self.p[e, j] = pi, pk_new, pj
-        self.npart[e] = j + 1
+        m = self.m_cap
+        fi, fk, fj = e * m + i, e * m + k, e * m + j
+        pi, pj, pk_new = dipole_map(pij.T, pk.T, z, omz, y, phi)
+        flat_p = self.P.view(4, -1)
+        flat_p.index_copy_(1, fi, pi.T.contiguous())
+        flat_p.index_copy_(1, fk, pk_new.T.contiguous())
+        flat_p.index_copy_(1, fj, pj.T.contiguous())
+        self.npart.index_copy_(0, e, j + 1)
+        nxt, prv, pid = self.nxt.view(-1), self.prv.view(-1), self.pid.view(-1)
         insert = ktype != KERNEL_GQ
-        for which, forward, backward in ((insert & (side == 0), self.nxt, self.prv), (insert & (side == 1), self.prv, self.nxt)):
-            ee, ii, kk, jj = e[which], i[which], k[which], j[which]
-            forward[ee, ii], backward[ee, jj], forward[ee, jj], backward[ee, kk] = jj, ii, kk, jj
-        self.pid[e[insert], j[insert]] = GLUON
+        for which, forward, backward in ((insert & (side == 0), nxt, prv), (insert & (side == 1), prv, nxt)):
+            ii, kk, jj = fi[which], fk[which], fj[which]
+            forward[ii], backward[jj], forward[jj], backward[kk] = jj - e[which] * m, ii - e[which] * m, kk - e[which] * m, jj - e[which] * m
+        pid[fj[insert]] = GLUON
         split = ~insert  # g -> q qbar: i becomes the quark (keeps its colour line), j the antiquark (takes the anticolour line)
-        ee, ii, jj, fl = e[split], i[split], j[split], quark[split]
-        before = self.prv[ee, ii]
-        self.pid[ee, ii], self.pid[ee, jj] = fl, -fl
-        self.prv[ee, jj], self.nxt[ee, before] = before, jj
-        self.prv[ee, ii] = -1
-        self._update_rates(e)
+        es, ii, jj, fl = e[split], fi[split], fj[split], quark[split]
+        before = prv[ii]
+        pid[ii], pid[jj] = fl, -fl
+        prv[jj], nxt[es * m + before] = before, jj - es * m
+        prv[ii] = -1
+        # rates change for the three partons whose momenta changed and for their colour partners
+        moved = torch.stack([fi, fk, fj], dim=1)
+        around = torch.cat([moved, nxt[moved.reshape(-1)].view(-1, 3), prv[moved.reshape(-1)].view(-1, 3)], dim=1)
+        around[:, :3] -= e.unsqueeze(1) * m
+        self._update_rates(e, around)
         self.active[e] &= self.cum[e, -1] > 0
 
     def result(self) -> ShowerState:
         m = int(self.npart.max())
         t = int(self.count.max()) if self.n else 0
-        return ShowerState(self.p[:, :m].clone(), self.pid[:, :m].clone(), self.npart.clone(),
-                           self.hist[:, :t].clone(), self.count.clone())
+        hist = torch.zeros(self.n * t, len(COLUMNS), dtype=_F64)
+        if self.trials:
+            e, pos, rows = (torch.cat(parts) for parts in zip(*self.trials))
+            hist.index_copy_(0, e * t + pos, rows)
+        return ShowerState(self.P[:, :, :m].permute(1, 2, 0).contiguous(), self.pid[:, :m].clone(), self.npart.clone(),
+                           hist.view(self.n, t, len(COLUMNS)), self.count.clone())
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
