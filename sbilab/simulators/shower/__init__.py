@@ -9,10 +9,16 @@ from .engine import ShowerSettings, ShowerState, run_shower
 from .history import COLUMNS, HISTORY_VERSION, history_log_prob
 from .kernels import Overestimate, RunningCoupling, qq_coefficients
 from .observables import OBSERVABLES, event_observables
+from .reweight import effective_sample_size, reweight
 from .shower import PARTICLE_FEATURES, PartonShower
+from .toy import PrimaryEmissions, emission_integrals
 
 __all__ = [
     "PartonShower",
+    "PrimaryEmissions",
+    "emission_integrals",
+    "reweight",
+    "effective_sample_size",
     "PARTICLE_FEATURES",
     "Smearing",
     "ShowerSettings",
