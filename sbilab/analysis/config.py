@@ -36,9 +36,9 @@ __all__ = [
     "KINDS",
 ]
 
-TOYS = ("gaussian", "resonance", "resonance_background", "morphing")
+TOYS = ("gaussian", "resonance", "resonance_background", "morphing", "shower")
 METHODS = ("carl", "rolr", "rascal", "alice", "alices", "cascal", "scandal", "nde")
-KINDS = ("measurement", "eft_limits", "search")
+KINDS = ("measurement", "eft_limits", "search", "qcd_splittings")
 
 
 @dataclass(frozen=True)
@@ -280,6 +280,9 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {list(TOYS)}.")
     if kind == "eft_limits" and toy != "morphing":
         raise ConfigError(f"{path}: [analysis] kind = 'eft_limits' needs [simulator] toy = 'morphing', got {toy!r}.")
+    if (kind == "qcd_splittings") != (toy == "shower"):
+        raise ConfigError(f"{path}: [analysis] kind = 'qcd_splittings' goes with [simulator] toy = 'shower' and only with it "
+                          f"(got kind {kind!r}, toy {toy!r}).")
     if kind == "search" and toy != "resonance_background":
         raise ConfigError(f"{path}: [analysis] kind = 'search' needs [simulator] toy = 'resonance_background', got {toy!r}.")
     truth = raw["truth"]

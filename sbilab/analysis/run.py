@@ -9,6 +9,9 @@ kind                 pipeline
                      morphing couplings, learned ratio vs histograms vs SALLINO, learned vs exact
 ``"search"``         :func:`sbilab.analysis.search.run_search`: binned resonance search with pyhf
                      (CLs limits, significances) on raw x, a learned classifier and the exact s/b
+``"qcd_splittings"`` :func:`sbilab.analysis.splittings.run_qcd_splittings`: (D, F, C) of the quark
+                     splitting kernel from parton-shower events, learned ratios with and without
+                     the history's gold, a set posterior, the exact primary-emission toy
 ===================  =========================================================================
 """
 
@@ -23,7 +26,8 @@ __all__ = ["run_analysis", "PIPELINES"]
 
 PIPELINES = {"measurement": ("sbilab.analysis.measurement", "run_measurement"),
              "eft_limits": ("sbilab.analysis.eft", "run_eft_limits"),
-             "search": ("sbilab.analysis.search", "run_search")}
+             "search": ("sbilab.analysis.search", "run_search"),
+             "qcd_splittings": ("sbilab.analysis.splittings", "run_qcd_splittings")}
 assert set(PIPELINES) == set(KINDS)
 
 

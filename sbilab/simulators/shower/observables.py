@@ -27,7 +27,7 @@ __all__ = ["OBSERVABLES", "Y_FLOOR", "thrust", "hemisphere_masses", "durham_rate
            "eec_histogram", "multiplicity", "event_observables"]
 
 _F64 = torch.float64
-Y_FLOOR = 1e-8
+Y_FLOOR = 1e-6
 """Floor of the Durham rates before the logarithm (events with fewer partons than jets have y = 0)."""
 OBSERVABLES = ("tau", "rho_heavy", "rho_light", "log_y23", "log_y34", "multiplicity", "c_parameter", "e2_b05", "e2_b1")
 """Names of the columns of :func:`event_observables`: 1 - T, ρ_H, ρ_L, ln y23, ln y34, n, C, e2 at β = 0.5 and 1."""
