@@ -88,13 +88,15 @@ def _shower(cfg: AnalysisConfig, shower: PartonShower, truth: torch.Tensor, meth
     fisher = joint_fisher(shower, observed)
     observed = without_history(observed)
     out: dict[str, Any] = {"n_observed": n, "joint_fisher_widths": _widths(torch.sqrt(torch.diag(torch.linalg.inv(n * fisher)))),
+                           "joint_fisher_widths_1000_events": _widths(torch.sqrt(torch.diag(torch.linalg.inv(1000 * fisher)))),
                            "methods": {}}
     gold = None
     for method in methods:
         est = train_ratio(shower, method, cfg.training.n_simulations // 2, _options(cfg))
         res = fit_parameters(est, observed, shower.space)
         out["methods"][method] = {"best": res.best, "errors": res.errors, "valid": res.valid,
-                                  "widths": _widths(hessian_widths(est, observed.x, truth))}
+                                  "widths": _widths(hessian_widths(est, observed.x, truth)),
+                                  "widths_1000_events": _widths(hessian_widths(est, observed.x[:1000], truth))}
         log(f"shower {method}: fit {res.best} (valid {res.valid}), widths {out['methods'][method]['widths']}")
         gold = est
     sally = train_sally(shower, cfg.training.n_simulations // 2, _options(cfg))

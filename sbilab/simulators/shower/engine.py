@@ -171,8 +171,7 @@ class _Veto:
         self.nxt[:, 0], self.prv[:, 1] = 1, 0
         self.npart = torch.full((n,), 2, dtype=torch.long)
         self.t = torch.full((n,), settings.t_start, dtype=_F64)
-        self.trials: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: event, position, row (B, K)
-        self.count = torch.zeros(n, dtype=torch.long)
+        self.trials: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: event (B,), stored? (B,), row (B, K)
         self.rate = torch.zeros(n, self.m_cap, 4, dtype=_F64)  # candidate rates: (side, kind) per emitter slot
         self.cum = torch.zeros(n, 4 * self.m_cap, dtype=_F64)
         everyone = torch.arange(n)
@@ -281,14 +280,9 @@ class _Veto:
         return bool(self.active.any())
 
     def _record(self, idx: Tensor, inside: Tensor, values: tuple[Tensor, ...]) -> None:
-        rec = torch.nonzero(inside).squeeze(1)
-        if rec.numel() == 0:
-            return
-        e = idx[rec]
-        pos = self.count.index_select(0, e)
-        version = torch.full((rec.numel(),), float(HISTORY_VERSION), dtype=_F64)
-        self.trials.append((e, pos, torch.stack([v[rec].to(_F64) for v in values] + [version], dim=1)))
-        self.count.index_copy_(0, e, pos + 1)
+        """Log this step's trials; those with ``inside`` False (vetoed by y >= 1) are dropped in :meth:`result`."""
+        version = torch.full_like(values[0], float(HISTORY_VERSION))
+        self.trials.append((idx, inside, torch.stack([v.to(_F64) for v in values] + [version], dim=1)))
 
     def _emit(self, e: Tensor, i: Tensor, k: Tensor, side: Tensor, ktype: Tensor, quark: Tensor,
               pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> None:
@@ -307,8 +301,8 @@ class _Veto:
         nxt, prv, pid = self.nxt.view(-1), self.prv.view(-1), self.pid.view(-1)
         insert = ktype != KERNEL_GQ
         for which, forward, backward in ((insert & (side == 0), nxt, prv), (insert & (side == 1), prv, nxt)):
-            ii, kk, jj = fi[which], fk[which], fj[which]
-            forward[ii], backward[jj], forward[jj], backward[kk] = jj - e[which] * m, ii - e[which] * m, kk - e[which] * m, jj - e[which] * m
+            ii, kk, jj, base = fi[which], fk[which], fj[which], e[which] * m  # flat indices; the lists hold local ones
+            forward[ii], backward[jj], forward[jj], backward[kk] = jj - base, ii - base, kk - base, jj - base
         pid[fj[insert]] = GLUON
         split = ~insert  # g -> q qbar: i becomes the quark (keeps its colour line), j the antiquark (takes the anticolour line)
         es, ii, jj, fl = e[split], fi[split], fj[split], quark[split]
@@ -325,13 +319,23 @@ class _Veto:
 
     def result(self) -> ShowerState:
         m = int(self.npart.max())
-        t = int(self.count.max()) if self.n else 0
-        hist = torch.zeros(self.n * t, len(COLUMNS), dtype=_F64)
+        count = torch.zeros(self.n, dtype=torch.long)
+        e = torch.zeros(0, dtype=torch.long)
+        rows = torch.zeros(0, len(COLUMNS), dtype=_F64)
         if self.trials:
-            e, pos, rows = (torch.cat(parts) for parts in zip(*self.trials))
-            hist.index_copy_(0, e * t + pos, rows)
+            e, keep, rows = (torch.cat(parts) for parts in zip(*self.trials))
+            e, rows = e[keep], rows[keep]
+            count = torch.bincount(e, minlength=self.n)
+        t = int(count.max()) if self.n else 0
+        # position of each trial in its event's history: its rank among the event's trials, in step order
+        order = torch.sort(e, stable=True).indices
+        start = torch.cumsum(count, 0) - count
+        pos = torch.empty_like(e)
+        pos[order] = torch.arange(len(e)) - start[e[order]]
+        hist = torch.zeros(self.n * t, len(COLUMNS), dtype=_F64)
+        hist.index_copy_(0, e * t + pos, rows)
         return ShowerState(self.P[:, :, :m].permute(1, 2, 0).contiguous(), self.pid[:, :m].clone(), self.npart.clone(),
-                           hist.view(self.n, t, len(COLUMNS)), self.count.clone())
+                           hist.view(self.n, t, len(COLUMNS)), count)
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
