@@ -14,11 +14,13 @@ r"""QCD splitting kernels: shower speed, exact-history gold on the primary-emiss
    the Cramér–Rao bound from the quadrature Fisher information. Widths are
    :math:`\sqrt{\mathrm{diag}\,H^{-1}}` of the summed learned :math:`-\log L` at the true point
    (``hessian_widths``), the HESSE width of an unbounded fit: C is constrained so weakly
-   (CR width ≈ 0.3 at 10⁵ events) that a fit bounded to the box stops at a limit.
+   (CR width ≈ 0.3 at 10⁵ events) that a fit bounded to the box stops at a limit. A width is
+   ``null`` where that Hessian is not positive definite (the learned surface is not convex there).
 3. **Full shower.** CARL, RASCAL and ALICES on the 9 per-event observables
    (``PartonShower(output="observables")``), trained on ``--shower-budget`` events per class,
-   then the widths of (D, F, C) over N = 10⁴ observed events at the standard kernel (as in 2),
-   with an ``UnbinnedLikelihood`` fit of the same events per method; SALLY's Fisher information
+   then an ``UnbinnedLikelihood`` fit of N = 10⁴ observed events at the standard kernel per
+   method: ``shower_widths`` are its HESSE errors (``null`` for a parameter whose best fit sits at
+   a limit of the box), ``shower_widths_at_truth`` the Hessian widths at the truth as in 2; SALLY's Fisher information
    against the joint (history) Fisher information, which bounds it, as Cramér–Rao widths at 10⁴.
 
 Usage: ``python benchmarks/shower.py [--quick] [--json]``. Progress goes to stderr; ``--json``
@@ -51,6 +53,17 @@ TOY_SETS = {"kind": "deepsets", "out_features": 32, "hidden": [64, 64], "latent"
 
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def finite(value: Any) -> Any:
+    """The value with NaN/inf floats replaced by None (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def budget_key(n: int) -> str:
@@ -133,16 +146,19 @@ def shower_study(args) -> dict[str, Any]:
     observed = shower.simulate(args.shower_events, theta=sm, generator=torch.Generator().manual_seed(200))
     fisher_joint = joint_fisher(shower, observed)
     observed = without_history(observed)
-    widths: dict[str, dict[str, float]] = {}
+    widths: dict[str, dict[str, float | None]] = {}
+    at_truth: dict[str, dict[str, float]] = {}
     fits: dict[str, dict[str, Any]] = {}
+    low, high = shower.space.low.tolist(), shower.space.high.tolist()
     for method in args.shower_methods:
         options = TrainOptions(epochs=args.epochs, seed=0, progress=False)
         est, cpu, _ = timed(train_ratio, shower, method, args.shower_budget, options)
-        w = hessian_widths(est, observed.x, sm)
-        widths[method] = dict(zip(NAMES, w.tolist()))
+        at_truth[method] = dict(zip(NAMES, hessian_widths(est, observed.x, sm).tolist()))
         res = fit_parameters(est, observed, shower.space)
         fits[method] = {"best": res.best, "errors": res.errors, "valid": res.valid}
-        log(f"shower {method}: widths {widths[method]}; fit {res.best} ± {res.errors} ({cpu:.0f} s CPU incl. simulation)")
+        widths[method] = {n: None if min(res.best[n] - low[i], high[i] - res.best[n]) < 1e-4 else res.errors[n]
+                          for i, n in enumerate(NAMES)}
+        log(f"shower {method}: fit {res.best} ± {res.errors}; widths at truth {at_truth[method]} ({cpu:.0f} s CPU incl. simulation)")
     sally = train_sally(shower, args.shower_budget, TrainOptions(epochs=args.epochs, seed=0))
     with torch.no_grad():
         fisher_sally = sally.fisher_information(observed.x).double()
@@ -151,7 +167,7 @@ def shower_study(args) -> dict[str, Any]:
     cr_sally = torch.sqrt(torch.diag(torch.linalg.inv(n * fisher_sally)))
     eig = torch.linalg.eigvalsh(fisher_joint - fisher_sally)
     log(f"shower: joint-Fisher CR widths {cr_joint.tolist()}, SALLY CR widths {cr_sally.tolist()}; eigenvalues of I_joint - I_sally {eig.tolist()}")
-    return {"shower_widths": widths, "shower_fits": fits, "shower_observed_events": n, "shower_budget_per_class": args.shower_budget,
+    return {"shower_widths": widths, "shower_widths_at_truth": at_truth, "shower_fits": fits, "shower_observed_events": n, "shower_budget_per_class": args.shower_budget,
             "joint_fisher_widths": dict(zip(NAMES, cr_joint.tolist())), "sally_fisher_widths": dict(zip(NAMES, cr_sally.tolist())),
             "joint_minus_sally_eigenvalues": eig.tolist()}
 
@@ -184,7 +200,7 @@ def main() -> None:
     if "shower" not in args.skip:
         out.update(shower_study(args))
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(finite(out), indent=1))
 
 
 if __name__ == "__main__":
