@@ -83,3 +83,16 @@ def test_set_log_ratio_reads_the_mask_off_zero_padding():
 
     x = torch.tensor([[[1.0, 0.5], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
     assert SetLogRatio(Probe())(x, torch.zeros(2, 3)).tolist() == [1.0, 0.0]
+
+
+def test_gold_ratio_on_particle_sets_plugs_into_the_unbinned_fit():
+    from sbilab.analysis.splittings_inference import TrainOptions, fit_parameters, train_ratio
+    from sbilab.simulators.shower import PartonShower
+
+    shower = PartonShower(output="particles")
+    options = TrainOptions(hidden=(16,), epochs=1, embedding={"kind": "deepsets", "out_features": 8, "hidden": [16], "latent": 8})
+    est = train_ratio(shower, "alices", 150, options)
+    assert est.is_set
+    observed = shower.simulate(100, theta=torch.tensor([1.0, 1.0, 0.0]), generator=torch.Generator().manual_seed(1))
+    result = fit_parameters(est, observed, shower.space)
+    assert set(result.best) == {"D", "F", "C"} and all(math.isfinite(v) for v in result.best.values())

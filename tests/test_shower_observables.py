@@ -119,3 +119,14 @@ def test_smearing():
     assert angle.pow(2).mean().sqrt().item() == pytest.approx(0.05 * math.sqrt(2), rel=0.05)  # two transverse directions
     with pytest.raises(ConfigError, match="energy"):
         Smearing(energy=-0.1)
+
+
+def test_smeared_shower_keeps_its_history_likelihood():
+    theta = torch.tensor([1.2, 0.9, 0.3])
+    plain = PartonShower().simulate(50, theta=theta, generator=torch.Generator().manual_seed(3))
+    sim = PartonShower(smearing=Smearing(energy=0.05, angle=0.02))
+    smeared = sim.simulate(50, theta=theta, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain.latent, smeared.latent) and torch.equal(plain.mask, smeared.mask)
+    assert not torch.equal(plain.x, smeared.x) and torch.equal(plain.x[..., 4], smeared.x[..., 4])
+    point = torch.tensor([[0.8, 1.1, 0.0]], dtype=torch.float64).expand(50, 3)
+    torch.testing.assert_close(sim.joint_log_prob(smeared, point), sim.joint_log_prob(plain, point))
