@@ -23,6 +23,7 @@ Writes ``results.json``, ``estimator.h5`` (the gold ratio estimator, :mod:`sbila
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,18 @@ def _options(cfg: AnalysisConfig, **extra: Any) -> TrainOptions:
                         seed=tr.seed, **extra)
 
 
-def _widths(values: torch.Tensor) -> dict[str, float]:
-    return dict(zip(NAMES, (float(v) for v in values)))
+def _widths(values: torch.Tensor) -> dict[str, float | None]:
+    """Per-parameter widths; ``None`` (JSON null) where a width is undefined (a Hessian not positive definite)."""
+    return {name: (float(v) if math.isfinite(float(v)) else None) for name, v in zip(NAMES, values)}
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with non-finite floats as None, recursively: results.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _toy(cfg: AnalysisConfig, truth: torch.Tensor, methods: tuple[str, ...], log) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -199,13 +210,13 @@ def run_qcd_splittings(config: AnalysisConfig, *, out: Path, quick: bool = False
     document = {"analysis": cfg.name, "kind": cfg.kind, "quick": quick, "truth": dict(zip(NAMES, truth.tolist())),
                 "n_simulations": cfg.training.n_simulations, "hadronisation": False, "toy": toy, "shower": showered,
                 "posterior": post}
-    (out / "results.json").write_text(json.dumps(document, indent=2))
+    (out / "results.json").write_text(json.dumps(_strict(document), indent=2, allow_nan=False))
     save(out / "estimator.h5", gold, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
     plotted = _plots(out, shower, truth.float(), predictions, draws, min(4000, len(observed)))
     lines = [f"{cfg.name}: (D, F, C) from {len(observed)} parton-level events (no hadronisation), truth {document['truth']}"]
     for method, r in showered["methods"].items():
         lines.append(f"  {method:>7}: fit " + ", ".join(f"{k} = {r['best'][k]:.3f} ± {r['errors'][k]:.3f}" for k in NAMES)
-                     + "; widths at truth " + ", ".join(f"{k} {v:.3f}" for k, v in r["widths"].items()))
+                     + "; widths at truth " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in r["widths"].items()))
     lines.append("  Cramér–Rao, joint history: " + ", ".join(f"{k} {v:.3f}" for k, v in showered["joint_fisher_widths"].items())
                  + "; SALLY: " + ", ".join(f"{k} {v:.3f}" for k, v in showered["sally_fisher_widths"].items()))
     lines.append("  toy: MSE " + ", ".join(f"{m} {r['mse']:.3g}" for m, r in toy["methods"].items())
