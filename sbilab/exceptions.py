@@ -26,6 +26,9 @@ __all__ = [
     "SamplingError",
     "FileFormatError",
     "ExportError",
+    "OverestimateError",
+    "NegativeKernelError",
+    "HistoryVersionError",
 ]
 
 
@@ -96,3 +99,15 @@ class FileFormatError(StoreError, ValueError):
 
 class ExportError(SbilabError, TypeError):
     """An object cannot be exported to the requested external format (e.g. an estimator kind ONNX cannot express)."""
+
+
+class OverestimateError(OutOfSupportError):
+    """A parameter point lies outside the region where a veto algorithm's overestimate holds."""
+
+
+class NegativeKernelError(OutOfSupportError):
+    """A splitting kernel would be negative somewhere in phase space at the requested parameters."""
+
+
+class HistoryVersionError(InvalidEventsError):
+    """Stored simulation histories come from a different simulator version or layout."""

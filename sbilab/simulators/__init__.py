@@ -4,6 +4,7 @@ from .augment import augment, doubly_ratio_training_data, joint_log_ratio, joint
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
 from .registry import TOYS, build_toy, register_toy
+from .shower import PartonShower, PrimaryEmissions
 from .space import ParameterSpace
 from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
@@ -23,6 +24,8 @@ __all__ = [
     "Resonance",
     "Morphing",
     "ResonanceBackground",
+    "PartonShower",
+    "PrimaryEmissions",
     "MorphingBasis",
     "WeightedEvents",
     "CallableSimulator",
