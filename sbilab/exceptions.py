@@ -24,6 +24,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "IntegrandError",
 ]
 
 
@@ -85,3 +86,8 @@ class PublishError(SbilabError, OSError):
 
 class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
+
+
+class IntegrandError(SbilabError, ValueError):
+    """A per-event integral is ill-posed: a cross section that is negative or NaN, a transfer
+    function that does not normalise, a proposal that misses the integrand, zero acceptance."""
