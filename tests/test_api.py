@@ -25,6 +25,12 @@ PUBLIC = {
         "ensemble_log_prob", "member_spread",
     },
     "sbilab.training": {"fit", "FitResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+    "sbilab.mem": {
+        "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
+        "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
+        "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
+        "IntegrationNoise", "integration_noise",
+    },
 }
 
 

@@ -118,6 +118,7 @@ class FiducialCrossSection:
             self._log_static = log_static[self._point] - math.log(self.draws)
             self._log_w0 = model.transfer.log_prob(self._x, y[self._point], self.nuisance.expand(len(self._point), k))
         self._z, self._y = z[self._point], y[self._point]
+        self.parton_points = y[inside][:: max(1, int(inside.sum()) // 8)][:8]  # a few y(z) inside the box, for checks
         self._cache: dict[bytes, tuple[float, float]] = {}
         self.morphing = morphing
         self._bench_terms: Tensor | None = None

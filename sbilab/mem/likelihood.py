@@ -102,7 +102,7 @@ class MatrixElementLikelihood:
         self._cache: OrderedDict[bytes, tuple[Prepared, Tensor, Tensor]] = OrderedDict()
         self._cached_bytes = 0
         if check_transfer:
-            y = fiducial._y[:: max(1, len(fiducial._y) // 4)][:4]
+            y = fiducial.parton_points[::2]
             nuis = fiducial.nuisance.expand(y.shape[0], -1)
             check_normalisation(model.transfer, y, nuis, generator=torch.Generator().manual_seed(int(seed)))
 

@@ -158,10 +158,10 @@ def check_normalisation(
     r"""Check numerically that :math:`\int W(x|y;\nu)\,dx = 1` at a few parton points.
 
     The integral is estimated by importance sampling from a defensive Gaussian mixture
-    :math:`\tfrac12\mathcal N(m, (2s)^2) + \tfrac12\mathcal N(m, (6s)^2)` placed with the mean
+    :math:`\tfrac34\mathcal N(m, (1.3s)^2) + \tfrac14\mathcal N(m, (5s)^2)` placed with the mean
     ``m`` and standard deviation ``s`` of draws from ``transfer.sample`` (only ``log_prob``
     enters the estimate, so a density that is not normalised is caught even when its sampler
-    is right). Heavy tails beyond six widths are not probed.
+    is right). Heavy tails beyond five widths are barely probed.
 
     Args:
         transfer: The transfer function.
@@ -186,14 +186,14 @@ def check_normalisation(
     m, s = draws.mean(1, keepdim=True), draws.std(1, keepdim=True).clamp(min=1e-12)
     d = draws.shape[-1]
     e = torch.randn(k, samples, d, generator=generator, dtype=torch.float64)
-    wide = torch.arange(samples) % 2 == 1
-    scale = torch.where(wide[None, :, None], 6 * s, 2 * s)
+    wide = torch.arange(samples) % 4 == 3  # a quarter of the points from the wide component
+    scale = torch.where(wide[None, :, None], 5 * s, 1.3 * s)
     xs = m + scale * e
 
     def log_normal(width: Tensor) -> Tensor:
         return (-0.5 * ((xs - m) / width) ** 2 - torch.log(width) - _HALF_LOG_2PI).sum(-1)
 
-    log_q = torch.logaddexp(log_normal(2 * s), log_normal(6 * s)) - math.log(2.0)
+    log_q = torch.logaddexp(log_normal(1.3 * s) + math.log(0.75), log_normal(5 * s) + math.log(0.25))
     log_w = transfer.log_prob(xs, y[:, None, :].expand_as(xs), nuis[:, None, :].expand(k, samples, n_nuis)) - log_q
     w = torch.exp(log_w.clamp(max=700.0))
     integral = w.mean(1)
