@@ -5,7 +5,9 @@ r"""The MEM per-event log-likelihood, as the callable that :mod:`sbilab.stats` f
     \log\hat r(x|\theta) = \log p(x|\theta) - \log p(x|\theta_\mathrm{ref}),
 
 with :math:`\hat I` the importance-sampling estimate of :func:`~sbilab.mem.integrate.integrate`
-and :math:`\hat\sigma_\mathrm{fid}` that of :class:`~sbilab.mem.fiducial.FiducialCrossSection`.
+(its logarithm corrected for the Jensen bias :math:`-\delta^2/2`, see
+:func:`~sbilab.mem.integrate.estimate`) and :math:`\hat\sigma_\mathrm{fid}` that of
+:class:`~sbilab.mem.fiducial.FiducialCrossSection`.
 :class:`MatrixElementLikelihood` is a ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)``, so
 :class:`~sbilab.stats.UnbinnedLikelihood` (iminuit, MINOS, profiles, constrained nuisance
 parameters of the transfer function) and :func:`~sbilab.stats.fit_toys` take it unchanged.
@@ -130,7 +132,7 @@ class MatrixElementLikelihood:
 
     def _log_integral(self, prep: Prepared, xr: Tensor, theta_rep: Tensor, x: Tensor) -> Tensor:
         log_w = self.model.log_weights(prep, xr, theta_rep)
-        log_i, _, _ = estimate(log_w.reshape(x.shape[0], self.replicas, -1))
+        log_i, _, _ = estimate(log_w.reshape(x.shape[0], self.replicas, -1), debias=True)
         if not bool(torch.isfinite(log_i).all()):
             bad = torch.nonzero(~torch.isfinite(log_i))[:, 0]
             raise IntegrandError(

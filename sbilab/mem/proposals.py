@@ -39,6 +39,17 @@ class Proposal(abc.ABC):
     Subclasses set :attr:`dim` and :attr:`noise_dim` and implement :meth:`transform` and
     :meth:`log_prob`; :meth:`sample` follows.
 
+    The contract a learned proposal (a conditional flow trained by ``fit()``) meets too:
+
+    * ``transform(u, x)`` is deterministic in ``u`` and independent of θ (common random
+      numbers make the likelihood smooth in θ only then); ``u`` and ``x`` arrive as float64;
+    * ``log_prob(z, x)`` is the exact log-density of what ``transform`` produces (mixtures
+      evaluate every channel's ``log_prob`` at every point);
+    * points it cannot place may lie outside the process's box (weight zero);
+    * for training on the integrand, ``transform`` may carry a graph: with
+      ``prep = model.prepare(z, log_q, x)``, ``model.log_weights(prep, x, theta)`` is
+      :math:`\log g - \log q` differentiable in the proposal's parameters.
+
     Attributes:
         dim: Number of integration variables ``z``.
         noise_dim: Uniform variables consumed per sample.
