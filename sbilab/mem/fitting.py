@@ -33,8 +33,8 @@ class IntegrationNoise(ResultBase):
         best: Best fit per seed, ``{name: (value per seed)}``.
         errors: HESSE errors of the first seed's fit, ``{name: error}``.
         spread: Standard deviation of the best fits over seeds, ``{name: sd}``.
-        relative_spread: ``spread / errors`` per name: the integration noise in units of the
-            statistical error.
+        relative_spread: ``spread / errors`` per free parameter: the integration noise in units
+            of the statistical error.
         valid: Whether every fit was valid.
     """
 
@@ -83,5 +83,5 @@ def integration_noise(
         mean = sum(best[n]) / len(seeds)
         spread[n] = math.sqrt(sum((v - mean) ** 2 for v in best[n]) / (len(seeds) - 1))
     errors = {n: fits[0].errors[n] for n in names}
-    rel = {n: (spread[n] / errors[n] if errors[n] > 0 else math.nan) for n in names}
+    rel = {n: spread[n] / errors[n] for n in names if errors[n] > 0}  # fixed parameters have no error
     return IntegrationNoise(names, seeds, best, errors, spread, rel, all(f.valid for f in fits))
