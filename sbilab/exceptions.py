@@ -29,6 +29,7 @@ __all__ = [
     "OverestimateError",
     "NegativeKernelError",
     "HistoryVersionError",
+    "IntegrandError",
 ]
 
 
@@ -111,3 +112,8 @@ class NegativeKernelError(OutOfSupportError):
 
 class HistoryVersionError(InvalidEventsError):
     """Stored simulation histories come from a different simulator version or layout."""
+
+
+class IntegrandError(SbilabError, ValueError):
+    """A per-event integral is ill-posed: a cross section that is negative or NaN, a transfer
+    function that does not normalise, a proposal that misses the integrand, zero acceptance."""

@@ -40,6 +40,12 @@ PUBLIC = {
         "scan_normalisation", "lhe_to_store", "read_root", "iter_root", "root_to_store", "write_root", "to_hist", "from_hist",
         "EXPORTABLE", "export_onnx", "verify_onnx", "describe_onnx",
     },
+    "sbilab.mem": {
+        "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
+        "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
+        "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
+        "IntegrationNoise", "integration_noise",
+    },
 }
 
 
