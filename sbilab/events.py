@@ -5,7 +5,7 @@ statistic consumes them. Validation happens once, at construction, with errors t
 the field, the number of offending rows and an example row.
 
 Shapes (``N`` events, ``D`` observables, ``M`` particles of ``F`` features, ``P``
-parameters, ``L`` latent variables):
+parameters, ``L`` latent variables, ``S`` spectators):
 
 ========================  ======================  ==============================================
 field                     shape                   meaning
@@ -19,6 +19,8 @@ field                     shape                   meaning
 ``label``                 ``(N,)``                1 if drawn at ``theta``, 0 if at the reference
 ``latent``                ``(N, L)``              the simulator's latent path z (e.g. parton level)
 ``mask``                  ``(N, M)`` bool         which set entries are real (set inputs only)
+``spectator``             ``(N, S)``              carried along, never a network input (e.g. the
+                                                  mass a classifier is decorrelated from)
 ========================  ======================  ==============================================
 """
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Events"]
 
-TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask")
+TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask", "spectator")
 
 
 def _as_tensor(name: str, value: Any) -> Tensor | None:
@@ -78,6 +80,8 @@ class Events:
         label: 1 for events drawn at ``theta``, 0 for events drawn at the reference, ``(N,)``.
         latent: Latent variables of the simulation, ``(N, L)``.
         mask: Validity mask of set entries, ``(N, M)`` bool; only with 3-D ``x``.
+        spectator: Variables that travel with the events but are no network input, ``(N, S)``
+            (e.g. the invariant mass a classifier must stay independent of).
         space: If given, every ``theta`` row must lie inside it.
 
     Raises:
@@ -100,6 +104,7 @@ class Events:
     label: Tensor | None = None
     latent: Tensor | None = None
     mask: Tensor | None = None
+    spectator: Tensor | None = None
     space: "ParameterSpace | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +124,7 @@ class Events:
         if x.dim() not in (2, 3):
             raise InvalidEventsError(f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F).")
         n = x.shape[0]
-        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2}
+        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2, "spectator": 2}
         for name, ndim in expected_dims.items():
             value = getattr(self, name)
             if value is None:

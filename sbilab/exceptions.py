@@ -24,6 +24,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "RegionError",
 ]
 
 
@@ -85,3 +86,7 @@ class PublishError(SbilabError, OSError):
 
 class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
+
+
+class RegionError(SbilabError, ValueError):
+    """An analysis region (ABCD region, signal region, sideband) is empty, too small or outside the data's range."""

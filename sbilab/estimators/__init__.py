@@ -1,6 +1,14 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
 from .classifier import Classifier, classifier_training_data
+from .decorrelation import (
+    ClassifierPair,
+    check_spectator_not_input,
+    disco_loss,
+    distance_correlation,
+    distance_covariance,
+    double_disco_loss,
+)
 from .ensembles import ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import LikelihoodEstimator
 from .losses import (
@@ -44,6 +52,12 @@ __all__ = [
     "nde_loss",
     "scandal_loss",
     "npe_loss",
+    "disco_loss",
+    "double_disco_loss",
+    "distance_correlation",
+    "distance_covariance",
+    "check_spectator_not_input",
+    "ClassifierPair",
     "get_loss",
     "LOSSES",
     "ensemble_log_ratio",
