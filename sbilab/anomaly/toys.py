@@ -225,9 +225,11 @@ class AnomalyToy:
         p_m = np.exp(-(m - lo0) / s) / (s * -math.expm1(-(hi0 - lo0) / s))
         w = torch.as_tensor(0.5 * (hi - lo) * weights * p_m / self.background_probability(lo, hi), dtype=x.dtype)
         mean1 = torch.as_tensor(self.feature_slope * (m - self.signal_mass[0]), dtype=x.dtype)
-        log_p1 = -0.5 * (x[:, :1] - mean1) ** 2 - 0.5 * _LOG_2PI  # (N, 64)
-        log_p2 = -0.5 * x[:, 1] ** 2 - 0.5 * _LOG_2PI
-        return torch.logsumexp(log_p1 + torch.log(w), dim=1) + log_p2
+        out = []
+        for chunk in x.split(65536):
+            log_p1 = -0.5 * (chunk[:, :1] - mean1) ** 2 - 0.5 * _LOG_2PI  # (n, 64)
+            out.append(torch.logsumexp(log_p1 + torch.log(w), dim=1) - 0.5 * chunk[:, 1] ** 2 - 0.5 * _LOG_2PI)
+        return torch.cat(out) if out else x.new_zeros(0)
 
     def signal_log_prob(self, x: Tensor) -> Tensor:
         """:math:`\\log p_s(x)`, ``(N, 2) -> (N,)``."""

@@ -60,7 +60,7 @@ def train_classifier(
     hidden: Sequence[int] = (64, 64),
     epochs: int = 30,
     batch_size: int = 1024,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 5e-3,
     ensemble: int = 1,
     seed: int = 0,
     device: str = "auto",
