@@ -8,8 +8,8 @@ Sections: ``[analysis]`` (``name``, ``description``, ``kind``: which pipeline ru
 :data:`KINDS`), ``[simulator]`` (``toy`` and its options), ``[truth]`` (every parameter, nuisances
 included), ``[observed]``, ``[training]``, ``[fit]``, ``[nuisances]`` (Gaussian constraints,
 ``name = {mean = 2.0, sigma = 0.2}``), ``[eft]`` (the ``eft_limits`` pipeline), ``[search]`` (the
-``search`` pipeline) and ``[quick]``: overrides of ``[training]``, ``[fit]``, ``[eft]`` or
-``[search]`` keys (and ``observed_events``) for ``--quick`` runs. Key names are unique across
+``search`` pipeline), ``[anomaly]`` (the ``anomaly`` pipeline) and ``[quick]``: overrides of
+``[training]``, ``[fit]``, ``[eft]``, ``[search]`` or ``[anomaly]`` keys (and ``observed_events``) for ``--quick`` runs. Key names are unique across
 these sections, so a ``[quick]`` key names its section unambiguously.
 """
 
@@ -30,15 +30,16 @@ __all__ = [
     "FitSection",
     "EftSection",
     "SearchSection",
+    "AnomalySection",
     "load_config",
     "TOYS",
     "METHODS",
     "KINDS",
 ]
 
-TOYS = ("gaussian", "resonance", "resonance_background", "morphing")
+TOYS = ("gaussian", "resonance", "resonance_background", "morphing", "anomaly")
 METHODS = ("carl", "rolr", "rascal", "alice", "alices", "cascal", "scandal", "nde")
-KINDS = ("measurement", "eft_limits", "search")
+KINDS = ("measurement", "eft_limits", "search", "anomaly")
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,51 @@ class SearchSection:
 
 
 @dataclass(frozen=True)
+class AnomalySection:
+    r"""Options of the ``anomaly`` pipeline (:mod:`sbilab.analysis.anomaly`): DisCo, ABCD and a weakly supervised bump hunt.
+
+    ``[simulator]`` holds the options of :class:`~sbilab.anomaly.AnomalyToy` (``toy = "anomaly"``),
+    ``[truth] signal_fraction`` the injected S/B in the signal region of the search's data,
+    ``[training]`` every classifier's network and ``fit`` options.
+
+    Attributes:
+        lambdas: DisCo strengths λ ≥ 0 of the scan on the decorrelation toy.
+        decorrelation_rho: Correlation of the decorrelation toy's feature x₁ with m.
+        decorrelation_events: Training events per class of each DisCo classifier.
+        decorrelation_test_events: Test events per class.
+        abcd_efficiency: Background efficiency of the score cut of the ABCD regions (with m > 1).
+        abcd_lambda: The λ whose classifier defines the ABCD pseudo-experiment (next to λ = lambdas[0]).
+        abcd_background: Expected background events of the ABCD pseudo-experiment (all four regions).
+        abcd_signal: Expected signal events at μ = 1 (all four regions, contamination included).
+        abcd_injected: μ of the signal in the pseudo-data.
+        abcd_scan_points: Points of the CLs scan of μ (linear interpolation between them).
+        signal_fractions: S/B in the signal region of the SIC study.
+        data_events: Background events of the data over the whole mass range (SIC study and search).
+        sic_test_events: Signal-region background test events of the SIC curves.
+        sic_efficiency: Background efficiency at which SICs are compared.
+        search_method: ``"cwola"`` or ``"idealised"``: the classifier of the bump hunt.
+        selection_efficiency: Fraction of signal-region events kept by the anomaly cut.
+    """
+
+    lambdas: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)
+    decorrelation_rho: float = 0.7
+    decorrelation_events: int = 20_000
+    decorrelation_test_events: int = 100_000
+    abcd_efficiency: float = 0.2
+    abcd_lambda: float = 30.0
+    abcd_background: float = 2000.0
+    abcd_signal: float = 40.0
+    abcd_injected: float = 1.0
+    abcd_scan_points: int = 61
+    signal_fractions: tuple[float, ...] = (0.005, 0.01, 0.02)
+    data_events: int = 200_000
+    sic_test_events: int = 100_000
+    sic_efficiency: float = 1e-3
+    search_method: str = "cwola"
+    selection_efficiency: float = 0.01
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """A complete analysis: which pipeline, simulator, truth, observed sample, training, fit."""
 
@@ -149,6 +195,7 @@ class AnalysisConfig:
     fit: FitSection = FitSection()
     eft: EftSection = EftSection()
     search: SearchSection = SearchSection()
+    anomaly: AnomalySection = AnomalySection()
     quick: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     nuisances: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -168,11 +215,12 @@ class AnalysisConfig:
         return new
 
 
-_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection), ("search", SearchSection))
+_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection), ("search", SearchSection),
+                   ("anomaly", AnomalySection))
 _QUICK_KEYS = [f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)]
 assert len(_QUICK_KEYS) == len(set(_QUICK_KEYS)), "a [quick] key would be ambiguous between sections"
 _MAY_BE_NEGATIVE = ("seed", "alpha", "patience")
-_MAY_BE_ZERO = ("mu_true",)
+_MAY_BE_ZERO = ("mu_true", "lambdas", "abcd_lambda", "abcd_injected")
 
 
 def _convert(value: Any, default: Any) -> Any:
@@ -245,6 +293,17 @@ def _check_search(search: SearchSection, path: Path, where: str) -> None:
         raise ConfigError(f"{path}: [{where}] mu_points = {search.mu_points} must be at least 2, e.g. 31.")
 
 
+def _check_anomaly(section: AnomalySection, path: Path, where: str) -> None:
+    """Ranges of the ``[anomaly]`` keys that the generic type and sign checks do not cover."""
+    for key in ("decorrelation_rho", "abcd_efficiency", "sic_efficiency", "selection_efficiency"):
+        if not 0.0 < getattr(section, key) < 1.0:
+            raise ConfigError(f"{path}: [{where}] {key} = {getattr(section, key)!r} must lie in (0, 1).")
+    if section.search_method not in ("cwola", "idealised"):
+        raise ConfigError(f"{path}: [{where}] search_method = {section.search_method!r}; choose 'cwola' or 'idealised'.")
+    if where == "anomaly" and section.abcd_lambda not in section.lambdas:
+        raise ConfigError(f"{path}: [{where}] abcd_lambda = {section.abcd_lambda} is not among lambdas = {list(section.lambdas)}.")
+
+
 def load_config(folder_or_file: str | Path) -> AnalysisConfig:
     """Read ``analysis.toml`` from an analysis folder (or the file itself).
 
@@ -264,7 +323,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err}).") from None
-    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft", "search"}
+    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft", "search", "anomaly"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed sections are {sorted(allowed)}.")
@@ -280,6 +339,8 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {list(TOYS)}.")
     if kind == "eft_limits" and toy != "morphing":
         raise ConfigError(f"{path}: [analysis] kind = 'eft_limits' needs [simulator] toy = 'morphing', got {toy!r}.")
+    if (kind == "anomaly") != (toy == "anomaly"):
+        raise ConfigError(f"{path}: [analysis] kind = {kind!r} with [simulator] toy = {toy!r}; the 'anomaly' kind and toy go together.")
     if kind == "search" and toy != "resonance_background":
         raise ConfigError(f"{path}: [analysis] kind = 'search' needs [simulator] toy = 'resonance_background', got {toy!r}.")
     truth = raw["truth"]
@@ -296,6 +357,8 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [eft] cls = {list(eft.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
     search = _section(SearchSection, raw.get("search", {}), path, "search")
     _check_search(search, path, "search")
+    anomaly = _section(AnomalySection, raw.get("anomaly", {}), path, "anomaly")
+    _check_anomaly(anomaly, path, "anomaly")
     if kind == "search" and training.method != "carl":
         raise ConfigError(f"{path}: [analysis] kind = 'search' trains a signal-vs-background classifier; "
                           f"set [training] method = 'carl' (got {training.method!r}).")
@@ -306,6 +369,8 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         section = _section(cls, {k: rest.pop(k) for k in list(rest) if k in keys}, path, "quick")
         if cls is SearchSection:
             _check_search(section, path, "quick")
+        if cls is AnomalySection:
+            _check_anomaly(section, path, "quick")
     if rest:
         allowed = sorted({f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)} | {"observed_events"})
         raise ConfigError(f"{path}: unknown key(s) {sorted(rest)} in [quick]; allowed keys are {allowed}.")
@@ -322,6 +387,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         fit=fit,
         eft=eft,
         search=search,
+        anomaly=anomaly,
         quick=quick,
         nuisances=_nuisances(dict(raw.get("nuisances", {})), path),
     )

@@ -9,6 +9,8 @@ kind                 pipeline
                      morphing couplings, learned ratio vs histograms vs SALLINO, learned vs exact
 ``"search"``         :func:`sbilab.analysis.search.run_search`: binned resonance search with pyhf
                      (CLs limits, significances) on raw x, a learned classifier and the exact s/b
+``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
+                     with pyhf, SIC of weakly supervised classifiers, a bump hunt
 ===================  =========================================================================
 """
 
@@ -23,7 +25,8 @@ __all__ = ["run_analysis", "PIPELINES"]
 
 PIPELINES = {"measurement": ("sbilab.analysis.measurement", "run_measurement"),
              "eft_limits": ("sbilab.analysis.eft", "run_eft_limits"),
-             "search": ("sbilab.analysis.search", "run_search")}
+             "search": ("sbilab.analysis.search", "run_search"),
+             "anomaly": ("sbilab.analysis.anomaly", "run_anomaly")}
 assert set(PIPELINES) == set(KINDS)
 
 

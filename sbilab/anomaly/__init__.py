@@ -11,6 +11,8 @@ Built from the core: classifiers are :class:`~sbilab.estimators.Classifier` s tr
 * :mod:`~sbilab.anomaly.regions`, :mod:`~sbilab.anomaly.weak` — mass windows; CWoLa, CATHODE,
   idealised and supervised training data;
 * :mod:`~sbilab.anomaly.background` — sideband fit or ABCD after the anomaly cut, pyhf significance;
+* :mod:`~sbilab.anomaly.search` — the bump hunt: train on one half, cut, estimate, test;
+* :mod:`~sbilab.anomaly.studies` — the DisCo λ scan and the SIC study of the exact toys;
 * :mod:`~sbilab.anomaly.toys`, :mod:`~sbilab.anomaly.references` — exact toys and closed forms.
 """
 
@@ -27,8 +29,10 @@ from .references import (
     gaussian_optimal_sic,
 )
 from .regions import MassWindow
+from .search import BumpHunt, bump_hunt
 from .sculpting import js_divergence, js_divergence_floor, mass_sculpting
 from .sic import SicCurve, rejection_at, sic_curve
+from .studies import DecorrelationPoint, DecorrelationScan, SicStudy, Training, decorrelation_scan, sic_study
 from .toys import AnomalyToy, ConditionalGaussianBackground, DecorrelationToy
 from .training import classifier_score, labelled_events, train_classifier
 from .weak import (
@@ -53,6 +57,8 @@ __all__ = [
     "cathode_training_data", "sideband_events", "labelled_events", "train_classifier", "classifier_score",
     # background after the cut
     "sideband_fit", "SidebandFit", "excess_significance", "Significance", "abcd_after_cut",
+    # the search and the studies of the toys
+    "bump_hunt", "BumpHunt", "decorrelation_scan", "DecorrelationScan", "DecorrelationPoint", "sic_study", "SicStudy", "Training",
     # toys and exact references
     "DecorrelationToy", "AnomalyToy", "ConditionalGaussianBackground", "bivariate_normal_dcor2", "bivariate_normal_abcd",
     "AbcdProbabilities", "gaussian_cut_sic", "gaussian_optimal_sic", "OptimalSic",

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..exceptions import ConfigError, RegionError, ShapeMismatchError
-from ..stats.results import ResultBase
+from .results import NestedResult
 
 __all__ = ["REGIONS", "abcd_regions", "AbcdCounts", "abcd_counts", "AbcdEstimate", "abcd_estimate", "threshold_at_efficiency"]
 
@@ -79,7 +79,7 @@ def abcd_regions(u: Any, v: Any, *, cut_u: float, cut_v: float, above: tuple[boo
 
 
 @dataclass(frozen=True)
-class AbcdCounts(ResultBase):
+class AbcdCounts(NestedResult):
     """Weighted counts ``N_R`` and their variances ``sum w^2`` per region, and raw event counts."""
 
     n: dict[str, float]
@@ -100,7 +100,7 @@ def abcd_counts(u: Any, v: Any, *, cut_u: float, cut_v: float, weights: Any = No
 
 
 @dataclass(frozen=True)
-class AbcdEstimate(ResultBase):
+class AbcdEstimate(NestedResult):
     r"""An ABCD estimate of the background in region A.
 
     Attributes:

@@ -40,7 +40,8 @@ from ..exceptions import FitError, RegionError
 from ..stats import asymptotic
 from ..stats.binned import PyhfModel, workspace_hypotest, workspace_upper_limit
 from ..stats.histfactory import Channel, Sample, build_workspace, numpy_minuit
-from ..stats.results import HypotestResult, ResultBase, UpperLimitResult
+from ..stats.results import HypotestResult, UpperLimitResult
+from .results import NestedResult
 from .abcd import REGIONS
 
 __all__ = ["abcd_workspace", "abcd_bounds", "AbcdCountingModel", "AbcdFit", "AbcdInference", "abcd_inference"]
@@ -216,7 +217,7 @@ class AbcdCountingModel:
 
 
 @dataclass(frozen=True)
-class AbcdFit(ResultBase):
+class AbcdFit(NestedResult):
     """Background-only fit: best values and errors of ``mu_b``, ``tau_B``, ``tau_C`` (and ``alpha``)."""
 
     best: dict[str, float]
@@ -224,7 +225,7 @@ class AbcdFit(ResultBase):
 
 
 @dataclass(frozen=True)
-class AbcdInference(ResultBase):
+class AbcdInference(NestedResult):
     r"""Limits and significance of an ABCD model, from pyhf and (cross-check) from iminuit.
 
     Attributes:

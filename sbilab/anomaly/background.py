@@ -36,7 +36,7 @@ from ..exceptions import ConfigError, RegionError
 from ..stats.asymptotic import asimov_significance
 from ..stats.binned import PyhfModel, workspace_hypotest
 from ..stats.histfactory import build_workspace
-from ..stats.results import ResultBase
+from .results import NestedResult
 from .abcd import AbcdEstimate, abcd_estimate
 from .regions import MassWindow
 
@@ -50,7 +50,7 @@ def _np(value: Any) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SidebandFit(ResultBase):
+class SidebandFit(NestedResult):
     """Exponential sideband fit: the SR prediction and its error, the fitted slope, the sideband count."""
 
     predicted: float
@@ -114,7 +114,7 @@ def sideband_fit(m: Any, window: MassWindow, sidebands: tuple[tuple[float, float
 
 
 @dataclass(frozen=True)
-class Significance(ResultBase):
+class Significance(NestedResult):
     """Discovery significance of ``observed`` over ``background ± background_error`` (pyhf), and the closed-form Asimov value."""
 
     observed: float

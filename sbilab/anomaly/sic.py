@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..exceptions import ConfigError, ShapeMismatchError
-from ..stats.results import ResultBase
+from .results import NestedResult
 
 __all__ = ["SicCurve", "sic_curve", "rejection_at"]
 
@@ -52,7 +52,7 @@ def _kish(w: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class SicCurve(ResultBase):
+class SicCurve(NestedResult):
     r"""A SIC curve above its background-efficiency floor.
 
     Attributes:

@@ -25,7 +25,10 @@ correlated with the mass (β = 0 removes it). Signal: :math:`m \sim N(m_s, \sigm
 ``sample(n, context, generator)`` and ``log_prob(x, context)``, the interface CATHODE's learned
 background model has.
 
-Events carry ``x (N, 2)``, ``theta (N, 0)``, the mass as ``spectator (N, 1)`` and the truth
+``noise_features`` appends standard normal features, identical for signal and background: they
+leave every likelihood ratio unchanged and make weak supervision harder (as in CATHODE's studies).
+
+Events carry ``x (N, 2 + noise_features)`` (``(N, 2)`` for the decorrelation toy), ``theta (N, 0)``, the mass as ``spectator (N, 1)`` and the truth
 (1 = signal) as ``latent (N, 1)``; they carry no label, so the truth never reaches a classifier
 by accident.
 """
@@ -40,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError, ShapeMismatchError
+from ..exceptions import ConfigError, RegionError, ShapeMismatchError
 from .regions import MassWindow
 
 __all__ = ["DecorrelationToy", "AnomalyToy", "ConditionalGaussianBackground"]
@@ -113,20 +116,22 @@ class ConditionalGaussianBackground:
 
     feature_slope: float
     reference_mass: float
+    noise_features: int = 0
 
     def _mean(self, context: Tensor) -> Tensor:
         m = context.reshape(-1)
-        return torch.stack([self.feature_slope * (m - self.reference_mass), torch.zeros_like(m)], dim=1)
+        zeros = torch.zeros(m.shape[0], 1 + self.noise_features, dtype=m.dtype, device=m.device)
+        return torch.cat([(self.feature_slope * (m - self.reference_mass)).unsqueeze(1), zeros], dim=1)
 
     def sample(self, n: int, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` draws of x, one per row of ``context (n, 1)`` (the mass), ``(n, 2)``."""
+        """``n`` draws of x, one per row of ``context (n, 1)`` (the mass), ``(n, 2 + noise_features)``."""
         context = torch.as_tensor(context, dtype=_F64)
         if context.reshape(-1).shape[0] != n:
             raise ShapeMismatchError(f"sample: context has {context.reshape(-1).shape[0]} rows for n = {n}; give one mass per draw.")
-        return self._mean(context) + torch.randn(n, 2, generator=generator, dtype=_F64)
+        return self._mean(context) + torch.randn(n, 2 + self.noise_features, generator=generator, dtype=_F64)
 
     def log_prob(self, x: Tensor, context: Tensor) -> Tensor:
-        """:math:`\\log p(x|m)`, ``x (N, 2)``, ``context (N, 1)`` -> ``(N,)``."""
+        """:math:`\\log p(x|m)`, ``x (N, 2 + noise_features)``, ``context (N, 1)`` -> ``(N,)``."""
         return _normal_log_prob(x, self._mean(context).to(x.dtype), 1.0)
 
 
@@ -141,11 +146,19 @@ class AnomalyToy:
     signal_mean: tuple[float, float] = (2.0, 2.0)
     signal_sigma: float = 0.5
     window: MassWindow = MassWindow(2.8, 3.2, 0.4)
+    noise_features: int = 0
 
     def __post_init__(self) -> None:
+        if self.noise_features < 0:
+            raise ConfigError(f"AnomalyToy: noise_features = {self.noise_features} must be >= 0.")
         lo, hi = self.mass_range
         if not lo < hi or not self.background_slope > 0 or not self.signal_sigma > 0 or not self.signal_mass[1] > 0:
             raise ConfigError("AnomalyToy: need mass_range lo < hi and positive background_slope, signal_sigma and signal mass width.")
+        win_lo = self.window.lo - (self.window.sideband_width or 0.0)
+        win_hi = self.window.hi + (self.window.sideband_width or 0.0)
+        if not lo <= win_lo < win_hi <= hi:
+            raise RegionError(f"AnomalyToy: the window [{win_lo:g}, {win_hi:g}] (signal region with sidebands) lies outside the "
+                              f"mass range {self.mass_range} of the data; move the window inside it.")
         m_s, w = self.signal_mass
         if not lo + 6 * w <= m_s <= hi - 6 * w:
             raise ConfigError(f"AnomalyToy: the signal mass {m_s} ± 6 x {w} must lie inside mass_range {self.mass_range}.")
@@ -178,7 +191,7 @@ class AnomalyToy:
     # ------------------------------------------------------------------ sampling
     def background_model(self) -> ConditionalGaussianBackground:
         """The exact conditional background density p(x | m)."""
-        return ConditionalGaussianBackground(self.feature_slope, self.signal_mass[0])
+        return ConditionalGaussianBackground(self.feature_slope, self.signal_mass[0], self.noise_features)
 
     def background_mass(self, n: int, *, generator: torch.Generator | None = None, lo: float | None = None, hi: float | None = None) -> Tensor:
         """``n`` background masses (inverse CDF), restricted to ``[lo, hi)`` if given, ``(n,)``."""
@@ -204,7 +217,13 @@ class AnomalyToy:
         else:
             m = m_s + w * torch.randn(n, generator=generator, dtype=_F64)
         x = torch.tensor(self.signal_mean, dtype=_F64) + self.signal_sigma * torch.randn(n, 2, generator=generator, dtype=_F64)
-        return _events(x, m, 1.0)
+        return _events(self._noise(x, generator), m, 1.0)
+
+    def _noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``x (n, 2)`` with ``noise_features`` standard normal columns appended (as the background has them)."""
+        if not self.noise_features:
+            return x
+        return torch.cat([x, torch.randn(x.shape[0], self.noise_features, generator=generator, dtype=x.dtype)], dim=1)
 
     def dataset(self, n_background: int, signal_fraction: float, *, generator: torch.Generator | None = None) -> Events:
         """Background over the whole mass range plus signal with S/B = ``signal_fraction`` in the signal region."""
@@ -228,12 +247,14 @@ class AnomalyToy:
         out = []
         for chunk in x.split(65536):
             log_p1 = -0.5 * (chunk[:, :1] - mean1) ** 2 - 0.5 * _LOG_2PI  # (n, 64)
-            out.append(torch.logsumexp(log_p1 + torch.log(w), dim=1) - 0.5 * chunk[:, 1] ** 2 - 0.5 * _LOG_2PI)
+            rest = _normal_log_prob(chunk[:, 1:], torch.zeros_like(chunk[:, 1:]), 1.0)
+            out.append(torch.logsumexp(log_p1 + torch.log(w), dim=1) + rest)
         return torch.cat(out) if out else x.new_zeros(0)
 
     def signal_log_prob(self, x: Tensor) -> Tensor:
-        """:math:`\\log p_s(x)`, ``(N, 2) -> (N,)``."""
-        return _normal_log_prob(x, torch.tensor(self.signal_mean, dtype=x.dtype), self.signal_sigma)
+        """:math:`\\log p_s(x)`, ``(N, 2 + noise_features) -> (N,)``."""
+        noise = _normal_log_prob(x[:, 2:], torch.zeros_like(x[:, 2:]), 1.0)
+        return _normal_log_prob(x[:, :2], torch.tensor(self.signal_mean, dtype=x.dtype), self.signal_sigma) + noise
 
     def log_ratio_sr(self, x: Tensor) -> Tensor:
         r"""The optimal anomaly score in the signal region, :math:`\log p_s(x)/p_b(x|\mathrm{SR})`, ``(N,)``."""
