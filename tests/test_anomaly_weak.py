@@ -123,3 +123,22 @@ def test_significance_of_an_excess_matches_the_closed_form_and_abcd_after_cut_cl
     m = TOY.background_mass(200_000, generator=torch.Generator().manual_seed(5)).numpy()
     est = abcd_after_cut(g.normal(size=m.size), m, TOY.window, ((2.4, 2.8), (3.2, 3.6)), cut=1.5)
     assert est.closes(3.0)
+
+
+def test_events_carry_the_spectator():
+    ev = Events(x=torch.zeros(4, 2), theta=torch.zeros(4, 0), spectator=torch.arange(4.0).reshape(-1, 1))
+    assert ev[1:3].spectator.tolist() == [[1.0], [2.0]]
+    assert Events.concatenate([ev, ev]).spectator.shape == (8, 1)
+    assert ev.to("cpu", torch.float64).spectator.dtype == torch.float64
+    with pytest.raises(InvalidEventsError, match="spectator has shape"):
+        Events(x=torch.zeros(4, 2), theta=torch.zeros(4, 0), spectator=torch.zeros(4))
+    with pytest.raises(InvalidEventsError, match="spectator has 3 rows"):
+        Events(x=torch.zeros(4, 2), theta=torch.zeros(4, 0), spectator=torch.zeros(3, 1))
+
+
+def test_ensembles_train_through_fit_and_average_their_logits():
+    train = supervised_training_data(TOY.signal(500), TOY.background(500))
+    ens = train_classifier(train, hidden=(8,), epochs=2, batch_size=250, ensemble=3, seed=0)
+    x = train.x[:10]
+    members = torch.stack([ens.member(k)(x) for k in range(3)])
+    assert torch.allclose(classifier_score(ens, x), members.mean(0).double(), atol=1e-6)

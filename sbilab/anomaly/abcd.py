@@ -150,8 +150,8 @@ def abcd_estimate(u: Any, v: Any, *, cut_u: float, cut_v: float, weights: Any = 
         >>> g = np.random.default_rng(0)
         >>> u, v = g.normal(size=200_000), g.normal(size=200_000)
         >>> est = abcd_estimate(u, v, cut_u=1.0, cut_v=1.0)
-        >>> est.closes(), round(est.closure, 2)
-        (True, 1.0)
+        >>> est.closes(), abs(est.closure - 1) < 3 * est.closure_error
+        (True, True)
     """
     counts = abcd_counts(u, v, cut_u=cut_u, cut_v=cut_v, weights=weights, above=above)
     needed = REGIONS if require_a else REGIONS[1:]
