@@ -8,6 +8,7 @@ import pytest
 
 from sbilab.analysis import load_config, run_analysis
 from sbilab.anomaly import bivariate_normal_abcd
+from sbilab.publish import load_results
 from sbilab.exceptions import ConfigError, RegionError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,8 @@ def test_tiny_run_writes_every_result_and_figure(tmp_path):
     hunt = doc["bump_hunt"]
     assert hunt["observed"] == hunt["true_background"] + hunt["true_signal"]
     assert json.loads((tmp_path / "out" / "abcd_workspace.json").read_text())["channels"][0]["name"] == "A"
+    curves = load_results(tmp_path / "out" / "sic_curves.h5", expected_kind="sic_curves")
+    assert "cwola_0.02.sic" in curves.arrays and curves.spec["background_efficiency"] == 0.01
     pytest.importorskip("matplotlib")
     for name in ("sculpting", "closure", "cls", "sic", "bump"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000

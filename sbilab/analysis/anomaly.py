@@ -16,7 +16,7 @@ Four steps, each a call into :mod:`sbilab.anomaly` (this module only composes an
    anomaly cut, sideband-fit and ABCD background estimates, pyhf significance, truth alongside.
 
 Writes ``results.json``, ``abcd_workspace.json`` (the pyhf workspace of step 2 at
-``abcd_lambda``), and the figures ``sculpting.png``, ``closure.png``, ``cls.png``, ``sic.png``,
+``abcd_lambda``), ``sic_curves.h5`` (the SIC curves, :func:`sbilab.publish.save_results`), and the figures ``sculpting.png``, ``closure.png``, ``cls.png``, ``sic.png``,
 ``bump.png`` (with matplotlib).
 """
 
@@ -134,6 +134,7 @@ def run_anomaly(config: AnalysisConfig, *, out: Path, quick: bool = False, devic
     doc["bump_hunt"] = hunt.to_dict()
     doc["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=float))
+    _publish_sic(out / "sic_curves.h5", study, cfg.name)
 
     plotted = all([
         plot_sculpting(out / "sculpting.png", scan),
@@ -143,6 +144,21 @@ def run_anomaly(config: AnalysisConfig, *, out: Path, quick: bool = False, devic
         plot_bump(out / "bump.png", hunt, toy.window),
     ])
     return _summary(cfg, doc, scan, abcd_results, study, hunt, out, plotted)
+
+
+def _publish_sic(path: Path, study: Any, name: str) -> None:
+    """The SIC curves (efficiencies, SIC and errors per method and signal fraction) as HDF5 + JSON via :mod:`sbilab.publish`."""
+    from ..publish import save_results
+
+    arrays, curves = {}, {"optimal": study.optimal}
+    for method, per in study.curves.items():
+        curves.update({f"{method}_{f:g}": c for f, c in per.items()})
+    for key, c in curves.items():
+        for field in ("background_efficiency", "signal_efficiency", "sic", "sic_error"):
+            arrays[f"{key}.{field}"] = getattr(c, field)
+    save_results(path, arrays, {"curves": sorted(curves), "background_efficiency": study.background_efficiency,
+                                "floor": study.optimal.min_background_efficiency}, kind="sic_curves",
+                 metadata={"analysis": name}, overwrite=True)
 
 
 def _summary(cfg: AnalysisConfig, doc: dict, scan: Any, abcd: dict, study: Any, hunt: Any, out: Path, plotted: bool) -> str:
