@@ -120,7 +120,7 @@ def test_contamination_and_shape_uncertainty_agree_between_pyhf_and_iminuit():
                 pyhf_pars[model.model.config.par_slice(name)] = value
             assert -2 * float(model.model.logpdf(pyhf_pars, model.observed)[0]) == pytest.approx(counting.twice_nll(pars, counting.observed), rel=1e-10)
     assert _code4(1.0, 1.2, 0.8) == pytest.approx(1.2) and _code4(-1.0, 1.2, 0.8) == pytest.approx(0.8)
-    res = abcd_inference(observed, signal, background_uncertainty=0.2, scan=np.linspace(0, 6, 13))
+    res = abcd_inference(observed, signal, background_uncertainty=0.2, scan=np.linspace(0, 6, 7))
     assert res.limit.observed == pytest.approx(res.limit_iminuit.observed, rel=2e-3)
     assert res.limit.expected == pytest.approx(res.limit_iminuit.expected, rel=2e-3)
     assert res.significance == pytest.approx(res.significance_iminuit, rel=5e-3) and res.significance > 1.0
