@@ -30,6 +30,7 @@ __all__ = [
     "NegativeKernelError",
     "HistoryVersionError",
     "IntegrandError",
+    "RegionError",
 ]
 
 
@@ -117,3 +118,7 @@ class HistoryVersionError(InvalidEventsError):
 class IntegrandError(SbilabError, ValueError):
     """A per-event integral is ill-posed: a cross section that is negative or NaN, a transfer
     function that does not normalise, a proposal that misses the integrand, zero acceptance."""
+
+
+class RegionError(SbilabError, ValueError):
+    """An analysis region (ABCD region, signal region, sideband) is empty, too small or outside the data's range."""
