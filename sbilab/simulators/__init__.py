@@ -6,7 +6,7 @@ from .external import CallableSimulator, from_sbi
 from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
 from .registry import TOYS, build_toy, register_toy
 from .space import ParameterSpace
-from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
+from .toys import GaussianLatent, Lifetime, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Resonance",
     "Morphing",
     "ResonanceBackground",
+    "Lifetime",
     "MorphingBasis",
     "WeightedEvents",
     "CallableSimulator",

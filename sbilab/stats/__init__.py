@@ -42,6 +42,7 @@ from .fisher import (
     sally_fisher,
 )
 from .neyman import NeymanConstruction
+from .normalisation import NormalisationCheck, ratio_normalisation
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
 from .templates import MorphedHistogram, histogram, quantile_edges
 from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
@@ -72,6 +73,9 @@ __all__ = [
     "upper_limit",
     # Neyman
     "NeymanConstruction",
+    # normalisation of a learned ratio
+    "ratio_normalisation",
+    "NormalisationCheck",
     # Fisher
     "fisher_from_scores",
     "exact_fisher",
