@@ -76,7 +76,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"\[training\] patience must be a positive integer, got 0"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace('toy = "gaussian"', 'toy = "gauss"'))
-    with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \['gaussian', 'morphing', 'resonance', 'resonance_background'\]"):
+    with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \['gaussian', 'lifetime', 'morphing', 'resonance', 'resonance_background'\]"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))
     from sbilab.analysis import build_simulator

@@ -34,8 +34,11 @@ Hill estimate of the tail index of :math:`v_i = |w_i(y_i - \bar y_G)|`,
 :math:`\hat k = \frac1M\sum_{m=1}^{M}\log\frac{v_{(m)}}{v_{(M+1)}}` over the
 :math:`M = \min(N/5, 3\sqrt N)` largest values (Hill 1975; the tail size of PSIS, Vehtari et al.,
 arXiv:1507.02646); a tail :math:`P(v > u) \propto u^{-1/k}` has a finite variance only for
-k < 1/2, so groups with :math:`\hat k \ge` ``max_tail_index`` (default 0.5) are reported but not
-judged, and the message says so.
+k < 1/2 and a finite mean only for k < 1. Groups with :math:`\hat k \ge` ``max_tail_index``
+(default 0.7, PSIS's limit of reliable estimates) are reported but not judged, and the message
+says so. Measured on the Morphing (one and two couplings, 15 seeds of 2·10⁴ pairs and of 2·10⁴
+events at the reference) and ResonanceBackground toys (6 seeds of 10⁴), every group judged: no
+score pull beyond 3σ in 642 groups, 134 of them with :math:`0.5 \le \hat k < 1`.
 
 *Joint ratio* (:func:`joint_ratio_check`): the plain mean of r over events drawn at the
 reference is *not* used for the verdict. Joint ratios are often so heavy-tailed that a sample
@@ -122,7 +125,8 @@ class MeanTest:
     judged: bool
 
     def describe(self) -> str:
-        return (f"mean {self.quantity} is {self.mean:+.4g} ± {self.error:.2g} ({abs(self.pull):.1f}σ from "
+        value = f"{self.mean:+.4g}" if self.expected == 0 else f"{self.mean:.4g}"
+        return (f"{self.quantity} is {value} ± {self.error:.2g} ({abs(self.pull):.1f}σ from "
                 f"{self.expected:g}) over {self.n} events ({self.group})")
 
     def to_dict(self) -> dict[str, float | int | str | bool]:
@@ -207,7 +211,7 @@ def _options(threshold: float, bins: int, max_tail_index: float) -> None:
     if not (isinstance(bins, int) and bins >= 1):
         raise ConfigError(f"bins = {bins!r}: the number of θ groups per parameter must be an integer >= 1, e.g. 4.")
     if not max_tail_index > 0:
-        raise ConfigError(f"max_tail_index = {max_tail_index}: must be > 0, e.g. 0.5 (finite variance).")
+        raise ConfigError(f"max_tail_index = {max_tail_index}: must be > 0, e.g. 0.7 (0.5: finite variance).")
 
 
 def _groups(theta: Tensor, names: Sequence[str], bins: int, min_events: int, *, smallest: int | None = None) -> list[tuple[str, Tensor]]:
@@ -253,7 +257,7 @@ def _names(names: Sequence[str] | None, p: int) -> tuple[str, ...]:
 
 
 def joint_score_check(score: Tensor, theta: Tensor, *, names: Sequence[str] | None = None, weights: Tensor | None = None,
-                      threshold: float = 5.0, bins: int = 4, min_events: int = 200, max_tail_index: float = 0.5) -> IdentityCheck:
+                      threshold: float = 5.0, bins: int = 4, min_events: int = 200, max_tail_index: float = 0.7) -> IdentityCheck:
     r"""Test :math:`E[t_j(x,z|\theta)\,|\,\theta] = 0` on events drawn at their own θ.
 
     Args:
@@ -286,7 +290,7 @@ def joint_score_check(score: Tensor, theta: Tensor, *, names: Sequence[str] | No
     for group, mask in _groups(theta, names, bins, min_events):
         w = None if weights is None else weights[mask]
         for j, name in enumerate(names):
-            tests.append(mean_test(score[mask, j], expected=0.0, weights=w, quantity=f"joint score for {name}", group=group,
+            tests.append(mean_test(score[mask, j], expected=0.0, weights=w, quantity=f"mean joint score for {name}", group=group,
                                    max_tail_index=max_tail_index))
     return IdentityCheck("joint score", tuple(tests), float(threshold))
 
@@ -370,7 +374,7 @@ def joint_ratio_check(log_r: Tensor, theta: Tensor, *, at_reference: Tensor, nam
 
 
 def check_augmented(events: Events, names: Sequence[str] | None = None, *, threshold: float = 5.0, bins: int = 4,
-                    min_events: int = 200, max_tail_index: float = 0.5) -> tuple[IdentityCheck, ...]:
+                    min_events: int = 200, max_tail_index: float = 0.7) -> tuple[IdentityCheck, ...]:
     r"""Both identity checks on augmented events, following the :class:`~sbilab.events.Events` conventions.
 
     Events with ``label = 0`` were drawn at the reference (``theta`` is the hypothesis of their
