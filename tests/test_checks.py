@@ -215,7 +215,7 @@ def test_learned_ratio_normalisation_after_a_short_training(trained, samples):
     assert right.passed, right.message()
     assert not wrong.passed and len(wrong.failed) == 3
     expected = [math.exp(log_acceptance(float(p)) - log_acceptance(1.0)) for p in POINTS]  # 1.0675, 0.9176, 0.7808
-    assert max(abs(a - b) for a, b in zip(wrong.normalisation, expected)) < 0.03  # measured 0.016
+    assert max(abs(a - b) for a, b in zip(wrong.normalisation, expected)) < 0.03  # measured 0.013 (1.081, 0.922, 0.790)
 
 
 def test_closure_test_fails_the_mis_normalised_learned_ratio(trained, samples):
@@ -230,6 +230,7 @@ def test_closure_test_fails_the_mis_normalised_learned_ratio(trained, samples):
                                       epochs=3, n_bootstrap=20, seed=1)
     right, wrong = results["right"], results["wrong"]
     assert right.normalisation_method == "bridge" and right.normalisation_passed and right.passed
+    assert wrong.shape_passed  # measured AUC 0.505 ± 0.006: the shape is right, only the total is not
     assert wrong.normalisation == pytest.approx(0.7808, abs=0.03) and wrong.normalisation_passed is False
     assert not wrong.passed
 
@@ -248,8 +249,9 @@ def pseudo_true_tau() -> float:
 
 
 def test_the_wrong_normalisation_biases_the_measurement():
-    # why it matters: the exact ratio of the wrong model fits 1000 events at τ = 1 about 5σ low,
-    # and on a large sample converges to the pseudo-true τ* of the quadrature
+    # why it matters: the exact ratio of the wrong model fits 1000 events at τ = 1 about 5σ low
+    # (200 toys: mean τ̂ 0.683 against 1.003 with the right ratio, whose spread is 0.061), and on a
+    # large sample converges to the pseudo-true τ* of the quadrature
     tau_star = pseudo_true_tau()
     assert tau_star == pytest.approx(0.6829, abs=1e-3)
     g = torch.Generator().manual_seed(11)
@@ -257,7 +259,7 @@ def test_the_wrong_normalisation_biases_the_measurement():
     right = UnbinnedLikelihood(exact, small, RIGHT.space).fit()
     wrong = UnbinnedLikelihood(exact_wrong, small, RIGHT.space).fit()
     assert abs(right.best["tau"] - 1.0) < 3 * right.errors["tau"]
-    assert (wrong.best["tau"] - 1.0) / right.errors["tau"] < -4  # measured -5.6σ with this seed
+    assert (wrong.best["tau"] - 1.0) / right.errors["tau"] < -4  # measured 0.694: -4.6σ (right fit 1.043 ± 0.066)
     large = Events.observed(RIGHT.simulate(40_000, theta=REF, generator=g).x.double())
     fit_large = UnbinnedLikelihood(exact_wrong, large, RIGHT.space).fit()
     assert abs(fit_large.best["tau"] - tau_star) < 3 * fit_large.errors["tau"]

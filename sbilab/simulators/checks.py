@@ -103,7 +103,7 @@ class MeanTest:
     """A weighted mean tested against its expectation in one group of events.
 
     Attributes:
-        quantity: What was averaged, e.g. ``"joint score for tau"``.
+        quantity: What was averaged, e.g. ``"mean joint score for tau"``.
         group: Which events, e.g. ``"all events"`` or ``"tau in [0.5, 0.87]"``.
         n: Number of events.
         mean: Weighted mean.
@@ -146,6 +146,8 @@ def mean_test(values: Tensor, *, expected: float, weights: Tensor | None = None,
     y = values.detach().to(torch.float64).reshape(-1)
     w = torch.ones_like(y) if weights is None else weights.detach().to(torch.float64).reshape(-1)
     total = float(w.sum())
+    if not total != 0:  # no events (or weights summing to zero): nothing to judge
+        return MeanTest(quantity, group, int(y.numel()), math.nan, float(expected), math.nan, math.nan, math.nan, False)
     mean = float((w * y).sum()) / total
     spread = w * (y - mean)
     error = math.sqrt(float((spread**2).sum())) / abs(total)
@@ -190,8 +192,9 @@ class IdentityCheck:
     def message(self) -> str:
         """One paragraph: the worst failure with the likely cause, or that the check passed."""
         skipped = self.unjudged
-        note = (f" ({len(skipped)} of {len(self.tests)} groups not judged: heavy tail, Hill index ≥ "
-                f"{min(t.tail_index for t in skipped):.2f}, the error of their mean is unreliable)") if skipped else ""
+        tails = [t.tail_index for t in skipped if not math.isnan(t.tail_index)]
+        why = f"heavy tail, Hill index ≥ {min(tails):.2f}, the error of their mean is unreliable" if tails else "no events"
+        note = f" ({len(skipped)} of {len(self.tests)} groups not judged: {why})" if skipped else ""
         if self.passed:
             worst = max((t for t in self.tests if t.judged), key=lambda t: abs(t.pull), default=None)
             tail = f"; largest pull {worst.pull:+.1f}σ ({worst.quantity}, {worst.group})" if worst else ""
@@ -325,8 +328,10 @@ def bridge_test(log_r_reference: Tensor, log_r_theta: Tensor, *, weights_referen
     """
     s0 = torch.sigmoid(log_r_reference.detach().to(torch.float64).reshape(-1))
     s1 = torch.sigmoid(-log_r_theta.detach().to(torch.float64).reshape(-1))
-    a = mean_test(s0, expected=0.0, weights=weights_reference)
-    b = mean_test(s1, expected=0.0, weights=weights_theta)
+    a = mean_test(s0, expected=0.0, weights=weights_reference, max_tail_index=math.inf)  # bounded: no tail to fear
+    b = mean_test(s1, expected=0.0, weights=weights_theta, max_tail_index=math.inf)
+    if not (a.judged and b.judged):  # an empty sample
+        return MeanTest(quantity, group, a.n + b.n, math.nan, 1.0, math.nan, math.nan, math.nan, False)
     c = a.mean / b.mean if b.mean > 0 else math.inf
     error = abs(c) * math.hypot(a.error / a.mean, b.error / b.mean) if a.mean > 0 and b.mean > 0 else math.inf
     pull = (c - 1.0) / error if error > 0 and math.isfinite(error) else (0.0 if c == 1.0 else math.copysign(math.inf, c - 1.0))
