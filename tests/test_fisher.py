@@ -102,3 +102,18 @@ def test_cramer_rao_with_constraints_and_fixed_parameters():
         fisher.cramer_rao(f, n, fixed=["eta"])
     with pytest.raises(ShapeMismatchError, match=r"\['nu'\] are not among the parameter names"):
         fisher.cramer_rao(f, n, names=["mu", "eta"], constraints={"nu": (0.0, 1.0)})
+
+
+def test_sally_fisher_passes_set_masks():
+    """Sets of n_j real N(theta, 1) entries (NaN padding): the score is the sum of (x - theta) over real
+    entries, so the per-event Fisher information is E[n_j] = 2 here (n_j uniform on 1..3)."""
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    mask = torch.arange(3) < torch.randint(1, 4, (n,), generator=g)[:, None]
+    x = (0.3 + torch.randn(n, 3, 1, generator=g, dtype=torch.float64)).masked_fill(~mask[..., None], math.nan)
+
+    def set_score(x, mask):
+        return torch.where(mask, x[..., 0] - 0.3, torch.zeros((), dtype=x.dtype)).sum(1, keepdim=True)
+
+    info = fisher.sally_fisher(set_score, x, mask=mask, batch_size=7000)
+    assert info.item() == pytest.approx(2.0, rel=0.03)

@@ -107,7 +107,7 @@ def test_early_stopping_restores_best_weights() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
     res = fit(net, mse, train, validation=val, epochs=400, batch_size=10, learning_rate=3e-3, schedule="constant",
-              patience=5, smoothing=0.0, **QUIET)
+              patience=5, smoothing=0.0, keep="best", **QUIET)
     vals = res.history["val_loss"]
     assert res.stopped_early and res.epochs_run < 400
     assert res.best_epoch == 1 + min(range(len(vals)), key=vals.__getitem__)

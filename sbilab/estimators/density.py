@@ -187,6 +187,11 @@ class ConditionalDensity(nn.Module):
         self.embedding = build_embedding(embedding, self.context_features, sets=self.is_set, owner=owner)
         self.flow = build_flow(self.flow_spec, p, self._conditioning_features())
 
+    @property
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """The box of ``y``: ``(low, high)``, float64 ``(D,)`` each, ±inf where open."""
+        return self._bounds[0].clone(), self._bounds[1].clone()
+
     # ------------------------------------------------------------------ set-up
     def _conditioning_features(self) -> int:
         if self.embedding is None:

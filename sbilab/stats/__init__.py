@@ -1,8 +1,10 @@
 """Statistics on trained estimators: unbinned fits, asymptotics, Neyman, Fisher, pyhf.
 
 Stats take trained estimators (or exact toy likelihoods) and events; estimators know nothing
-of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)`` or
-``score(x: (N, D)) -> (N, P)`` callables.
+of stats. Every function needs only ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)`` (for padded
+sets also given ``mask=``) or ``score(x: (N, D)) -> (N, P)`` callables. The unbinned likelihood
+is one object, :class:`UnbinnedModel`, fitted to data by :class:`UnbinnedLikelihood` and to
+toys by :func:`fit_toys`; every interval comes from :func:`profile_intervals`.
 """
 
 from .asymptotic import (
@@ -41,7 +43,10 @@ from .fisher import (
     rate_fisher,
     sally_fisher,
 )
+from .intervals import ONE_SIGMA, Interval, profile_intervals
+from .model import UnbinnedModel
 from .neyman import NeymanConstruction
+from .normalisation import NormalisationCheck, ratio_normalisation
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
 from .templates import MorphedHistogram, histogram, quantile_edges
 from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
@@ -54,8 +59,12 @@ __all__ = [
     "Profile2DResult",
     "HypotestResult",
     "UpperLimitResult",
+    "Interval",
     # unbinned
+    "UnbinnedModel",
     "UnbinnedLikelihood",
+    "profile_intervals",
+    "ONE_SIGMA",
     "fit_toys",
     "profile_likelihood_ratio",
     "toy_log_likelihood",
@@ -72,6 +81,9 @@ __all__ = [
     "upper_limit",
     # Neyman
     "NeymanConstruction",
+    # normalisation of a learned ratio
+    "ratio_normalisation",
+    "NormalisationCheck",
     # Fisher
     "fisher_from_scores",
     "exact_fisher",

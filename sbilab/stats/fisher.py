@@ -87,16 +87,24 @@ def exact_fisher(simulator: Any, theta: Tensor, *, n_events: int = 100_000, gene
     return fisher_from_scores(simulator.score(x, theta.expand(len(x), -1)))
 
 
-def sally_fisher(score_estimator: Callable[[Tensor], Tensor], x: Tensor, *, weights: Tensor | None = None, batch_size: int = 65536) -> Tensor:
+def sally_fisher(score_estimator: Callable[..., Tensor], x: Tensor, *, weights: Tensor | None = None, mask: Tensor | None = None,
+                 batch_size: int = 65536) -> Tensor:
     r"""Per-event Fisher information from a SALLY estimator: :math:`\langle \hat t(x) \hat t(x)^T\rangle`.
 
     Args:
-        score_estimator: ``forward(x: (N, D)) -> t̂ (N, P)``, e.g. a trained ``ScoreEstimator``.
-        x: Events drawn at the estimator's reference point, ``(N, D)``.
+        score_estimator: ``forward(x: (N, D)) -> t̂ (N, P)``, e.g. a trained ``ScoreEstimator``
+            (for padded sets called as ``forward(x, mask=mask)``).
+        x: Events drawn at the estimator's reference point, ``(N, D)`` or padded sets ``(N, M, F)``.
         weights: ``(N,)`` event weights.
+        mask: ``(N, M)`` bool, which set entries are real.
     """
+    def score(i: int) -> Tensor:
+        rows = slice(i, i + batch_size)
+        out = score_estimator(x[rows]) if mask is None else score_estimator(x[rows], mask=mask[rows])
+        return out.to(torch.float64)
+
     with torch.no_grad():
-        parts = [score_estimator(x[i : i + batch_size]).to(torch.float64) for i in range(0, len(x), batch_size)]
+        parts = [score(i) for i in range(0, len(x), batch_size)]
     return fisher_from_scores(torch.cat(parts), weights)
 
 
