@@ -20,6 +20,8 @@ Usage::
 
     python benchmarks/readme_seeds.py --json            # 10 seeds, 10⁵ pairs (≈ 20 min/seed on a busy 2-core CPU)
     python benchmarks/readme_seeds.py --quick --json    # 2 seeds, 10⁴ pairs, 8 epochs: a smoke run
+    python benchmarks/readme_seeds.py --first-seed 7 --seeds 2 --jsonl a.jsonl   # seeds in parallel processes ...
+    python benchmarks/readme_seeds.py --from-jsonl a.jsonl b.jsonl --json        # ... summarised together
 """
 
 from __future__ import annotations
@@ -172,6 +174,16 @@ def run_seed(seed: int, args: argparse.Namespace, configs: dict[str, TrainingCon
     return out
 
 
+def summarise(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Per rule: seeds within the exact likelihood's scatter, max |pull|, range of width ratios, mean epochs run."""
+    return {name: {"within": sum(r["rules"][name]["within"] for r in runs),
+                   "max_abs_pull": max(abs(r["rules"][name][p]["pull"]) for r in runs for p in ("M", "Gamma")),
+                   "width_ratio_range": [min(r["rules"][name][p]["width_ratio"] for r in runs for p in ("M", "Gamma")),
+                                         max(r["rules"][name][p]["width_ratio"] for r in runs for p in ("M", "Gamma"))],
+                   "mean_epochs_run": sum(r["rules"][name]["epochs_run"] for r in runs) / len(runs)}
+            for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 10⁴ pairs, 8 epochs (smoke run)")
@@ -183,21 +195,25 @@ def main() -> None:
     parser.add_argument("--reuse-states", action="store_true",
                         help="read the weights from --states DIR instead of training (the runs are seeded: identical)")
     parser.add_argument("--jsonl", metavar="FILE", help="append each seed's result to FILE as it finishes")
+    parser.add_argument("--from-jsonl", metavar="FILE", nargs="+",
+                        help="no runs: summarise the seeds recorded by --jsonl in FILE(s) (e.g. seeds run in parallel)")
     parser.add_argument("--every-epoch", action="store_true", help="also fit the learned ratio of every epoch (in the JSON)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     defaults = TrainingConfig()
     args.n, args.epochs = (10_000, 8) if args.quick else (100_000, defaults.epochs)
-    seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
     configs = {"default": defaults, **{n: replace(defaults, **o) for n, o in RULES.items()}}
     started = time.perf_counter()
-    runs = [run_seed(s, args, configs) for s in seeds]
-    summary = {name: {"within": sum(r["rules"][name]["within"] for r in runs),
-                      "max_abs_pull": max(abs(r["rules"][name][p]["pull"]) for r in runs for p in ("M", "Gamma")),
-                      "width_ratio_range": [min(r["rules"][name][p]["width_ratio"] for r in runs for p in ("M", "Gamma")),
-                                            max(r["rules"][name][p]["width_ratio"] for r in runs for p in ("M", "Gamma"))],
-                      "mean_epochs_run": sum(r["rules"][name]["epochs_run"] for r in runs) / len(runs)}
-               for name in configs}
+    if args.from_jsonl:
+        runs = sorted((json.loads(line) for f in args.from_jsonl for line in Path(f).read_text().splitlines() if line.strip()),
+                      key=lambda r: r["seed"])
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            parser.error(f"--from-jsonl: seeds {seeds} recorded more than once")
+    else:
+        seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
+        runs = [run_seed(s, args, configs) for s in seeds]
+    summary = summarise(runs, list(configs))
     out = {"benchmark": "readme_seeds", "quick": args.quick, "n_pairs": args.n, "epochs": args.epochs, "seeds": seeds,
            "defaults": {k: getattr(defaults, k) for k in STOPPING_FIELDS}, "summary": summary, "runs": runs,
            "wall_seconds": time.perf_counter() - started}
