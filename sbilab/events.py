@@ -123,6 +123,12 @@ class Events:
     def __post_init__(self) -> None:
         for name in TENSOR_FIELDS:
             value = _as_tensor(name, getattr(self, name))
+            if value is not None and value.is_complex():  # casting would silently drop the imaginary part
+                raise InvalidEventsError(
+                    f"Events.{name} is complex ({value.dtype}); networks and likelihoods take real values and the "
+                    f"imaginary part would be dropped. Pass real and imaginary parts as separate columns "
+                    f"(torch.view_as_real), or {name}.real if that is what you mean."
+                )
             if value is not None and name not in MASK_FIELDS and not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
             object.__setattr__(self, name, value)
