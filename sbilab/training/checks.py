@@ -1,7 +1,7 @@
 r"""What :func:`~sbilab.training.fit` checks before the first epoch, so that bad input is named, not trained on.
 
-* **Events** (training and validation): ``x`` real (a complex ``x`` would lose its imaginary
-  part), ``label`` only 0 or 1 (the losses' convention: 1 = drawn at θ, 0 = at the reference;
+* **Events** (training and validation; complex fields are refused by ``Events`` itself):
+  ``label`` only 0 or 1 (the losses' convention: 1 = drawn at θ, 0 = at the reference;
   other values are not probabilities and train silently to nonsense), event weights whose sum
   is clearly positive (the loss is normalised by :math:`\sum_i w_i`; weights of both signs that
   cancel make it noise).
@@ -42,18 +42,12 @@ def _rows(bad: Tensor) -> str:
 
 
 def check_events(events: Events, *, what: str) -> None:
-    """Raise :class:`InvalidEventsError` for complex fields, labels other than 0/1 or cancelling weights.
+    """Raise :class:`InvalidEventsError` for labels other than 0/1 or cancelling weights.
 
     Args:
         events: Training or validation events (or one batch of a stream).
         what: How the message names them (``"data"``, ``"validation"``).
     """
-    for name, value in events.tensors().items():
-        if value.is_complex():
-            raise InvalidEventsError(
-                f"fit: {what}.{name} is complex ({value.dtype}); networks take real inputs and the imaginary part would be "
-                f"dropped. Pass real and imaginary parts as separate columns, or {name}.real if that is what you mean."
-            )
     label = events.label
     if label is not None:
         bad = (label != 0) & (label != 1)

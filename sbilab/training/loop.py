@@ -117,7 +117,7 @@ def fit(
         :class:`TrainingResult` with the model holding its best weights and the history.
 
     Before the first epoch (so that nothing is trained on bad input, and no epoch is lost) ``fit``
-    checks the events (real fields, labels 0/1, event weights with a clearly positive sum), the
+    checks the events (labels 0/1, event weights with a clearly positive sum), the
     estimator's shapes against the events' (``check_training_events``), the loss on two events
     (a dry run in eval mode: missing augmented data, bad loss options, shape errors) and that the
     checkpoint's folder is writable; see :mod:`sbilab.training.checks`.
@@ -125,7 +125,7 @@ def fit(
     Raises:
         ConfigError: an option is invalid (including ``ensemble > 1`` with a single module), the
             checkpoint path is not writable, or the checkpoint does not match this run.
-        InvalidEventsError: complex fields, labels other than 0/1, event weights that cancel.
+        InvalidEventsError: labels other than 0/1, event weights that cancel.
         ShapeMismatchError: the events do not have the shapes the estimator was built for, or the
             loss does not return per-event losses of shape ``(N,)``/``(K, N)``.
         MissingAugmentedDataError: the loss needs a field the events lack.
