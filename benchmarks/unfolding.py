@@ -93,7 +93,7 @@ def stat_error_mc(replicas: int, n: int) -> list[float]:
     sim = toy.simulation(1_000_000, generator=g)
     bins = 200
     edges = torch.linspace(-5, 5, bins + 1, dtype=torch.float64)
-    response = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges)
+    response = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges)
     counts = []
     for _ in range(replicas):
         data = toy.data(n, generator=g)
@@ -111,7 +111,7 @@ def many_observable(n: int) -> dict[str, Any]:
     sim, data = toy.simulation(n, generator=g), toy.data(n, generator=g)
     unfolded = unfold_each_observable(sim, data.reco, bins=30, iterations=4)
     prior = [ObservableUnfolding(u.index, u.edges, u.response, IBUResult(unfolded=u.response.truth[None], prior=u.response.truth),
-                                 u.response.event_weights(u.response.truth, sim.gen[:, u.index])) for u in unfolded]
+                                 u.response.event_weights(u.response.truth, sim.gen.x[:, u.index])) for u in unfolded]
     return {"observables": list(toy.observables), "events": n, "ibu": compare_to_truth(unfolded, sim, data.truth),
             "prior": compare_to_truth(prior, sim, data.truth)}
 
@@ -134,7 +134,7 @@ def timing(sizes: list[int], repeat: int, replicas: int) -> dict[str, Any]:
     for n in sizes:
         g = torch.Generator().manual_seed(3)
         sim, data = toy.simulation(n, generator=g), toy.data(n, generator=g)
-        gen, reco, x = sim.gen[:, 0], sim.reco[:, 0], data.reco[:, 0]
+        gen, reco, x = sim.gen.x[:, 0], sim.reco.x[:, 0], data.reco[:, 0]
 
         def ours() -> torch.Tensor:
             resp = Response.from_events(gen, reco, gen_edges=edges, reco_edges=edges)
@@ -164,7 +164,7 @@ def timing(sizes: list[int], repeat: int, replicas: int) -> dict[str, Any]:
     # replicas of the data, one batched call vs a loop of pyunfold calls
     g = torch.Generator().manual_seed(4)
     sim, data = toy.simulation(100_000, generator=g), toy.data(100_000, generator=g)
-    resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges)
+    resp = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges)
     counts = histogram(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), bins)
     reps = torch.poisson(counts.expand(replicas, -1), generator=g)
     rep: dict[str, Any] = {"replicas": replicas,

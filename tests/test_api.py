@@ -28,7 +28,7 @@ PUBLIC = {
     "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
     "sbilab.unfolding": {
         "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
-        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
+        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "ToyData",
         "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
         "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
         "UnfoldedResult", "HistogramBand", "read_pandas_table",

@@ -27,7 +27,7 @@ from .multi_toy import MultiObservableToy
 from .pandas_table import read_pandas_table
 from .response import Response
 from .result import HistogramBand, UnfoldedResult
-from .toys import GaussianUnfoldingToy, PairedSample, ToyData, full_toy, minimal_toy
+from .toys import GaussianUnfoldingToy, ToyData, full_toy, minimal_toy
 
 __all__ = [
     "Response",
@@ -40,7 +40,6 @@ __all__ = [
     "Chi2Result",
     "chi2_ndf",
     "classifier_auc",
-    "PairedSample",
     "ToyData",
     "GaussianUnfoldingToy",
     "minimal_toy",
