@@ -56,7 +56,8 @@ class ClassifierSettings:
     Attributes:
         hidden: Hidden widths of the classifier's MLP.
         activation: Its activation.
-        embedding: Set embedding for particle-set inputs (default deep sets); ``None`` for vectors.
+        embedding: Set embedding of the steps whose inputs are particle sets (default: deep sets);
+            steps with vector inputs ignore it.
         training: Options of :func:`~sbilab.training.fit` (its ``ensemble`` must be 1: replicas
             are set with :class:`~sbilab.unfolding.replicas.Replicas`; its ``seed`` is the base seed).
         w_min, w_max: Clipping range of every ratio (``w_max = None``: no upper clip).
@@ -148,7 +149,7 @@ def train_classifier(x0: Tensor, w0: Tensor, x1: Tensor, w1: Tensor, *, settings
         model = copy.deepcopy(warm)
     else:
         options: dict[str, Any] = {"hidden": settings.hidden, "activation": settings.activation}
-        if settings.embedding is not None:
+        if settings.embedding is not None and events.is_set:  # the set embedding applies to set inputs only
             options["embedding"] = settings.embedding
         template = Classifier.from_events(events, seed=seed, **options)  # standardisation on the unweighted inputs
         model = template if k == 1 else Ensemble(template, k, generator=torch.Generator().manual_seed(seed))
