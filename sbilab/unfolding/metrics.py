@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from scipy import integrate
 from scipy.stats import chi2 as chi2_distribution

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..events import Events
-from ..exceptions import ConfigError, InvalidEventsError, ShapeMismatchError
+from ..exceptions import ConfigError, ShapeMismatchError
 from ..paired import PairedEvents
 from .checks import check_inputs
 from .diagnostics import StepDiagnostics, check_finite_weights, relative_change
