@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..exceptions import ConfigError, ShapeMismatchError
+from ..events import Events
 from ..paired import PairedEvents
 from .binning import bin_index, histogram
 from .ibu import IBUResult, iterative_unfold
@@ -55,7 +56,7 @@ class ObservableUnfolding:
 
 
 def unfold_each_observable(sim: PairedEvents, data: Tensor, *, bins: int = 30, iterations: int = 4,
-                           quantiles: tuple[float, float] = (0.005, 0.995)) -> list[ObservableUnfolding]:
+                           quantiles: tuple[float, float] = (0.005, 0.995), background: Events | None = None) -> list[ObservableUnfolding]:
     """Unfold every observable of ``data`` separately with binned IBU.
 
     Args:
@@ -64,6 +65,8 @@ def unfold_each_observable(sim: PairedEvents, data: Tensor, *, bins: int = 30, i
         bins: Bins per observable.
         iterations: D'Agostini iterations.
         quantiles: The binning spans these quantiles of the pooled simulated values.
+        background: Background Monte Carlo at detector level ``(B, D)`` with weights normalised to
+            the data; its histogram is subtracted (:func:`~sbilab.unfolding.ibu.iterative_unfold`).
 
     Raises:
         ShapeMismatchError: ``data`` and the simulation have different numbers of observables.
@@ -85,7 +88,10 @@ def unfold_each_observable(sim: PairedEvents, data: Tensor, *, bins: int = 30, i
         response = Response.from_events(gen_x[:, d], reco_x[:, d], gen_edges=edges, reco_edges=edges,
                                         pass_gen=sim.pass_gen, pass_reco=sim.pass_reco, weights=w)
         counts = histogram(bin_index(x[:, d], edges), torch.ones(len(x), dtype=torch.float64), bins)
-        result = iterative_unfold(counts, response, iterations=iterations)
+        bkg = None
+        if background is not None:
+            bkg = histogram(bin_index(background.x[:, d].to(torch.float64), edges), background.weights_or_ones().to(torch.float64), bins)
+        result = iterative_unfold(counts, response, iterations=iterations, background=bkg)
         weights = response.event_weights(result.final, gen_x[:, d], pass_gen=sim.pass_gen, weights=w)
         out.append(ObservableUnfolding(d, edges, response, result, weights))
     return out

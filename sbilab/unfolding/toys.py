@@ -189,6 +189,23 @@ class GaussianUnfoldingToy:
         return ToyData(reco=reco[:, None], truth=truth, is_fake=(~bkg & ~rows.pass_gen)[observed],
                        is_background=bkg[observed], rows=n)
 
+    def smearing_weights(self, sim: PairedEvents, scale: float) -> Tensor:
+        r"""Per-event weights that turn ``sim`` into a simulation with resolution ``scale`` times :math:`\sigma_s`.
+
+        Matched events get the exact ratio of detector responses
+        :math:`K(x|z;\,s\sigma_s)/K(x|z;\,\sigma_s)` (times their weight); misses and fakes keep their
+        weight: a detector systematic as per-event weights ``(N,)`` float64.
+
+        Raises:
+            ConfigError: ``scale`` not positive.
+        """
+        if not scale > 0:
+            raise ConfigError(f"scale must be positive; got {scale}.")
+        w = sim.weights_or_ones().to(torch.float64)
+        delta = (sim.reco.x - sim.gen.x)[:, 0].to(torch.float64)
+        ratio = _normal_pdf(delta, 0.0, scale * self.smearing) / _normal_pdf(delta, 0.0, self.smearing)
+        return torch.where(sim.matched, w * ratio, w)
+
     def background(self, n: int, *, data_rows: int, generator: torch.Generator | None = None) -> Events:
         """Background Monte Carlo: ``n`` detector-level events ``(n, 1)`` whose weights ``(n,)`` sum
         to the expected background count of ``data_rows`` produced data rows."""
