@@ -197,6 +197,8 @@ def generative_unfold(mc: PairedEvents, data: Events, *, background: Events | No
     """
     settings = GenerativeSettings() if settings is None else settings
     check_inputs(mc, data, background, owner="generative_unfold")
+    mc, data = mc.to("cpu"), data.to("cpu")  # the events stay on the host; fit moves each training set to its device
+    background = None if background is None else background.to("cpu")
     if mc.gen.is_set:
         raise ShapeMismatchError("generative_unfold samples vector generator-level observables (N, D); the simulation's "
                                  "generator level is a particle set.")
