@@ -80,7 +80,7 @@ def test_config_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="needs \\[simulator\\] toy = 'unfolding_gaussian'"):
         load_config(write(tmp_path, CONFIG.replace('toy = "unfolding_gaussian"', 'toy = "gaussian"')))
     with pytest.raises(ConfigError, match="bins"):
-        load_config(write(tmp_path, CONFIG.replace("bins = 12", "bins = 1")))
+        load_config(write(tmp_path, CONFIG.replace("bins = 10", "bins = 1")))
     with pytest.raises(ConfigError, match="bootstrap_data"):
         load_config(write(tmp_path, CONFIG.replace("bootstrap_data = 2", "bootstrap_data = 0")))
     config = load_config(Path(__file__).resolve().parents[1] / "analyses" / "unfolding_gaussian")
