@@ -3,7 +3,8 @@ r"""Named exceptions for user mistakes.
 Every error a user can provoke with bad input derives from :class:`SbilabError`; the
 message says which argument was wrong, what was wrong with it and how to fix it. Internal
 invariants use ``assert``. Most classes also derive from the matching builtin
-(``ValueError``, ``KeyError``, ...) so that generic handlers keep working.
+(``ValueError``, ``KeyError``, ...) so that generic handlers keep working. Warnings (a result
+that may be wrong but is still returned) derive from :class:`SbilabWarning`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ __all__ = [
     "OverestimateError",
     "NegativeKernelError",
     "HistoryVersionError",
+    "SbilabWarning",
+    "ExtrapolationWarning",
+    "OneSidedIntervalWarning",
 ]
 
 
@@ -111,3 +115,17 @@ class NegativeKernelError(OutOfSupportError):
 
 class HistoryVersionError(InvalidEventsError):
     """Stored simulation histories come from a different simulator version or layout."""
+
+
+class SbilabWarning(UserWarning):
+    """Base class of the warnings sbilab issues about results that may be wrong (they are still returned)."""
+
+
+class ExtrapolationWarning(SbilabWarning):
+    """A learned estimator was evaluated on inputs outside the range of its training data
+    (see :mod:`sbilab.estimators.support`); its output there is an unconstrained extrapolation."""
+
+
+class OneSidedIntervalWarning(SbilabWarning):
+    """A profile-likelihood interval runs into a bound of the parameter range: one end is the
+    bound, not a crossing, so the interval is one-sided (quote a limit, or widen the range)."""

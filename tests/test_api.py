@@ -59,9 +59,12 @@ def test_every_all_name_exists_in_every_package():
 
 
 def test_exceptions_form_one_hierarchy():
+    # errors derive from SbilabError, warnings from SbilabWarning (a UserWarning, never an error)
     for name in exceptions.__all__:
         cls = getattr(exceptions, name)
-        assert inspect.isclass(cls) and issubclass(cls, exceptions.SbilabError)
+        base = exceptions.SbilabWarning if name.endswith("Warning") else exceptions.SbilabError
+        assert inspect.isclass(cls) and issubclass(cls, base)
+        assert issubclass(cls, Warning) == name.endswith("Warning")
         assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
 
 
