@@ -207,10 +207,11 @@ def _probe_shapes(path: Path, header: dict[str, Any]) -> None:
     if wrong:
         want = sum(math.prod(s) for s in shapes.values())
         have = sum(math.prod(s) for s in listed.values())
+        first = wrong[0]
         raise PublishError(
-            f"{path}: its spec describes a {header.get('kind')} with {want} numbers in its tensors, but the file stores "
-            f"{have} (first differing tensor {wrong[0]!r}: spec {shapes.get(wrong[0])}, file {listed.get(wrong[0])}). The spec was "
-            "altered or does not belong to these tensors; refusing it before building anything."
+            f"{path}: its spec describes a {header.get('kind')} of {want} numbers but the file stores {have}; tensor {first!r} "
+            f"is {shapes.get(first, 'absent')} by the spec and {listed.get(first, 'absent')} in the file. The spec was altered "
+            "or does not belong to these tensors; refused before building anything."
         )
 
 

@@ -78,11 +78,11 @@ def test_config_errors_name_file_and_key(tmp_path):
     write(tmp_path, GAUSSIAN.replace('toy = "gaussian"', 'toy = "gauss"'))
     with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \['gaussian', 'morphing', 'resonance', 'resonance_background'(, '\w+')*\]"):
         load_config(folder)
-    write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))
+    write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))  # refused at load, before anything runs
+    with pytest.raises(ConfigError, match=r"\[simulator\] options \['sigma_y', 'sigma_z'\] do not fit the 'gaussian' toy .* its options are"):
+        load_config(folder)
     from sbilab.analysis import build_simulator
 
-    with pytest.raises(ConfigError, match=r"\[simulator\]: options .* do not fit the 'gaussian' toy"):
-        build_simulator(load_config(folder))
     write(tmp_path, GAUSSIAN.replace("epochs = 20", "epoch = 20"))
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]"):
         load_config(folder)

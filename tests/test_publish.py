@@ -144,7 +144,7 @@ def test_tampered_spec_is_refused(tmp_path: Path) -> None:
 def test_resigned_spec_that_does_not_fit_the_tensors(tmp_path: Path) -> None:
     path = save(tmp_path / "net.h5", trained_toy())
     rewrite_spec(path, lambda h: h["spec"].update(hidden=8))
-    with pytest.raises(PublishError, match=r"tensor 'net\.0\.bias' has shape \(7,\), the tests\.ToyNet expects \(8,\)"):
+    with pytest.raises(PublishError, match=r"ToyNet of 44 numbers but the file stores 39; tensor 'net\.0\.weight' is \(8, 3\) by the spec and \(7, 3\) in the file"):
         load(path)
     path = save(tmp_path / "net2.h5", trained_toy())
     with h5py.File(path, "r+") as f:
@@ -152,7 +152,7 @@ def test_resigned_spec_that_does_not_fit_the_tensors(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match=r"\['shift'\] listed in the spec are missing"):
         load(path)
     rewrite_spec(path, lambda h: h["tensors"].pop("shift"))
-    with pytest.raises(PublishError, match=r"missing \['shift'\], unexpected \[\]"):
+    with pytest.raises(PublishError, match=r"tensor 'shift' is \(3,\) by the spec and absent in the file"):
         load(path)
 
 
