@@ -183,3 +183,30 @@ def test_learned_log_ratio_reduces_ensembles_with_ensemble_mean():
     with torch.no_grad():
         mixture = lambda t: torch.logsumexp(flows(x, t), 0) - math.log(2)  # noqa: E731
         torch.testing.assert_close(fn(x, theta), mixture(theta) - mixture(ref), rtol=0, atol=1e-6)
+
+
+def test_output_folders_stay_in_the_output_root(tmp_path, capsys, monkeypatch):
+    """name = "../../x" wrote outside out/; --out at an existing file was a traceback."""
+    from sbilab.analysis.config import output_folder
+
+    for name in ("../../x", "/tmp/x", "a/b", ".."):
+        write(tmp_path, GAUSSIAN.replace('name = "gauss"', f'name = "{name}"'))
+        with pytest.raises(ConfigError, match=r"\[analysis\] name = .*one folder name"):
+            load_config(tmp_path / "analysis")
+    write(tmp_path, GAUSSIAN.replace('name = "gauss"', 'name = "gauss"\nnmae = "typo"'))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nmae'\] in \[analysis\]"):
+        load_config(tmp_path / "analysis")
+    write(tmp_path, GAUSSIAN.replace('name = "gauss"\n', ""))
+    assert load_config(tmp_path / "analysis").name == "analysis"  # default: the folder's name
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "escape").symlink_to(tmp_path)
+    assert output_folder(root, "gauss") == root / "gauss"
+    with pytest.raises(ConfigError, match=r"resolves to .*outside"):
+        output_folder(root, "escape")
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    write(tmp_path, GAUSSIAN)
+    assert main(["run", str(tmp_path / "analysis"), "--out", str(existing), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is an existing file" in err and "Traceback" not in err and existing.read_text() == "keep me"
