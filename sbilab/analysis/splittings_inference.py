@@ -31,7 +31,7 @@ from ..estimators import PosteriorEstimator, RatioEstimator, ScoreEstimator, get
 from ..events import Events
 from ..simulators import ratio_training_data, score_training_data
 from ..simulators.augment import joint_score
-from ..simulators.base import Simulator
+from ..simulators.base import Simulator, checked_sample
 from ..stats import UnbinnedLikelihood
 from ..stats.diagnostics import UniformityResult, expected_coverage, sbc
 from ..stats.fisher import fisher_from_scores
@@ -165,7 +165,7 @@ def dataset_events(simulator: Simulator, n_sets: int, set_size: int, *, generato
     The simulator must return vector observables ``(N, D)`` (e.g. ``PartonShower(output="observables")``).
     """
     theta = simulator.space.sample(n_sets, generator=generator) if theta is None else theta
-    events = simulator.sample(theta.repeat_interleave(set_size, dim=0), generator=generator)
+    events = checked_sample(simulator, theta.repeat_interleave(set_size, dim=0), generator=generator)
     x = events.x.reshape(n_sets, set_size, -1)
     return Events(x=x, theta=theta, mask=torch.ones(n_sets, set_size, dtype=torch.bool))
 

@@ -24,11 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from iminuit import Minuit
+
 from ..estimators.support import TrainingSupport, training_support
 from ..events import Events
 from ..exceptions import FitError
 
-__all__ = ["DataQuality", "check_observed", "parameters_at_bound", "AT_BOUND_RTOL"]
+__all__ = ["DataQuality", "check_observed", "parameters_at_bound", "bound_issue", "fmin_reason", "AT_BOUND_RTOL"]
 
 AT_BOUND_RTOL = 1e-4
 """A free parameter is at a bound when its optimum lies within this fraction of its range from the bound."""
@@ -99,3 +101,30 @@ def parameters_at_bound(names: Sequence[str], values: Mapping[str, float], limit
         if name in free and min(values[name] - lo, hi - values[name]) <= rtol * (hi - lo):
             out.append(name)
     return out
+
+
+def bound_issue(name: str, value: float, limits: tuple[float, float]) -> str:
+    """Why an optimum of ``name`` at ``value``, at a bound of ``limits``, makes the fit not valid."""
+    lo, hi = limits
+    side, bound = ("lower", lo) if value - lo <= hi - value else ("upper", hi)
+    return (f"the optimum of {name!r} ({value:.6g}) lies at the {side} bound {bound:g} of its range: the minimum of the "
+            "likelihood is on or beyond the edge and its HESSE error is meaningless. Widen the range, or quote the "
+            "one-sided interval of profile_intervals")
+
+
+def fmin_reason(m: Minuit) -> str:
+    """Why MIGRAD's minimum is not valid (call limit, EDM, covariance, parameters at a limit), or ``""``."""
+    fmin = m.fmin
+    if fmin is None:
+        return ""
+    reasons = [
+        label
+        for flag, label in (
+            (fmin.has_reached_call_limit, "call limit reached"),
+            (fmin.is_above_max_edm, f"EDM {fmin.edm:.3g} above tolerance"),
+            (not fmin.has_covariance, "no covariance"),
+            (fmin.has_parameters_at_limit, "parameters at limit"),
+        )
+        if flag
+    ]
+    return "MIGRAD did not converge: " + ", ".join(reasons) if reasons else ""

@@ -46,7 +46,7 @@ from ..simulators.space import ParameterSpace
 from .intervals import ONE_SIGMA, profile_intervals, warn_one_sided
 from ..estimators.support import TrainingSupport
 from .model import LogRatio, UnbinnedModel, YieldModel, as_model
-from .quality import check_observed, parameters_at_bound
+from .quality import bound_issue, check_observed, fmin_reason, parameters_at_bound
 from .results import FitResult, Profile2DResult, ProfileResult
 
 __all__ = ["UnbinnedLikelihood", "LogRatio", "YieldModel"]
@@ -272,13 +272,13 @@ class UnbinnedLikelihood:
             message = "the cost is NaN or infinite at the minimum (estimator outputs are not finite there)"
         elif free and not m.valid:
             message = f"MIGRAD did not find a valid minimum: {str(m.fmin).splitlines()[0] if m.fmin else 'no minimum'}"
-            message = _fmin_reason(m) or message
+            message = fmin_reason(m) or message
         elif free and not m.accurate and polished is None:
             message = "HESSE covariance is not accurate (forced positive definite or failed)"
         best = point if polished is not None else np.array(m.values, dtype=np.float64)
         best_dict = {n: float(best[i]) for i, n in enumerate(self.names)}
         at_bound = parameters_at_bound(self.names, best_dict, self.limits, free) if finite else []
-        issues = [self._bound_issue(name, best_dict[name]) for name in at_bound] + list(self.quality.issues)
+        issues = [bound_issue(name, best_dict[name], self.limits[self._index(name)]) for name in at_bound] + list(self.quality.issues)
         if issues:
             valid = False
             message = "; ".join(([message] if message else []) + issues)
@@ -318,13 +318,6 @@ class UnbinnedLikelihood:
             outside_support=self.quality.outside_support,
             notes=self.quality.notes,
         )
-
-    def _bound_issue(self, name: str, value: float) -> str:
-        lo, hi = self.limits[self._index(name)]
-        side, bound = ("lower", lo) if value - lo <= hi - value else ("upper", hi)
-        return (f"the optimum of {name!r} ({value:.6g}) lies at the {side} bound {bound:g} of its range: the minimum of the "
-                "likelihood is on or beyond the edge and its HESSE error is meaningless. Widen the range, or quote the "
-                "one-sided interval of profile_intervals")
 
     def _polish(self, point: np.ndarray, free: Sequence[str], steps: int = 4) -> tuple[np.ndarray, float, np.ndarray] | None:
         r"""Newton steps from MIGRAD's minimum on the autograd gradient and Hessian of the model.
@@ -424,19 +417,3 @@ class UnbinnedLikelihood:
         warn_one_sided(found, name)
         return found.lo, found.hi
 
-
-def _fmin_reason(m: Minuit) -> str:
-    fmin = m.fmin
-    if fmin is None:
-        return ""
-    reasons = [
-        label
-        for flag, label in (
-            (fmin.has_reached_call_limit, "call limit reached"),
-            (fmin.is_above_max_edm, f"EDM {fmin.edm:.3g} above tolerance"),
-            (not fmin.has_covariance, "no covariance"),
-            (fmin.has_parameters_at_limit, "parameters at limit"),
-        )
-        if flag
-    ]
-    return "MIGRAD did not converge: " + ", ".join(reasons) if reasons else ""
