@@ -90,11 +90,8 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("theta = 0.4", "mu = 0.4"))
-    from sbilab.analysis.estimation import truth_point
-
-    cfg = load_config(folder)
-    with pytest.raises(ConfigError, match=r"\['mu'\] but the 'gaussian' toy has parameters \['theta'\]"):
-        truth_point(cfg, build_simulator(cfg))
+    with pytest.raises(ConfigError, match=r"\[truth\] gives \['mu'\] but the 'gaussian' toy has parameters \['theta'\]"):
+        load_config(folder)  # at load, before anything runs
 
 
 def test_cli_reports_config_errors_with_exit_code(tmp_path, capsys):

@@ -200,13 +200,14 @@ name = "gauss"
 toy = "gaussian"
 {toy}
 [truth]
-theta = 0.4
+{truth}
+{tail}
 """
 
 
-def _config(extra: str = "", toy: str = "sigma_x = 1.0") -> Path:
+def _config(extra: str = "", toy: str = "sigma_x = 1.0", truth: str = "theta = 0.4", tail: str = "") -> Any:
     folder = fresh()
-    text = CONFIG.format(extra=extra, toy=toy)
+    text = CONFIG.format(extra=extra, toy=toy, truth=truth, tail=tail)
     if extra.startswith("name"):
         text = text.replace('name = "gauss"\n', "")
     (folder / "analysis.toml").write_text(text)
@@ -331,6 +332,12 @@ ROWS = [
     Row("[analysis]: description not a string", lambda: _config("description = 3"), ConfigError, r"description = 3 must be a string"),
     Row("[simulator]: unknown toy option", lambda: _config(toy="sigma_y = 1.0"), ConfigError,
         r"\[simulator\] options \['sigma_y'\] do not fit the 'gaussian' toy.*its options are"),
+    Row("[truth]: a name that is not a parameter", lambda: _config(truth="thta = 0.4"), ConfigError,
+        r"\[truth\] gives \['thta'\] but the 'gaussian' toy has parameters \['theta'\]"),
+    Row("[nuisances]: a name that is not a parameter", lambda: _config(tail="[nuisances]\nsigma = {mean = 1.0, sigma = 0.1}"),
+        ConfigError, r"\[nuisances\] names \['sigma'\], which are not parameters"),
+    Row("[simulator]: option values the toy refuses", lambda: _config(toy="low = 3.0\nhigh = 1.0"), ConfigError,
+        r"not valid for the 'gaussian' toy"),
     Row("run_analysis: out is an existing file", _run_into_file, ConfigError, r"is an existing file"),
     Row("output_folder: a name with a folder", lambda: output_folder("out", "a/b"), ConfigError, r"one folder name"),
 ]

@@ -261,6 +261,24 @@ def _nuisances(raw: dict[str, Any], path: Path) -> dict[str, tuple[float, float]
     return out
 
 
+def _check_parameter_names(toy: str, options: dict[str, Any], truth: dict[str, Any], nuisances: dict[str, Any], path: Path) -> None:
+    """ConfigError unless ``[truth]`` names exactly the toy's parameters and ``[nuisances]`` only some of them."""
+    from ..exceptions import SbilabError
+    from ..simulators.registry import build_toy
+
+    try:
+        names = list(build_toy(toy, options, where=f"{path}: [simulator]").space.names)
+    except ConfigError:
+        raise
+    except SbilabError as err:
+        raise ConfigError(f"{path}: [simulator] options {options} are not valid for the {toy!r} toy: {err}") from None
+    if sorted(truth) != sorted(names):
+        raise ConfigError(f"{path}: [truth] gives {sorted(truth)} but the {toy!r} toy has parameters {names}; give one value for each.")
+    unknown = sorted(set(nuisances) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: [nuisances] names {unknown}, which are not parameters of the {toy!r} toy ({names}).")
+
+
 _CORE = {"analysis", "simulator", "truth", "observed", "estimator", "training", "fit", "quick", "nuisances"}
 _ANALYSIS_KEYS = ("name", "description", "kind")
 
@@ -357,6 +375,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
     truth = raw["truth"]
     if not truth or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in truth.values()):
         raise ConfigError(f"{path}: [truth] must give a number for every parameter, e.g. M = 100.0.")
+    _check_parameter_names(toy, simulator, truth, raw.get("nuisances", {}), path)
     sections = {}
     if pipeline.section is not None:
         name, cls = pipeline.section
