@@ -262,9 +262,18 @@ def _nuisances(raw: dict[str, Any], path: Path) -> dict[str, tuple[float, float]
 
 
 def _check_parameter_names(toy: str, options: dict[str, Any], truth: dict[str, Any], nuisances: dict[str, Any], path: Path) -> None:
-    """ConfigError unless ``[truth]`` names exactly the toy's parameters and ``[nuisances]`` only some of them."""
+    """ConfigError unless ``[truth]`` names exactly the toy's parameters and ``[nuisances]`` only some of them.
+
+    Only toys that are :class:`~sbilab.simulators.Simulator` subclasses have a parameter space to
+    check against; other registered toys (e.g. the anomaly toy, whose truth is a signal fraction
+    its pipeline reads) are checked by their pipeline.
+    """
     from ..exceptions import SbilabError
-    from ..simulators.registry import build_toy
+    from ..simulators.base import Simulator
+    from ..simulators.registry import TOYS, build_toy
+
+    if not (isinstance(TOYS[toy], type) and issubclass(TOYS[toy], Simulator)):
+        return
 
     try:
         names = list(build_toy(toy, options, where=f"{path}: [simulator]").space.names)
