@@ -1,7 +1,8 @@
 """Bad input outside training is refused early, by a named SbilabError subclass saying what was wrong.
 
-The same table format as ``tests/test_bad_inputs.py``: one row per bad input,
-``(description, call, error type, phrase of the message)``; ``call`` takes no arguments and must
+One row per bad input, ``(description, call, error type, phrase of the message)``, the row shape
+of the other tables of bad inputs (``BAD_INPUT_ROWS`` of ``tests/test_checks.py``: identity checks;
+``tests/test_bad_inputs.py``: losses, estimators, fit); ``call`` takes no arguments and must
 raise, the phrase is searched (case-insensitive regex) in the message. This table covers Events,
 simulators, likelihoods, estimator supports, the simulation store, published files, pyhf
 workspaces and the analysis configuration / command line. Files are built in a fresh folder
@@ -235,7 +236,7 @@ def _workspace_with(path: str, value: Any) -> dict:
     return spec
 
 
-ROWS = [
+BAD_INPUT_ROWS: list[Row] = [
     # Events
     Row("Events: complex x", lambda: Events(x=torch.ones(3, 1, dtype=torch.complex64), theta=torch.zeros(3, 1)),
         InvalidEventsError, r"Events\.x is complex.*imaginary part"),
@@ -343,7 +344,7 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.description for r in ROWS])
+@pytest.mark.parametrize("row", BAD_INPUT_ROWS, ids=[r.description for r in BAD_INPUT_ROWS])
 def test_bad_input_raises_named_error(row: Row) -> None:
     with pytest.raises(row.error) as info:
         row.call()
@@ -351,7 +352,25 @@ def test_bad_input_raises_named_error(row: Row) -> None:
     assert re.search(row.phrase, str(info.value), re.IGNORECASE | re.DOTALL), str(info.value)
 
 
-def test_table_rows_are_well_formed() -> None:
-    assert len({r.description for r in ROWS}) == len(ROWS) >= 35
-    for row in ROWS:
-        assert callable(row.call) and issubclass(row.error, SbilabError) and re.compile(row.phrase)
+def _other_tables() -> list[tuple[str, list[tuple]]]:
+    """The other tables of bad inputs in tests/ (the identity checks' table, and fit's where present)."""
+    import importlib
+
+    tables = []
+    for module, name in (("test_checks", "BAD_INPUT_ROWS"), ("test_bad_inputs", "ROWS")):
+        if (Path(__file__).parent / f"{module}.py").exists():
+            tables.append((module, list(getattr(importlib.import_module(module), name))))
+    return tables
+
+
+def test_table_rows_are_well_formed_and_consistent_with_the_other_tables() -> None:
+    """One row shape everywhere; no description twice across the tables; >= 60 bad inputs in all (issue 11)."""
+    rows = [(r.description, r.call, r.error, r.phrase) for r in BAD_INPUT_ROWS]
+    for _, table in _other_tables():
+        rows += [tuple(row) for row in table]
+    for description, call, error, phrase in rows:
+        assert isinstance(description, str) and callable(call) and issubclass(error, SbilabError), description
+        assert isinstance(phrase, str) and re.compile(phrase), description
+    descriptions = [row[0] for row in rows]
+    assert len(set(descriptions)) == len(descriptions), sorted({d for d in descriptions if descriptions.count(d) > 1})
+    assert len(BAD_INPUT_ROWS) >= 50 and len(rows) >= 60
