@@ -61,6 +61,31 @@ def test_gaussian_measurement_matches_exact_likelihood(tmp_path):
     assert abs(r["best"] - r["exact_best"]) < 0.05
     assert r["width_ratio"] == pytest.approx(1.0, abs=0.1)
     assert (tmp_path / "out" / "estimator.h5").is_file() and (tmp_path / "out" / "results.h5").is_file()
+    # the fits' honesty is recorded: the learned estimator's support was checked, the exact callable's could not be
+    quality = doc["fit_quality"]
+    assert quality["learned"]["outside_support"] is not None and 0.0 <= quality["learned"]["outside_support"] <= 0.01
+    assert quality["exact"] == {"valid": True, "reason": "", "at_bound": [], "outside_support": None,
+                                "notes": quality["exact"]["notes"]} and "unavailable" in quality["exact"]["notes"][0]
+    assert quality["learned"]["valid"] == doc["fit_valid"]["learned"] and ("FIT NOT VALID" in summary) != quality["learned"]["valid"]
+
+
+def test_fit_quality_records_and_banners_a_fit_at_a_bound():
+    """A fit whose optimum lies beyond the range is recorded not valid, with its reason, and bannered in the summary."""
+    import torch
+
+    from sbilab import Events
+    from sbilab.analysis.estimation import fit_lines, fit_quality
+    from sbilab.simulators import GaussianLatent
+    from sbilab.stats import UnbinnedLikelihood
+
+    sim = GaussianLatent()
+    exact = lambda x, t: sim.log_prob(x, t) - sim.log_prob(x, sim.space.reference)  # noqa: E731
+    x = torch.full((50, 1), 9.0, dtype=torch.float64)  # the likelihood peaks at theta = 9, beyond the upper bound
+    record = fit_quality(UnbinnedLikelihood(exact, Events.observed(x), sim.space).fit())
+    assert record["valid"] is False and record["at_bound"] == ["theta"] and "upper bound" in record["reason"]
+    assert json.loads(json.dumps(record)) == record  # JSON as it stands (no NaN)
+    (line,) = fit_lines({"learned": record, "exact": {**record, "valid": True}})
+    assert line.startswith("!!! FIT NOT VALID") and "learned fit:" in line and record["reason"] in line
 
 
 def test_config_errors_name_file_and_key(tmp_path):

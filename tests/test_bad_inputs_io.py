@@ -339,6 +339,8 @@ BAD_INPUT_ROWS: list[Row] = [
         ConfigError, r"\[nuisances\] names \['sigma'\], which are not parameters"),
     Row("[simulator]: option values the toy refuses", lambda: _config(toy="low = 3.0\nhigh = 1.0"), ConfigError,
         r"not valid for the 'gaussian' toy"),
+    Row("[fit]: max_outside above 1", lambda: _config(tail="[fit]\nmax_outside = 2.0"), ConfigError,
+        r"max_outside = 2\.0 must lie in \[0, 1\]"),
     Row("run_analysis: out is an existing file", _run_into_file, ConfigError, r"is an existing file"),
     Row("output_folder: a name with a folder", lambda: output_folder("out", "a/b"), ConfigError, r"one folder name"),
 ]

@@ -93,15 +93,22 @@ class ObservedSection:
 
 @dataclass(frozen=True)
 class FitSection:
-    """Profile scans: ``[fit]`` (confidence level, points of each scan, its half-width in errors of the exact fit)."""
+    """Fits and profile scans: ``[fit]`` (confidence level, points of each scan, its half-width in
+    errors of the exact fit, and ``max_outside``: the largest weighted fraction of observed events
+    allowed outside the learned estimator's training support before the fit is reported not valid,
+    :class:`~sbilab.stats.UnbinnedLikelihood`)."""
 
     cl: float = 0.683
     scan_points: int = 41
     scan_sigmas: float = 3.0
+    max_outside: float = 0.0
 
     def check(self, where: str) -> None:
         if not 0.0 < self.cl < 1.0:
             raise ConfigError(f"{where} cl = {self.cl} must lie in (0, 1), e.g. 0.683.")
+        if not 0.0 <= self.max_outside <= 1.0:
+            raise ConfigError(f"{where} max_outside = {self.max_outside} must lie in [0, 1] (0: no observed event may lie outside "
+                              "the estimator's training support; 1: the check is off).")
 
 
 @dataclass(frozen=True)

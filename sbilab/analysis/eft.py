@@ -42,6 +42,7 @@ from .estimation import (
     check_lines,
     check_trained_normalisation,
     exact_log_ratio,
+    fit_quality,
     learned_log_ratio,
     train_ratio,
     train_score,
@@ -199,7 +200,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     for data_label, nlls in datasets.items():
         for method, nll in nlls.items():
             best = _global_fit(nll, sim.space)
-            entry = {"valid": best.valid, "best": best.best, "parameters": {}}
+            entry = {"valid": best.valid, "quality": fit_quality(best), "best": best.best, "parameters": {}}
             for name in names:
                 i = names.index(name)
                 grid = np.linspace(float(sim.space.low[i]), float(sim.space.high[i]), cfg.fit.scan_points)

@@ -106,7 +106,7 @@ def _shower(cfg: AnalysisConfig, shower: PartonShower, truth: torch.Tensor, meth
     for method in methods:
         est = train_splitting_ratio(shower, method, cfg.estimator.n_simulations // 2, _options(cfg))
         res = fit_parameters(est, observed, shower.space)
-        out["methods"][method] = {"best": res.best, "errors": res.errors, "valid": res.valid,
+        out["methods"][method] = {"best": res.best, "errors": res.errors, "valid": res.valid, "reason": res.reason, "notes": list(res.notes),
                                   "widths": _widths(hessian_widths(est, observed.x, truth)),
                                   "widths_1000_events": _widths(hessian_widths(est, observed.x[:1000], truth))}
         log(f"shower {method}: fit {res.best} (valid {res.valid}), widths {out['methods'][method]['widths']}")
