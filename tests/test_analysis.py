@@ -69,6 +69,15 @@ def test_gaussian_measurement_matches_exact_likelihood(tmp_path):
     assert quality["learned"]["valid"] == doc["fit_valid"]["learned"] and ("FIT NOT VALID" in summary) != quality["learned"]["valid"]
 
 
+def test_fit_max_outside_is_read_and_survives_the_quick_version(tmp_path):
+    text = GAUSSIAN.replace("scan_points = 7", "scan_points = 7\nmax_outside = 0.05")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.fit.max_outside == 0.05 and cfg.quick_version().fit.max_outside == 0.05
+    assert load_config(write(tmp_path, GAUSSIAN)).quick_version().fit.max_outside == 0.0  # the default: no event outside
+    with pytest.raises(ConfigError, match=r"max_outside = -0\.1 must be >= 0"):
+        load_config(write(tmp_path, text.replace("0.05", "-0.1")))
+
+
 def test_fit_quality_records_and_banners_a_fit_at_a_bound():
     """A fit whose optimum lies beyond the range is recorded not valid, with its reason, and bannered in the summary."""
     import torch

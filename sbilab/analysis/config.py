@@ -102,6 +102,7 @@ class FitSection:
     scan_points: int = 41
     scan_sigmas: float = 3.0
     max_outside: float = 0.0
+    nonnegative: ClassVar[tuple[str, ...]] = ("max_outside",)
 
     def check(self, where: str) -> None:
         if not 0.0 < self.cl < 1.0:
