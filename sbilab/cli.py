@@ -65,6 +65,26 @@ def _describe(path: str) -> dict:
                 "fields": store.fields, "metadata": store.metadata}
 
 
+def _output_folder(out: str | None, name: str) -> Path:
+    """The folder ``sbilab run`` writes to (``--out``, or ``out/<name>`` confined to ``out/``), created.
+
+    Raises:
+        ConfigError: ``--out`` is an existing file, or the folder cannot be created.
+    """
+    from .analysis.config import output_folder
+    from .exceptions import ConfigError
+
+    folder = Path(out) if out else output_folder("out", name)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is an existing file; the analysis writes several files into a folder. "
+                          "Give a folder path (new or existing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {folder} ({err.strerror or err}); give a writable --out folder.") from None
+    return folder
+
+
 def _export(args: argparse.Namespace) -> dict:
     from . import estimators  # noqa: F401 - registers the estimator kinds publish.load rebuilds
     from .io.onnx import export_onnx, verify_onnx
@@ -87,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .analysis import load_config, run_analysis
 
             config = load_config(args.analysis)
-            out = Path(args.out) if args.out else Path("out") / config.name
+            out = _output_folder(args.out, config.name)
             summary = run_analysis(config, out=out, quick=args.quick, device=args.device, progress=not args.no_progress)
             print(summary)
             return 0

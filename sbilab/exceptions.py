@@ -35,6 +35,8 @@ __all__ = [
     "IdentityCheckError",
     "SbilabWarning",
     "IdentityCheckWarning",
+    "ExtrapolationWarning",
+    "OneSidedIntervalWarning",
 ]
 
 
@@ -141,3 +143,13 @@ class SbilabWarning(UserWarning):
 class IdentityCheckWarning(SbilabWarning):
     """An identity check failed (augmented data, or the normalisation of a learned ratio,
     :func:`sbilab.stats.ratio_normalisation`) and the caller asked for a warning instead of an error."""
+
+
+class ExtrapolationWarning(SbilabWarning):
+    """A learned estimator was evaluated on inputs outside the range of its training data
+    (see :mod:`sbilab.estimators.support`); its output there is an unconstrained extrapolation."""
+
+
+class OneSidedIntervalWarning(SbilabWarning):
+    """A profile-likelihood interval runs into a bound of the parameter range: one end is the
+    bound, not a crossing, so the interval is one-sided (quote a limit, or widen the range)."""

@@ -84,3 +84,16 @@ def test_no_pickle_in_library_code():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+def test_no_public_name_means_two_things():
+    """A user-facing name exported from two places must be the same object (else rename one)."""
+    import pkgutil
+
+    seen: dict[str, dict[str, object]] = {}
+    for info in pkgutil.walk_packages(sbilab.__path__, "sbilab."):
+        mod = importlib.import_module(info.name)
+        for name in getattr(mod, "__all__", ()):
+            seen.setdefault(name, {})[info.name] = getattr(mod, name)
+    clashes = {name: sorted(where) for name, where in seen.items() if len({id(v) for v in where.values()}) > 1}
+    assert not clashes, f"one name, different objects: {clashes}"
