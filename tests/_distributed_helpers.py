@@ -84,7 +84,7 @@ def crashing_mse(after: int):
     return loss
 
 
-OPTIONS = dict(epochs=6, batch_size=64, learning_rate=1e-2, patience=2, smoothing=0.0, min_delta=0.05, progress=False, seed=3)
+OPTIONS = dict(epochs=8, batch_size=64, learning_rate=1e-2, patience=2, smoothing=0.0, min_delta=0.15, progress=False, seed=3)
 
 
 def single(checkpoint: str | None = None, **extra) -> dict:

@@ -125,7 +125,8 @@ def launch(target: str | Callable[..., Any], world_size: int = 2, *, args: Seque
                     error.rank = running[0] if running else None
                     raise error
         except tmp.ProcessRaisedException as err:
-            error = WorkerError(f"launch: rank {err.error_index} of {world_size} raised; the other ranks were ended. {err}")
+            last = [line for line in str(err).splitlines() if line.strip()][-1:] or ["an exception"]
+            error = WorkerError(f"launch: rank {err.error_index} of {world_size} raised {last[0].strip()}; the other ranks were ended.\n{err}")
             error.rank = err.error_index
             raise error from None
         except tmp.ProcessExitedException as err:
