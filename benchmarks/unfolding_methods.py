@@ -34,7 +34,7 @@ from sbilab.unfolding import (
     unfold_each_observable,
     weighted_moments,
 )
-from sbilab.unfolding.binning import bin_index, histogram
+from sbilab.unfolding.binning import bin_index, bin_sums
 from sbilab.unfolding.steps import DEFAULT_TRAINING
 
 REPORTED = (1, 2, 4)
@@ -58,8 +58,8 @@ def _binned_reference(toy, sim, data, background) -> torch.Tensor:
     edges = torch.linspace(-6, 6, 241, dtype=torch.float64)
     resp = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
                                 pass_reco=sim.pass_reco, weights=sim.weights_or_ones().double())
-    counts = histogram(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), 240)
-    bkg = None if background is None else histogram(bin_index(background.x[:, 0], edges), background.weights.double(), 240)
+    counts = bin_sums(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), 240)
+    bkg = None if background is None else bin_sums(bin_index(background.x[:, 0], edges), background.weights.double(), 240)
     u = iterative_unfold(counts, resp, iterations=4, background=bkg, covariance=False, response_covariance=False).unfolded
     c = 0.5 * (edges[1:] + edges[:-1])
     mean = (u * c).sum(-1) / u.sum(-1)

@@ -47,7 +47,7 @@ from ..unfolding import (
     unfold_each_observable,
     weighted_moments,
 )
-from ..unfolding.binning import bin_index, histogram
+from ..unfolding.binning import bin_index, bin_sums
 from .config import AnalysisConfig
 from .run import register_pipeline, write_results
 from .unfolding_plots import plot_diagnostics, plot_iterations, plot_unfolded
@@ -103,7 +103,7 @@ def _moments(values: torch.Tensor) -> list[list[float]]:
 
 
 def _histograms(edges: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return histogram(bin_index(values.to(torch.float64), edges), weights.to(torch.float64), len(edges) - 1)
+    return bin_sums(bin_index(values.to(torch.float64), edges), weights.to(torch.float64), len(edges) - 1)
 
 
 @register_pipeline("unfolding", section=("unfolding", UnfoldingSection), toys=("unfolding_gaussian",), check=_check)

@@ -22,7 +22,7 @@ import pyhf
 
 from ..exceptions import WorkspaceError
 from . import asymptotic
-from .histfactory import Channel, Sample, apply_patch, build_workspace, load_workspace, numpy_minuit, pyhf_errors, to_json
+from .histfactory import Channel, Sample, apply_patch, build_workspace, check_observations, load_workspace, numpy_minuit, pyhf_errors, to_json
 from .results import HypotestResult, UpperLimitResult
 
 __all__ = [
@@ -60,12 +60,28 @@ class PyhfModel:
                 self.model = workspace.model(measurement_name=measurement)
             except pyhf.exceptions.InvalidMeasurement as err:
                 raise WorkspaceError(f"measurement {measurement!r} not found: {err}") from err
+            check_observations(workspace, self.model)
             self.observed = np.asarray(workspace.data(self.model), dtype=float)
         self.poi_index = int(self.model.config.poi_index)
 
+    def _data(self, data: Any) -> np.ndarray:
+        """``data`` as float64 ``(B + A,)``, or WorkspaceError naming the channels when its length is wrong."""
+        values = np.asarray(data, dtype=float)
+        if values.shape != self.observed.shape:
+            raise WorkspaceError(
+                f"data has shape {values.shape}; this model needs ({self.observed.size},): the main bins of channels "
+                f"{dict(self.model.config.channel_nbins)} followed by {self.model.config.nauxdata} auxiliary data."
+            )
+        return values
+
     def fit(self, data: Any, poi: float | None = None) -> tuple[float, np.ndarray, bool]:
-        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed (remembered)."""
-        key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
+        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed (remembered).
+
+        Raises:
+            WorkspaceError: ``data`` does not have the model's length (main bins plus auxiliary data).
+        """
+        data = self._data(data)
+        key = (data.tobytes(), None if poi is None else float(poi))
         if key not in self._fits:
             self._fits[key] = self._fit(data, poi)
         twice_nll, pars, ok = self._fits[key]
@@ -91,9 +107,17 @@ class PyhfModel:
         return float(twice_nll), np.asarray(pars, dtype=float), True
 
     def asimov(self, parameters: np.ndarray) -> np.ndarray:
-        """Expected main + auxiliary data at ``parameters``."""
-        with numpy_minuit():
-            return np.asarray(self.model.expected_data(parameters), dtype=float)
+        """Expected main + auxiliary data at ``parameters`` ``(npars,)``.
+
+        Raises:
+            WorkspaceError: ``parameters`` does not have one entry per model parameter.
+        """
+        pars = np.asarray(parameters, dtype=float)
+        if pars.shape != (self.model.config.npars,):
+            raise WorkspaceError(f"parameters has shape {pars.shape}; this model has {self.model.config.npars} parameters "
+                                 f"{self.model.config.par_names}.")
+        with numpy_minuit(), pyhf_errors(self.workspace):
+            return np.asarray(self.model.expected_data(pars), dtype=float)
 
 
 def _model(workspace: pyhf.Workspace | PyhfModel, function: str) -> PyhfModel:

@@ -61,7 +61,7 @@ from ..paired import PairedEvents
 from ..training import TrainingConfig, fit
 from .diagnostics import StepDiagnostics, check_finite_weights
 from .checks import check_inputs
-from .steps import DEFAULT_TRAINING, ClassifierSettings, member_logits, step_ratio, train_classifier
+from .steps import DEFAULT_TRAINING, ClassifierSettings, member_logits, step_ratio, train_step_classifier
 
 __all__ = ["GenerativeSettings", "GenerativeResult", "generative_unfold"]
 
@@ -215,7 +215,7 @@ def generative_unfold(mc: PairedEvents, data: Events, *, background: Events | No
         keep = 1 - steps.odds("background", 0, 11, data, w_data, background, w_bkg, data, w_data)
     eff_model = None
     if bool(miss.any()):
-        eff_model = train_classifier(mc.gen.x[miss], w_mc[miss], mc.gen.x[matched], w_mc[matched],
+        eff_model = train_step_classifier(mc.gen.x[miss], w_mc[miss], mc.gen.x[matched], w_mc[matched],
                                      settings=settings.classifier, seed=settings.classifier.training.seed + 13, device=device)
     nu = torch.ones_like(w_mc)
     c = 1.0

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..calibration import ClosureResult, closure_test
 from ..exceptions import InvalidEventsError, ShapeMismatchError
-from .binning import bin_index, histogram
+from .binning import bin_index, bin_sums
 
 __all__ = [
     "triangular_discriminator",
@@ -201,8 +201,8 @@ def distances_to_truth(events: Tensor, weights: Tensor, truth: Tensor, edges: Se
     for d, e in enumerate(edges):
         e = torch.as_tensor(e, dtype=torch.float64)
         ia, ib = bin_index(x[:, d], e), bin_index(t[:, d], e)
-        h_a = histogram(ia, w, e.numel() - 1).clamp_min(0)
-        h_b = histogram(ib, torch.ones(t.shape[0], dtype=torch.float64), e.numel() - 1)
+        h_a = bin_sums(ia, w, e.numel() - 1).clamp_min(0)
+        h_b = bin_sums(ib, torch.ones(t.shape[0], dtype=torch.float64), e.numel() - 1)
         delta.append(1e3 * float(triangular_discriminator_binned(h_a, h_b)))
         keep = (ia >= 0) & (w != 0)
         w1.append(float(wasserstein_1d(x[keep, d], t[ib >= 0, d], weights_a=w[keep])))

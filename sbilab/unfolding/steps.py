@@ -42,7 +42,7 @@ from ..exceptions import ConfigError, InvalidEventsError
 from ..nets.ensemble import Ensemble
 from ..training import TrainingConfig, fit
 
-__all__ = ["ClassifierSettings", "DEFAULT_TRAINING", "train_classifier", "member_logits", "member_ratios", "class_totals", "step_ratio"]
+__all__ = ["ClassifierSettings", "DEFAULT_TRAINING", "train_step_classifier", "member_logits", "member_ratios", "class_totals", "step_ratio"]
 
 DEFAULT_TRAINING = TrainingConfig(epochs=20, batch_size=1024, learning_rate=2e-3, schedule="cosine", final_lr_fraction=0.01,
                                   weight_decay=0.0, clip_norm=5.0, validation_fraction=0.0, patience=None, keep="last", seed=0)
@@ -116,7 +116,7 @@ def class_totals(w0: Tensor, w1: Tensor) -> Tensor:
     return totals
 
 
-def train_classifier(x0: Tensor, w0: Tensor, x1: Tensor, w1: Tensor, *, settings: ClassifierSettings, seed: int,
+def train_step_classifier(x0: Tensor, w0: Tensor, x1: Tensor, w1: Tensor, *, settings: ClassifierSettings, seed: int,
                      mask0: Tensor | None = None, mask1: Tensor | None = None, warm: nn.Module | None = None,
                      device: str | torch.device = "auto", progress: bool = False) -> nn.Module:
     """Train one classifier per member: sample 0 (label 0) against sample 1 (label 1).
@@ -210,7 +210,7 @@ def step_ratio(sample0: Events, w0: Tensor, sample1: Events, w1: Tensor, *, sett
     Args:
         sample0, sample1: Events (``x`` and, for sets, ``mask``; weights are ignored).
         w0: ``(K, N0)`` weights of sample 0 per member; w1: ``(K, N1)``.
-        settings, seed, warm, device: As :func:`train_classifier`.
+        settings, seed, warm, device: As :func:`train_step_classifier`.
         apply_to: Events to evaluate the ratio on (default: sample 0).
         base: Weights ``(K, N)`` of ``apply_to`` for the ESS and clipping report (default ``w0``).
 
@@ -219,7 +219,7 @@ def step_ratio(sample0: Events, w0: Tensor, sample1: Events, w1: Tensor, *, sett
         :class:`~sbilab.estimators.ClassifierWeights` per member (ESS and clipping on ``apply_to``,
         calibration :math:`E_0[r]` on sample 0, where it must be 1), and the trained model.
     """
-    model = train_classifier(sample0.x, w0.T, sample1.x, w1.T, mask0=sample0.mask, mask1=sample1.mask, settings=settings,
+    model = train_step_classifier(sample0.x, w0.T, sample1.x, w1.T, mask0=sample0.mask, mask1=sample1.mask, settings=settings,
                              seed=seed, warm=warm, device=device)
     totals = class_totals(w0.T, w1.T)
     own_ratio, own = member_ratios(member_logits(model, sample0.x, mask=sample0.mask), totals, w0, settings)
