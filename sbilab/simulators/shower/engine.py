@@ -168,8 +168,8 @@ class _Veto:
     (emitter slot, side) ``(B, 2M)`` at ``row * 2M + 2 slot + side``: the spectator slot ``part``,
     :math:`m^2`, :math:`z_-`, :math:`L = \\ln(z_+/z_-)`, the rate ``r0`` of the emitter's first
     kernel and the entry's total rate ``rt``; ``cum (B, 2M + 1)`` is the cumulative total with a
-    leading zero. Each step's trials are logged column-wise with their event and their position
-    in its history, so the histories are assembled with one scatter at the end.
+    leading zero. Each step writes its trials straight into the padded history at their
+    event's next position (a spare last row takes the trials that are not stored).
     """
 
     def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None) -> None:
@@ -201,10 +201,10 @@ class _Veto:
         self._index()
         self._refresh(torch.arange(n), torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long))
         self.finished: list[dict[str, Tensor]] = []
-        self.log_f: list[Tensor] = []  # per step (7, B): t, z, y, phi, flavour, emitted, p_hat
-        self.log_i: list[Tensor] = []  # per step (5, B): kernel, emitter, spectator, event, position
-        self.log_b: list[Tensor] = []  # per step (2, B): accepted, stored
-        self.np_bound = 2  # an upper bound of the live rows' largest parton count
+        self.t_cap = 32  # history rows per event; the last row of `history` takes the trials that are not stored
+        self.history = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
+        self.version = torch.full((n,), float(HISTORY_VERSION), dtype=_F64)
+        self.np_bound, self.count_bound = 2, 0  # upper bounds of the live rows' largest parton and trial counts
 
     def _index(self) -> None:
         """Row bases of the flat tables for the current rows and capacity."""
@@ -235,6 +235,16 @@ class _Veto:
         st["cum"] = torch.cat([st["cum"], st["cum"][:, -1:].expand(b, 2 * m)], 1)
         self.m = 2 * m
         self._index()
+
+    def _grow_history(self) -> None:
+        """Make room for more trials per event once some live event may have filled its rows."""
+        top = int(self.state["count"].max())
+        if top >= self.t_cap:
+            n, old, self.t_cap = self.n, self.t_cap, self.t_cap + 16
+            grown = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
+            grown[:-1].view(n, self.t_cap, -1)[:, :old] = self.history[:-1].view(n, old, -1)
+            self.history = grown
+        self.count_bound = top
 
     # ------------------------------------------------------------------ rates
     def _refresh(self, rows: Tensor, x: Tensor, side: Tensor) -> None:
@@ -315,10 +325,13 @@ class _Veto:
         q = torch.floor(u[4] * NF)
         phi = (u[4] * NF - q).mul_(2.0 * math.pi)
         emitted = torch.where(second, -1.0 - q, self.gluon_code)
-        self.log_f.append(torch.stack([t, z, y, phi, flavour, emitted, p_hat]))
-        self.log_i.append(torch.stack([ktype, i, k, st["orig"], st["count"]]))
-        self.log_b.append(torch.stack([accept, inside]))
+        if self.count_bound >= self.t_cap:
+            self._grow_history()
+        rows = torch.stack([t, z, y, phi, ktype.to(_F64), i.to(_F64), k.to(_F64), flavour, emitted, accept.to(_F64), p_hat,
+                            self.version[:b]], 1)
+        self.history.index_copy_(0, torch.where(inside, st["orig"] * self.t_cap + st["count"], self.n * self.t_cap), rows)
         st["count"] += inside
+        self.count_bound += 1
         a = torch.nonzero(accept).squeeze(1)
         if a.numel():
             if self.np_bound >= m:
@@ -384,17 +397,8 @@ class _Veto:
         npart = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["npart"])
         count = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["count"])
         t_max = int(count.max()) if n else 0
-        stored = torch.nonzero(torch.cat([f[1] for f in self.log_b])).squeeze(1)
-        floats = [x.index_select(0, stored) for x in torch.cat(self.log_f, 1)]
-        ints = [x.index_select(0, stored) for x in torch.cat(self.log_i, 1)]
-        accepted = torch.cat([f[0] for f in self.log_b]).index_select(0, stored)
-        destination = ints[3] * t_max + ints[4]
-        history = torch.zeros(n * t_max, len(COLUMNS), dtype=_F64)
-        columns = (floats[0], floats[1], floats[2], floats[3], ints[0], ints[1], ints[2], floats[4], floats[5], accepted, floats[6])
-        for col, value in enumerate(columns):
-            history[:, col].index_copy_(0, destination, value.to(_F64))
-        history[:, len(COLUMNS) - 1].index_fill_(0, destination, float(HISTORY_VERSION))
-        return ShowerState(momenta, pid, npart, history.view(n, t_max, len(COLUMNS)), count)
+        history = self.history[:-1].view(n, self.t_cap, len(COLUMNS))[:, :t_max]
+        return ShowerState(momenta, pid, npart, history.contiguous(), count)
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
