@@ -18,6 +18,8 @@ kind                 pipeline
 ``"qcd_splittings"`` :func:`sbilab.analysis.splittings.run_qcd_splittings`: (D, F, C) of the quark
                      splitting kernel from parton-shower events, learned ratios with and without
                      the history's gold, a set posterior, the exact primary-emission toy
+``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
+                     with pyhf, SIC of weakly supervised classifiers, a bump hunt
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays
