@@ -63,9 +63,9 @@ def datasets_from_events(events: Events, set_size: int, *, theta: Tensor | None 
     keep = min(m, block)
     x = events.x.new_zeros(n, block, events.x.shape[2])
     mask = torch.zeros(n, block, dtype=torch.bool)
-    order = torch.argsort((~events.mask[:, :keep]).to(torch.int8), dim=1, stable=True)  # real particles first
-    x[:, :keep] = torch.gather(events.x[:, :keep], 1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    mask[:, :keep] = torch.gather(events.mask[:, :keep], 1, order)
+    order = torch.argsort((~events.mask).to(torch.int8), dim=1, stable=True)[:, :keep]  # real particles first, wherever they sit
+    x[:, :keep] = torch.gather(events.x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    mask[:, :keep] = torch.gather(events.mask, 1, order)
     return Events(x=x.reshape(s, set_size * block, -1), theta=theta, mask=mask.reshape(s, set_size * block))
 
 
