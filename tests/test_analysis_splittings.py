@@ -37,7 +37,7 @@ hidden = [16, 16]
 epochs = 1
 seed = 2
 [qcd_splittings]
-reference_events = 2000
+reference_events = 500
 closure_datasets = 2
 set_size = 10
 block = 24
@@ -60,6 +60,10 @@ def test_pipeline_flags_an_undertrained_likelihood_and_reports(tmp_path):
     assert doc["valid"] is False and doc["hadronisation"] is False
     assert set(doc["shower"]["methods"]) == {"carl", "alices"}
     assert any(not r["closure"]["passed"] for r in doc["shower"]["methods"].values())
+    for r in doc["shower"]["methods"].values():  # the correction normalises on its own sample; the check uses another
+        assert len(r["normalisation_corrected"]["normalisation"]) == 6
+        worst = max(abs(c - 1) for c in r["normalisation_corrected"]["normalisation"])
+        assert worst < max(abs(c - 1) for c in r["normalisation_raw"]["normalisation"]) or worst < 0.05
     toy = PrimaryEmissions()
     cr = torch.sqrt(torch.diag(torch.linalg.inv(1000 * toy.fisher_information(torch.tensor([1.0, 1.0, 0.0])))))
     assert doc["toy"]["cramer_rao"]["D"] == pytest.approx(cr[0].item(), rel=1e-9)

@@ -12,7 +12,9 @@ A composition of the core (arXiv:2012.09873 for the physics; 1805.00020 for the 
    ``[qcd_splittings] reference_events`` independent reference events
    (:class:`~sbilab.calibration.NormalizedLogRatio`: without it the per-θ offset of a learned
    logit, :math:`N\log E_\mathrm{ref}[\hat r]`, biases a fit of :math:`10^4` events by many
-   standard deviations) and fitted with :class:`~sbilab.stats.UnbinnedLikelihood`. **Closure:**
+   standard deviations) and fitted with :class:`~sbilab.stats.UnbinnedLikelihood`. The check
+   :func:`~sbilab.stats.ratio_normalisation` (:math:`E_\mathrm{ref}[\hat r] = 1`?) runs on the raw and
+   on the corrected ratio at six points, on reference events independent of both. **Closure:**
    ``closure_datasets`` independent data sets at the truth are fitted too; the pulls must be
    consistent with N(0, 1) (:func:`closure`), otherwise the result is marked invalid and, with
    ``strict``, the run fails. Hessian widths at the truth for 10³ and N events sit beside the
@@ -45,7 +47,7 @@ from ..publish import save
 from ..simulators import datasets_from_events, joint_score, ratio_training_data, score_training_data, simulate_datasets
 from ..simulators.base import Simulator
 from ..simulators.shower import PartonShower, PrimaryEmissions
-from ..stats import UnbinnedLikelihood, cramer_rao, fisher_from_scores
+from ..stats import UnbinnedLikelihood, cramer_rao, fisher_from_scores, ratio_normalisation
 from ..stats.diagnostics import expected_coverage, sbc
 from ..stats.model import UnbinnedModel, as_float64
 from ..training import TrainingConfig, fit
@@ -203,6 +205,12 @@ def _alpha(cfg: AnalysisConfig, method: str) -> float | None:
     return cfg.estimator.alpha if method == cfg.estimator.method else None
 
 
+def _check_points(shower: PartonShower, truth: Tensor) -> Tensor:
+    """The truth and the truth moved by ±0.2 in D and F and by +0.5 in C (inside the box), ``(6, 3)``."""
+    steps = torch.tensor([[0, 0, 0], [-0.2, 0, 0], [0.2, 0, 0], [0, -0.2, 0], [0, 0.2, 0], [0, 0, 0.5]], dtype=torch.float64)
+    return torch.maximum(torch.minimum(truth + steps, shower.space.high.double()), shower.space.low.double())
+
+
 def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShower, truth: Tensor, methods: tuple[str, ...], device: str,
             log) -> tuple[dict, RatioEstimator, Events]:
     n, seed = cfg.observed.n_events, cfg.observed.seed
@@ -212,6 +220,7 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
     datasets = [_without_history(d) for d in datasets]
     out: dict[str, Any] = {"n_observed": n, "joint_fisher_widths": _widths(cramer_rao(fisher, n)),
                            "joint_fisher_widths_1000_events": _widths(cramer_rao(fisher, 1000)), "methods": {}}
+    check_ref = _without_history(shower.simulate(n, theta=shower.space.reference, generator=torch.Generator().manual_seed(seed + 202)))
     gold = None
     for method in methods:
         est = train_ratio(shower, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method),
@@ -219,8 +228,12 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
         fn = normalised(est, shower, section.reference_events, seed=seed + 101)
         check = closure(fn, shower.space, datasets, truth, pull_limit=section.pull_limit)
         first = check["fits"][0]
+        points = _check_points(shower, truth)
         out["methods"][method] = {"best": first["best"], "errors": first["errors"], "valid": first["valid"] and check["passed"],
-                                  "closure": check, "widths": _widths(hessian_widths(fn, shower.space, observed.x, truth)),
+                                  "closure": check,
+                                  "normalisation_raw": ratio_normalisation(est, check_ref.x, points, names=NAMES).to_dict(),
+                                  "normalisation_corrected": ratio_normalisation(fn, check_ref.x, points, names=NAMES).to_dict(),
+                                  "widths": _widths(hessian_widths(fn, shower.space, observed.x, truth)),
                                   "widths_1000_events": _widths(hessian_widths(fn, shower.space, observed.x[:1000], truth))}
         log(f"shower {method}: fit {first['best']} ± {first['errors']}; closure passed {check['passed']} {check['problems']}")
         gold = est
