@@ -53,7 +53,8 @@ def patch(m1: float, m2: float, *, control: bool = True) -> list[dict]:
     ops = [{"op": "add", "path": "/channels/0/samples/0", "value": sample}]
     if control:
         ops.append({"op": "add", "path": "/channels/2/samples/0", "value": {"name": "signal", "data": [0.02 * sum(s)], "modifiers": [
-            {"name": "mu", "type": "normfactor", "data": None}, {"name": "lumi", "type": "lumi", "data": None}]}})
+            {"name": "mu", "type": "normfactor", "data": None}, {"name": "lumi", "type": "lumi", "data": None},
+            {"name": "sig_xsec", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}})
     ops.append({"op": "remove", "path": "/channels/1"})
     return ops
 

@@ -50,7 +50,7 @@ PUBLIC = {
     "sbilab.reinterpret": {
         "SignalPatch", "PatchCollection", "read_patches", "read_background", "patched_workspace", "to_patchset", "ScanSettings",
         "evaluate_patch", "poi_modifier_check", "scan_patches", "ScanJournal", "PatchResult", "ScanResult", "ExclusionContours",
-        "exclusion_contours", "significance", "INTERPOLATION", "plot_exclusion",
+        "exclusion_contours", "significance", "INTERPOLATION", "plot_exclusion", "signal_patch", "add_signal", "poi_upper_bound",
     },
 }
 

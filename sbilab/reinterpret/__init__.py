@@ -2,6 +2,7 @@
 
 - :mod:`~sbilab.reinterpret.patches`: signal patches from a pyhf PatchSet, per-patch files, a
   folder or a tarball; applying one to the background-only workspace.
+- :mod:`~sbilab.reinterpret.signal`: a new signal added to a background-only workspace by channel name.
 - :mod:`~sbilab.reinterpret.evaluate`: one point's CLs test (and limits), warm-started.
 - :mod:`~sbilab.reinterpret.scan`: every patch, in parallel single-thread processes, appended to a
   crash-safe journal so a killed scan resumes.
@@ -19,6 +20,7 @@ from .patches import PatchCollection, SignalPatch, patched_workspace, read_backg
 from .plots import plot_exclusion
 from .results import PatchResult, ScanResult
 from .scan import scan_patches
+from .signal import add_signal, poi_upper_bound, signal_patch
 
 __all__ = [
     "SignalPatch",
@@ -27,6 +29,9 @@ __all__ = [
     "read_background",
     "patched_workspace",
     "to_patchset",
+    "signal_patch",
+    "add_signal",
+    "poi_upper_bound",
     "ScanSettings",
     "evaluate_patch",
     "poi_modifier_check",
