@@ -51,6 +51,11 @@ PUBLIC = {
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
         "IntegrationNoise", "integration_noise",
     },
+    "sbilab.reinterpret": {
+        "SignalPatch", "PatchCollection", "read_patches", "read_background", "patched_workspace", "to_patchset", "ScanSettings",
+        "evaluate_patch", "poi_modifier_check", "scan_patches", "ScanJournal", "PatchResult", "ScanResult", "ExclusionContours",
+        "exclusion_contours", "significance", "INTERPOLATION", "plot_exclusion", "signal_patch", "add_signal", "poi_upper_bound",
+    },
 }
 
 
