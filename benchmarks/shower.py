@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_ratio
+from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_splitting_ratio
 from sbilab.estimators import ScoreEstimator, get_loss
 from sbilab.events import Events
 from sbilab.simulators import joint_score, score_training_data
@@ -139,7 +139,7 @@ def toy_study(args) -> dict[str, Any]:
     for method in args.toy_methods:
         mse[method] = {}
         for budget in args.toy_budgets:
-            est, cpu, _ = timed(train_ratio, toy, method, budget // 2, training(args), alpha=ALPHA[method], hidden=(64, 64),
+            est, cpu, _ = timed(train_splitting_ratio, toy, method, budget // 2, training(args), alpha=ALPHA[method], hidden=(64, 64),
                                 embedding=TOY_SETS)
             with torch.no_grad():
                 pred = torch.cat([est(test.x[i:i + 8192], test.theta[i:i + 8192], test.mask[i:i + 8192]) for i in range(0, len(test), 8192)])
@@ -171,7 +171,7 @@ def shower_study(args) -> dict[str, Any]:
     bias: dict[str, dict[str, Any]] = {}
     low, high = shower.space.low.tolist(), shower.space.high.tolist()
     for method in args.shower_methods:
-        est, cpu, _ = timed(train_ratio, shower, method, args.shower_budget, training(args), alpha=ALPHA[method])
+        est, cpu, _ = timed(train_splitting_ratio, shower, method, args.shower_budget, training(args), alpha=ALPHA[method])
         fn = normalised(est, shower, args.reference_events, seed=300)
         raw = closure(est, shower.space, datasets, sm)
         check = closure(fn, shower.space, datasets, sm)

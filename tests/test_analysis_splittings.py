@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
-from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_ratio
+from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_splitting_ratio
 from sbilab.exceptions import ConfigError, FitError
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
 from sbilab.training import TrainingConfig
@@ -114,7 +114,7 @@ def test_gold_ratio_on_particle_sets_plugs_into_the_normalised_unbinned_fit():
 
     shower = PartonShower(output="thrust_frame")
     training = TrainingConfig(epochs=1, seed=0, validation_fraction=0.0, patience=None)
-    est = train_ratio(shower, "alices", 150, training, alpha=0.1, hidden=(16,),
+    est = train_splitting_ratio(shower, "alices", 150, training, alpha=0.1, hidden=(16,),
                       embedding={"kind": "deepsets", "out_features": 8, "hidden": [16], "latent": 8})
     assert est.is_set
     fn = normalised(est, shower, 300, seed=4)

@@ -56,7 +56,7 @@ from .estimation import truth_point
 from .run import register_pipeline, write_results
 from .splittings_plots import plot_all
 
-__all__ = ["run_qcd_splittings", "SplittingsSection", "train_ratio", "normalised", "hessian_widths", "closure", "NAMES"]
+__all__ = ["run_qcd_splittings", "SplittingsSection", "train_splitting_ratio", "normalised", "hessian_widths", "closure", "NAMES"]
 
 NAMES = ("D", "F", "C")
 TOY_EMBEDDING = {"kind": "deepsets", "out_features": 32, "hidden": [64, 64], "latent": 32, "pooling": "sum"}
@@ -102,7 +102,7 @@ def _chunked(make: Callable[[int], Events], n: int, chunk: int = 20_000) -> Even
     return parts[0] if len(parts) == 1 else Events.concatenate(parts)
 
 
-def train_ratio(simulator: Simulator, method: str, n: int, training: TrainingConfig, *, alpha: float | None = None,
+def train_splitting_ratio(simulator: Simulator, method: str, n: int, training: TrainingConfig, *, alpha: float | None = None,
                 hidden: tuple[int, ...] = (100, 100), embedding: dict[str, Any] | None = None, device: str = "cpu",
                 progress: bool = False) -> RatioEstimator:
     r"""A :class:`~sbilab.estimators.RatioEstimator` of :math:`\log r(x|\theta)` trained with ``method`` on ``n`` events per class.
@@ -152,7 +152,7 @@ def closure(log_ratio: Callable[..., Tensor], space: Any, datasets: list[Events]
     pulls, fits, problems = [], [], []
     for k, data in enumerate(datasets):
         result = UnbinnedLikelihood(log_ratio, Events.observed(data.x, mask=data.mask), space, tolerance=0.01).fit()
-        fits.append({"best": result.best, "errors": result.errors, "valid": result.valid})
+        fits.append({"best": result.best, "errors": result.errors, "valid": result.valid, "reason": result.reason, "notes": list(result.notes)})
         at_limit = [n for i, n in enumerate(names) if min(result.best[n] - float(space.low[i]), float(space.high[i]) - result.best[n]) < 1e-4]
         if not result.valid or at_limit:
             problems.append(f"data set {k}: fit {'invalid' if not result.valid else 'at the limit of ' + ', '.join(at_limit)}")
@@ -186,7 +186,7 @@ def _toy(cfg: AnalysisConfig, section: SplittingsSection, truth: Tensor, methods
                            "exact_fit": {"best": best.best, "errors": best.errors}, "var_log_r": float(exact.var()), "methods": {}}
     predictions = {"exact": exact.float()}
     for method in methods:
-        est = train_ratio(toy, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method), hidden=(64, 64),
+        est = train_splitting_ratio(toy, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method), hidden=(64, 64),
                           embedding=TOY_EMBEDDING, device=device)
         with torch.no_grad():
             predictions[method] = est(test.x, test.theta, test.mask).float()
@@ -223,13 +223,15 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
     check_ref = _without_history(shower.simulate(n, theta=shower.space.reference, generator=torch.Generator().manual_seed(seed + 202)))
     gold = None
     for method in methods:
-        est = train_ratio(shower, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method),
+        est = train_splitting_ratio(shower, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method),
                           hidden=tuple(cfg.estimator.hidden), device=device)
         fn = normalised(est, shower, section.reference_events, seed=seed + 101)
         check = closure(fn, shower.space, datasets, truth, pull_limit=section.pull_limit)
         first = check["fits"][0]
         points = _check_points(shower, truth)
         out["methods"][method] = {"best": first["best"], "errors": first["errors"], "valid": first["valid"] and check["passed"],
+                                  "reason": first["reason"] or ("" if check["passed"] else "closure test failed: " + "; ".join(check["problems"])),
+                                  "notes": first["notes"],
                                   "closure": check,
                                   "normalisation_raw": ratio_normalisation(est, check_ref.x, points, names=NAMES).to_dict(),
                                   "normalisation_corrected": ratio_normalisation(fn, check_ref.x, points, names=NAMES).to_dict(),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import ConfigError, ShapeMismatchError
-from .base import Simulator
+from .base import Simulator, checked_sample
 
 __all__ = ["simulate_datasets", "datasets_from_events"]
 
@@ -80,5 +80,5 @@ def simulate_datasets(simulator: Simulator, n_sets: int, set_size: int, *, gener
     if n_sets < 1 or set_size < 1:
         raise ConfigError(f"simulate_datasets: n_sets = {n_sets} and set_size = {set_size} must be positive.")
     theta = simulator.space.sample(n_sets, generator=generator) if theta is None else torch.as_tensor(theta)
-    events = simulator.sample(theta.repeat_interleave(set_size, dim=0), generator=generator)
+    events = checked_sample(simulator, theta.repeat_interleave(set_size, dim=0), generator=generator)
     return datasets_from_events(events, set_size, theta=theta, block=block)
