@@ -24,6 +24,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "InsufficientEventsError",
 ]
 
 
@@ -85,3 +86,8 @@ class PublishError(SbilabError, OSError):
 
 class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
+
+
+class InsufficientEventsError(SbilabError, ValueError):
+    """Too few events for the statistical precision a test needs (e.g. a two-sample AUC whose
+    error would exceed the requested resolution); the message says how many are needed."""
