@@ -78,7 +78,8 @@ class InferenceComparison:
         observed: ``{model: {"best": {p: v}, "errors": {p: e}, "valid": bool}}`` (if observed data were given).
         widths: ``{model: {p: mean width}}``.
         coverage: ``{model: {level: fraction of toys covered}}``.
-        shift: ``{model: {p: mean (θ̂ - θ̂_ref) / mean width_ref}}``.
+        shift: ``{model: {p: mean (θ̂ - θ̂_ref) / mean width_ref}}`` over the same toys.
+        shift_error: Its standard error (spread of the per-toy differences over √T).
         converged: ``{model: fraction of toy fits that converged}``.
     """
 
@@ -92,6 +93,7 @@ class InferenceComparison:
     widths: dict[str, dict[str, float]]
     coverage: dict[str, dict[float, float]]
     shift: dict[str, dict[str, float]]
+    shift_error: dict[str, dict[str, float]]
     converged: dict[str, float]
 
     def coverage_error(self, level: float) -> float:
@@ -110,7 +112,7 @@ class InferenceComparison:
                 "width_ratio": {m: self.width_ratio(m) for m in models},
                 "coverage": {m: {str(k): v for k, v in c.items()} for m, c in self.coverage.items()},
                 "coverage_error": {str(level): self.coverage_error(level) for level in self.levels},
-                "shift": self.shift, "converged": self.converged}
+                "shift": self.shift, "shift_error": self.shift_error, "converged": self.converged}
 
 
 def _fit_block(model: LikelihoodModel, x: Tensor, space: ParameterSpace, truth: Tensor, chunk_events: int
@@ -180,7 +182,7 @@ def compare_inference(
             fit = UnbinnedLikelihood(model.log_prob, Events.observed(model.featurize(observed)), space,
                                      start=dict(zip(names, truth_t.tolist()))).fit()
             observed_fits[label] = {"best": fit.best, "errors": fit.errors, "valid": fit.valid}
-    widths, coverage, shift, converged = {}, {}, {}, {}
+    widths, coverage, shift, shift_error, converged = {}, {}, {}, {}, {}
     for label, (theta_hat, t, conv, cov) in per_model.items():
         sigma = cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
         ok = conv if bool(conv.any()) else torch.ones_like(conv)
@@ -188,7 +190,10 @@ def compare_inference(
         coverage[label] = {level: float((t <= thr).double().mean()) for level, thr in thresholds.items()}
         converged[label] = float(conv.double().mean())
     ref_hat = per_model[reference][0]
+    t = toys.shape[0]
     for label, (theta_hat, *_rest) in per_model.items():
-        shift[label] = {p: float((theta_hat[:, i] - ref_hat[:, i]).mean()) / widths[reference][p] for i, p in enumerate(names)}
-    return InferenceComparison(names, tuple(truth_t.tolist()), tuple(float(v) for v in levels), int(toys.shape[0]), int(toys.shape[1]),
-                               reference, observed_fits, widths, coverage, shift, converged)
+        diff = (theta_hat - ref_hat) / torch.tensor([widths[reference][p] for p in names], dtype=torch.float64)
+        shift[label] = {p: float(diff[:, i].mean()) for i, p in enumerate(names)}
+        shift_error[label] = {p: float(diff[:, i].std()) / math.sqrt(t) if t > 1 else math.nan for i, p in enumerate(names)}
+    return InferenceComparison(names, tuple(truth_t.tolist()), tuple(float(v) for v in levels), int(t), int(toys.shape[1]),
+                               reference, observed_fits, widths, coverage, shift, shift_error, converged)

@@ -131,8 +131,8 @@ def train_simulator_surrogate(
         InvalidEventsError: events without θ or with set observables.
         OutOfSupportError: some θ outside ``space``.
     """
-    space.check(events.theta, argument="train_simulator_surrogate events.theta")
     view = simulator_events(events)
+    space.check(events.theta, argument="train_simulator_surrogate events.theta")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         q = ConditionalDensity.from_events(view, target="latent", low=low, high=high,

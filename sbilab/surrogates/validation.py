@@ -307,6 +307,7 @@ def validate(
     resolution: float = 0.01,
     hidden: Sequence[int] = (64, 64),
     epochs: int = 30,
+    n_bootstrap: int = 200,
     seed: int = 0,
     inference: Any = None,
     extra: Mapping[str, Any] | None = None,
@@ -324,6 +325,7 @@ def validate(
             column (e.g. ``{"M": 3}`` for three θ regions).
         bins: Histogram bins per column.
         resolution: Largest acceptable AUC error (overall and per region).
+        hidden, epochs, n_bootstrap, seed: Options of the two-sample classifiers (:func:`two_sample_auc`).
         inference: A precomputed :class:`~sbilab.surrogates.inference.InferenceComparison` to include.
         extra: Further JSON-able figures to include.
 
@@ -341,7 +343,7 @@ def validate(
         raise ConfigError(f"validate: {len(names)} names for {xs.shape[1]} columns {default_names}.")
     ws = surrogate.weights_or_ones().double()
     wo = original.weights_or_ones().double()
-    options = dict(resolution=resolution, hidden=hidden, epochs=epochs, seed=seed)
+    options = dict(resolution=resolution, hidden=hidden, epochs=epochs, n_bootstrap=n_bootstrap, seed=seed)
     overall = two_sample_auc(xs, xo, weights_surrogate=ws, weights_original=wo, **options)
     tests = []
     for column, spec in (regions or {}).items():

@@ -1,0 +1,100 @@
+"""A learned detector stage of the resonance toy: efficiency and response against the exact detector, support, publishing."""
+
+import math
+
+import pytest
+import torch
+from scipy.stats import norm
+
+from sbilab import publish
+from sbilab.exceptions import OutOfSupportError, ShapeMismatchError
+from sbilab.nets.flows import FlowSpec
+from sbilab.simulators.toys import Resonance
+from sbilab.surrogates import (
+    Composition,
+    ResonanceDetector,
+    ResonanceTruth,
+    StageSurrogate,
+    TruthRangeWarning,
+    simulate_pairs,
+    train_stage_surrogate,
+)
+
+TOY = Resonance()
+TRUTH, DETECTOR = ResonanceTruth(TOY), ResonanceDetector(TOY)
+SMALL = dict(flow=FlowSpec("nsf", transforms=1, hidden=(32, 32)), efficiency_hidden=(32, 32), epochs=8, efficiency_epochs=30,
+             batch_size=256, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    g = torch.Generator().manual_seed(0)
+    return simulate_pairs(TRUTH, DETECTOR, TOY.space.sample(6000, generator=g), generator=g)
+
+
+@pytest.fixture(scope="module")
+def stage(pairs):
+    z, x, passed = pairs
+    return train_stage_surrogate(z, x, passed, truth_low=[70.0], truth_high=[130.0], reco_low=[85.0], reco_high=[115.0],
+                                 truth_names=["m"], reco_names=["x"], **SMALL)
+
+
+def test_efficiency_and_response_follow_the_exact_detector(stage):
+    m = torch.tensor([[80.0], [84.0], [86.0], [100.0], [113.0], [117.0], [122.0]], dtype=torch.float64)
+    exact = norm.cdf((115 - m[:, 0].numpy()) / 2) - norm.cdf((85 - m[:, 0].numpy()) / 2)
+    learned = stage.log_efficiency(m).exp().detach().double().numpy()
+    assert abs(learned - exact).max() < 0.08  # binomial noise near the window edges is ~0.03 with 6000 pairs
+    # response at m = 100, far from the window edges: N(100, 2)
+    draws = stage.sample_reco(torch.full((6000, 1), 100.0), generator=torch.Generator().manual_seed(1))
+    assert float(draws.mean()) == pytest.approx(100.0, abs=0.15)
+    assert float(draws.std()) == pytest.approx(2.0, rel=0.12)
+    x = torch.linspace(96.0, 104.0, 9).reshape(-1, 1)
+    exact_lp = DETECTOR.log_prob(x.double(), torch.full((9, 1), 100.0, dtype=torch.float64))
+    learned_lp = stage.log_prob(x, torch.full((9, 1), 100.0)).detach().double()
+    assert float((learned_lp - exact_lp).abs().max()) < 0.15
+    assert stage.training_record["left_out_passing"] == 0
+
+
+def test_surrogate_simulator_is_normalised_and_stays_in_the_window(stage):
+    surrogate = Composition(TRUTH, stage)
+    ev = surrogate.sample(torch.tensor([100.0, 5.0]).expand(500, 2), generator=torch.Generator().manual_seed(2))
+    assert bool(((ev.x > 85) & (ev.x < 115)).all()) and ev.weights is None
+    # p(x|θ) of the surrogate integrates to one over the window (by construction: the grid normalises it)
+    grid = torch.linspace(85, 115, 1201, dtype=torch.float64)[1:-1].reshape(-1, 1)
+    density = surrogate.log_prob(grid, torch.tensor([100.0, 5.0])).exp()
+    assert float(density.sum() * (grid[1, 0] - grid[0, 0])) == pytest.approx(1.0, abs=3e-3)
+    exact = TOY.log_prob(grid, torch.tensor([100.0, 5.0], dtype=torch.float64)).exp()
+    assert float((density - exact).abs().max() / exact.max()) < 0.1
+
+
+def test_stage_refuses_truth_and_theta_it_was_not_trained_on(stage):
+    with pytest.raises(OutOfSupportError, match="outside the trained truth range"):
+        stage.log_prob(torch.tensor([[100.0]]), torch.tensor([[140.0]]))
+    with pytest.raises(OutOfSupportError, match="outside the bounds"):
+        stage.log_prob(torch.tensor([[120.0]]), torch.tensor([[100.0]]))
+    with pytest.raises(ShapeMismatchError, match="does not depend on θ"):
+        stage.sample(torch.tensor([[100.0]]), torch.tensor([100.0, 5.0]))
+
+
+def test_publish_round_trip_reproduces_the_stage(stage, tmp_path):
+    path = publish.save(tmp_path / "stage.h5", stage, metadata={"toy": "resonance"})
+    loaded = publish.load(path)
+    assert isinstance(loaded, StageSurrogate) and loaded.truth_names == ("m",)
+    z = torch.tensor([[90.0], [100.0], [110.0]])
+    x = torch.tensor([[91.0], [99.0], [112.0]])
+    assert torch.equal(loaded.log_prob(x, z), stage.log_prob(x, z))
+    assert torch.equal(loaded.log_efficiency(z), stage.log_efficiency(z))
+    a = loaded.sample(z, generator=torch.Generator().manual_seed(5))
+    b = stage.sample(z, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(OutOfSupportError):
+        loaded.log_efficiency(torch.tensor([[60.0]]))
+
+
+def test_a_truth_range_that_cuts_passing_events_is_announced(pairs):
+    z, x, passed = (t[:2000] for t in pairs)
+    with pytest.warns(TruthRangeWarning, match="passing events have a truth outside"):
+        small = train_stage_surrogate(z, x, passed, truth_low=[90.0], truth_high=[110.0], reco_low=[85.0], reco_high=[115.0],
+                                      **{**SMALL, "epochs": 1, "efficiency_epochs": 1})
+    assert small.training_record["left_out_passing"] > 0
+    assert math.isclose(float(small.truth_box[0][0]), 90.0)
