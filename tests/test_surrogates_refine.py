@@ -54,3 +54,17 @@ def test_a_low_effective_sample_size_is_announced():
     assert result.effective_sample_size < 0.5 * 4000
     with pytest.raises(ConfigError, match="ess_threshold"):
         refinement_weights(far, torch.zeros(3, 1), ess_threshold=1.5)
+
+
+def test_ratio_agreement_and_exact_stage_ratio():
+    from sbilab.simulators.toys import Resonance
+    from sbilab.surrogates import ResonanceDetector, ratio_agreement, stage_log_ratio
+
+    exact = torch.linspace(-1, 1, 101, dtype=torch.float64)
+    perfect = ratio_agreement(exact + 3.0, exact)                 # a constant offset does not count
+    assert perfect["correlation"] == pytest.approx(1.0) and perfect["rms_difference"] == pytest.approx(0.0, abs=1e-12)
+    assert ratio_agreement(-exact, exact)["correlation"] == pytest.approx(-1.0)
+    # a stage against itself: log-ratio zero everywhere
+    det = ResonanceDetector(Resonance())
+    z, x = torch.tensor([[90.0], [100.0]], dtype=torch.float64), torch.tensor([[91.0], [99.0]], dtype=torch.float64)
+    assert torch.equal(stage_log_ratio(det, det, z, x), torch.zeros(2, dtype=torch.float64))

@@ -8,8 +8,9 @@ Sections: ``[analysis]`` (``name``, ``description``, ``kind``: which pipeline ru
 :data:`KINDS`), ``[simulator]`` (``toy`` and its options), ``[truth]`` (every parameter, nuisances
 included), ``[observed]``, ``[training]``, ``[fit]``, ``[nuisances]`` (Gaussian constraints,
 ``name = {mean = 2.0, sigma = 0.2}``), ``[eft]`` (the ``eft_limits`` pipeline), ``[search]`` (the
-``search`` pipeline) and ``[quick]``: overrides of ``[training]``, ``[fit]``, ``[eft]`` or
-``[search]`` keys (and ``observed_events``) for ``--quick`` runs. Key names are unique across
+``search`` pipeline), ``[surrogate]`` (the ``surrogate`` pipeline) and ``[quick]``: overrides of
+``[training]``, ``[fit]``, ``[eft]``, ``[search]`` or ``[surrogate]`` keys (and ``observed_events``)
+for ``--quick`` runs. Key names are unique across
 these sections, so a ``[quick]`` key names its section unambiguously.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "FitSection",
     "EftSection",
     "SearchSection",
+    "SurrogateSection",
     "load_config",
     "TOYS",
     "METHODS",
@@ -38,7 +40,7 @@ __all__ = [
 
 TOYS = ("gaussian", "resonance", "resonance_background", "morphing")
 METHODS = ("carl", "rolr", "rascal", "alice", "alices", "cascal", "scandal", "nde")
-KINDS = ("measurement", "eft_limits", "search")
+KINDS = ("measurement", "eft_limits", "search", "surrogate")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,47 @@ class SearchSection:
 
 
 @dataclass(frozen=True)
+class SurrogateSection:
+    r"""Options of the ``surrogate`` pipeline (:mod:`sbilab.analysis.surrogate`): the resonance measurement with its
+    detector stage replaced by a learned :class:`~sbilab.surrogates.StageSurrogate`.
+
+    ``[training]`` gives ``batch_size``, ``learning_rate`` and ``seed`` of every network; ``[truth]``,
+    ``[observed]`` and ``[fit] cl`` the measurement.
+
+    Attributes:
+        pairs: Paired (truth, reco, pass) simulations the stage is trained on (θ over the toy's space).
+        flow_transforms, flow_hidden, flow_bins: The stage density (a spline flow, :class:`~sbilab.nets.flows.FlowSpec`).
+        stage_epochs: Epochs of the density (the best validation epoch is kept).
+        efficiency_epochs: Epochs of the efficiency classifier.
+        classifier_hidden: Hidden widths of the efficiency, refinement and two-sample classifiers.
+        refine_events: Events of each sample (surrogate, original) training the refinement classifier.
+        refine_epochs: Its epochs.
+        validation_events: Held-out events of each sample for the validation.
+        validation_epochs: Epochs of each two-sample classifier.
+        auc_resolution: Largest acceptable statistical error of a two-sample AUC.
+        auc_regions: Quantile regions of each parameter with their own AUC (0: none).
+        toys: Toy experiments (``[observed] n_events`` each) for widths and coverage.
+        table_points: Points of the tabulated likelihood features over the window.
+    """
+
+    pairs: int = 100_000
+    flow_transforms: int = 3
+    flow_hidden: tuple[int, ...] = (64, 64)
+    flow_bins: int = 8
+    stage_epochs: int = 15
+    efficiency_epochs: int = 20
+    classifier_hidden: tuple[int, ...] = (64, 64)
+    refine_events: int = 100_000
+    refine_epochs: int = 20
+    validation_events: int = 60_000
+    validation_epochs: int = 10
+    auc_resolution: float = 0.01
+    auc_regions: int = 2
+    toys: int = 200
+    table_points: int = 2001
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """A complete analysis: which pipeline, simulator, truth, observed sample, training, fit."""
 
@@ -149,12 +192,14 @@ class AnalysisConfig:
     fit: FitSection = FitSection()
     eft: EftSection = EftSection()
     search: SearchSection = SearchSection()
+    surrogate: SurrogateSection = SurrogateSection()
     quick: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     nuisances: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def quick_version(self) -> "AnalysisConfig":
-        """The configuration with the ``[quick]`` overrides applied to ``[training]``, ``[fit]``, ``[eft]``, ``[search]`` and ``[observed]``."""
+        """The configuration with the ``[quick]`` overrides applied to ``[training]``, ``[fit]``, ``[eft]``, ``[search]``,
+        ``[surrogate]`` and ``[observed]``."""
         quick = dict(self.quick)
         observed = quick.pop("observed_events", None)
         sections = {}
@@ -168,11 +213,12 @@ class AnalysisConfig:
         return new
 
 
-_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection), ("search", SearchSection))
+_QUICK_SECTIONS = (("training", TrainingSection), ("fit", FitSection), ("eft", EftSection), ("search", SearchSection),
+                   ("surrogate", SurrogateSection))
 _QUICK_KEYS = [f.name for _, cls in _QUICK_SECTIONS for f in dataclasses.fields(cls)]
 assert len(_QUICK_KEYS) == len(set(_QUICK_KEYS)), "a [quick] key would be ambiguous between sections"
 _MAY_BE_NEGATIVE = ("seed", "alpha", "patience")
-_MAY_BE_ZERO = ("mu_true",)
+_MAY_BE_ZERO = ("mu_true", "auc_regions")
 
 
 def _convert(value: Any, default: Any) -> Any:
@@ -264,7 +310,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err}).") from None
-    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft", "search"}
+    allowed = {"analysis", "simulator", "truth", "observed", "training", "fit", "quick", "nuisances", "eft", "search", "surrogate"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed sections are {sorted(allowed)}.")
@@ -280,6 +326,9 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {list(TOYS)}.")
     if kind == "eft_limits" and toy != "morphing":
         raise ConfigError(f"{path}: [analysis] kind = 'eft_limits' needs [simulator] toy = 'morphing', got {toy!r}.")
+    if kind == "surrogate" and toy != "resonance":
+        raise ConfigError(f"{path}: [analysis] kind = 'surrogate' replaces the detector stage of the 'resonance' toy; "
+                          f"set [simulator] toy = 'resonance' (got {toy!r}).")
     if kind == "search" and toy != "resonance_background":
         raise ConfigError(f"{path}: [analysis] kind = 'search' needs [simulator] toy = 'resonance_background', got {toy!r}.")
     truth = raw["truth"]
@@ -296,6 +345,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [eft] cls = {list(eft.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
     search = _section(SearchSection, raw.get("search", {}), path, "search")
     _check_search(search, path, "search")
+    surrogate = _section(SurrogateSection, raw.get("surrogate", {}), path, "surrogate")
     if kind == "search" and training.method != "carl":
         raise ConfigError(f"{path}: [analysis] kind = 'search' trains a signal-vs-background classifier; "
                           f"set [training] method = 'carl' (got {training.method!r}).")
@@ -322,6 +372,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         fit=fit,
         eft=eft,
         search=search,
+        surrogate=surrogate,
         quick=quick,
         nuisances=_nuisances(dict(raw.get("nuisances", {})), path),
     )

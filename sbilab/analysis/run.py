@@ -9,6 +9,9 @@ kind                 pipeline
                      morphing couplings, learned ratio vs histograms vs SALLINO, learned vs exact
 ``"search"``         :func:`sbilab.analysis.search.run_search`: binned resonance search with pyhf
                      (CLs limits, significances) on raw x, a learned classifier and the exact s/b
+``"surrogate"``      :func:`sbilab.analysis.surrogate.run_surrogate`: the resonance measurement
+                     with its detector stage replaced by a learned surrogate, validated,
+                     refined, and fitted against the original
 ===================  =========================================================================
 """
 
@@ -23,7 +26,8 @@ __all__ = ["run_analysis", "PIPELINES"]
 
 PIPELINES = {"measurement": ("sbilab.analysis.measurement", "run_measurement"),
              "eft_limits": ("sbilab.analysis.eft", "run_eft_limits"),
-             "search": ("sbilab.analysis.search", "run_search")}
+             "search": ("sbilab.analysis.search", "run_search"),
+             "surrogate": ("sbilab.analysis.surrogate", "run_surrogate")}
 assert set(PIPELINES) == set(KINDS)
 
 

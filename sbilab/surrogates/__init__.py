@@ -28,7 +28,7 @@ A surrogate of the detector stage of the resonance toy, end to end::
 from .amplification import AmplificationResult, histogram_amplification, mean_amplification
 from .inference import InferenceComparison, LikelihoodModel, compare_inference
 from .pairs import check_pairs, efficiency_events, simulator_events, stage_context, stage_events, stage_features
-from .refine import LowEffectiveSampleSizeWarning, log_weight, refinement_weights, train_refinement
+from .refine import LowEffectiveSampleSizeWarning, log_weight, ratio_agreement, refinement_weights, stage_log_ratio, train_refinement
 from .resonance import ResonanceDetector, ResonanceTruth
 from .simulator import SimulatorSurrogate, train_simulator_surrogate
 from .stage import StageSurrogate, TruthRangeWarning, train_stage_surrogate
@@ -51,7 +51,7 @@ __all__ = [
     # surrogates
     "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
     # refinement
-    "train_refinement", "refinement_weights", "log_weight", "LowEffectiveSampleSizeWarning",
+    "train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning",
     # validation and inference
     "AucResult", "HistogramComparison", "ValidationReport", "auc_error_estimate", "two_sample_auc", "compare_histograms",
     "compare_moments", "validate", "LikelihoodModel", "InferenceComparison", "compare_inference",

@@ -8,7 +8,9 @@ surrogate's, optionally the refined surrogate's), and compared by
 * the mean per-toy width :math:`\bar\sigma_p` (square root of the inverse Hessian at each toy's
   maximum, :func:`~sbilab.stats.fit_toys`), and its ratio to the reference likelihood's;
 * the coverage of the likelihood-ratio region: the fraction of toys with
-  :math:`-2\log\lambda(\theta_\mathrm{true}) \le \chi^2_P(\mathrm{CL})`, with its binomial error;
+  :math:`-2\log\lambda(\theta_\mathrm{true}) \le \chi^2_P(\mathrm{CL})` (joint, all :math:`P` parameters)
+  and, per parameter, of the profile-likelihood interval
+  (:math:`-2\log\lambda_p \le \chi^2_1(\mathrm{CL})`, the others re-fitted), with the binomial error;
 * the mean shift of the best fits, :math:`\overline{\hat\theta_\mathrm{sur} - \hat\theta_\mathrm{ref}}`
   over the same toys, in units of the mean width (a bias the surrogate brings).
 
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 from ..events import Events
 from ..exceptions import ConfigError, ShapeMismatchError
 from ..simulators.space import ParameterSpace
-from ..stats import UnbinnedLikelihood, fit_toys
+from ..stats import UnbinnedLikelihood, fit_toys, profile_likelihood_ratio
 
 __all__ = ["LikelihoodModel", "InferenceComparison", "compare_inference"]
 
@@ -77,7 +79,8 @@ class InferenceComparison:
         reference: The model the others are compared to.
         observed: ``{model: {"best": {p: v}, "errors": {p: e}, "valid": bool}}`` (if observed data were given).
         widths: ``{model: {p: mean width}}``.
-        coverage: ``{model: {level: fraction of toys covered}}``.
+        coverage: ``{model: {level: fraction of toys whose joint region covers the truth}}``.
+        coverage_by_parameter: ``{model: {p: {level: fraction whose profile interval of p covers it}}}``.
         shift: ``{model: {p: mean (θ̂ - θ̂_ref) / mean width_ref}}`` over the same toys.
         shift_error: Its standard error (spread of the per-toy differences over √T).
         converged: ``{model: fraction of toy fits that converged}``.
@@ -92,6 +95,7 @@ class InferenceComparison:
     observed: dict[str, Any]
     widths: dict[str, dict[str, float]]
     coverage: dict[str, dict[float, float]]
+    coverage_by_parameter: dict[str, dict[str, dict[float, float]]]
     shift: dict[str, dict[str, float]]
     shift_error: dict[str, dict[str, float]]
     converged: dict[str, float]
@@ -111,18 +115,22 @@ class InferenceComparison:
                 "n_events": self.n_events, "reference": self.reference, "observed": self.observed, "widths": self.widths,
                 "width_ratio": {m: self.width_ratio(m) for m in models},
                 "coverage": {m: {str(k): v for k, v in c.items()} for m, c in self.coverage.items()},
+                "coverage_by_parameter": {m: {p: {str(k): v for k, v in c.items()} for p, c in cp.items()}
+                                          for m, cp in self.coverage_by_parameter.items()},
                 "coverage_error": {str(level): self.coverage_error(level) for level in self.levels},
                 "shift": self.shift, "shift_error": self.shift_error, "converged": self.converged}
 
 
 def _fit_block(model: LikelihoodModel, x: Tensor, space: ParameterSpace, truth: Tensor, chunk_events: int
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               ) -> tuple[Tensor, ...]:
+    """Per toy: best fit, joint -2 log λ(truth), converged, covariance, and per parameter the profile -2 log λ_p."""
     feats = torch.stack([model.featurize(t) for t in x])
     opts = dict(chunk_events=chunk_events, block_events=chunk_events)
     theta_hat, nll_hat, converged, cov = fit_toys(model.log_prob, feats, space, start=truth, return_covariance=True, **opts)
-    fixed = {name: float(truth[i]) for i, name in enumerate(space.names)}
-    _, nll_true, _ = fit_toys(model.log_prob, feats, space, fixed=fixed, **opts)
-    return theta_hat, (nll_true - nll_hat).clamp_min(0.0), converged, cov
+    joint = profile_likelihood_ratio(model.log_prob, feats, space, truth, best=(theta_hat, nll_hat), **opts)
+    profiles = [profile_likelihood_ratio(model.log_prob, feats, space, truth, parameter=name, best=(theta_hat, nll_hat), **opts)
+                for name in space.names]
+    return theta_hat, joint, converged, cov, torch.stack(profiles, 1)
 
 
 def compare_inference(
@@ -170,7 +178,8 @@ def compare_inference(
     space.check(truth_t.reshape(1, -1), argument="compare_inference truth")
     names = tuple(space.names)
     thresholds = {float(level): float(chi2.ppf(level, len(names))) for level in levels}
-    per_model: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    thresholds_1 = {float(level): float(chi2.ppf(level, 1)) for level in levels}
+    per_model: dict[str, tuple[Tensor, ...]] = {}
     observed_fits: dict[str, Any] = {}
     for label, model in models.items():
         parts = []
@@ -182,12 +191,14 @@ def compare_inference(
             fit = UnbinnedLikelihood(model.log_prob, Events.observed(model.featurize(observed)), space,
                                      start=dict(zip(names, truth_t.tolist()))).fit()
             observed_fits[label] = {"best": fit.best, "errors": fit.errors, "valid": fit.valid}
-    widths, coverage, shift, shift_error, converged = {}, {}, {}, {}, {}
-    for label, (theta_hat, t, conv, cov) in per_model.items():
+    widths, coverage, by_parameter, shift, shift_error, converged = {}, {}, {}, {}, {}, {}
+    for label, (theta_hat, t, conv, cov, t_p) in per_model.items():
         sigma = cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
         ok = conv if bool(conv.any()) else torch.ones_like(conv)
         widths[label] = {p: float(sigma[ok, i].mean()) for i, p in enumerate(names)}
         coverage[label] = {level: float((t <= thr).double().mean()) for level, thr in thresholds.items()}
+        by_parameter[label] = {p: {level: float((t_p[:, i] <= thr).double().mean()) for level, thr in thresholds_1.items()}
+                               for i, p in enumerate(names)}
         converged[label] = float(conv.double().mean())
     ref_hat = per_model[reference][0]
     t = toys.shape[0]
@@ -196,4 +207,4 @@ def compare_inference(
         shift[label] = {p: float(diff[:, i].mean()) for i, p in enumerate(names)}
         shift_error[label] = {p: float(diff[:, i].std()) / math.sqrt(t) if t > 1 else math.nan for i, p in enumerate(names)}
     return InferenceComparison(names, tuple(truth_t.tolist()), tuple(float(v) for v in levels), int(t), int(toys.shape[1]),
-                               reference, observed_fits, widths, coverage, shift, shift_error, converged)
+                               reference, observed_fits, widths, coverage, by_parameter, shift, shift_error, converged)

@@ -35,7 +35,7 @@ from ..estimators import Classifier, ClassifierWeights, carl_loss, classifier_tr
 from ..exceptions import ConfigError
 from ..training import fit
 
-__all__ = ["train_refinement", "refinement_weights", "log_weight", "LowEffectiveSampleSizeWarning"]
+__all__ = ["train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning"]
 
 
 class LowEffectiveSampleSizeWarning(UserWarning):
@@ -120,3 +120,37 @@ def refinement_weights(
                       f"({result.effective_sample_size / n:.1%}) is below the threshold {ess_threshold:.0%}; the surrogate is far "
                       "from the original there: retrain it rather than rely on the weights.", LowEffectiveSampleSizeWarning, stacklevel=2)
     return result
+
+
+def stage_log_ratio(original: Any, surrogate: Any, truth: Tensor, reco: Tensor, theta: Tensor | None = None) -> Tensor:
+    r"""Exact :math:`\log\frac{\varepsilon(z)\,p(x\mid z)}{\hat\varepsilon(z)\,q(x\mid z)}` of two stages with known densities, ``(N,)``.
+
+    What a refinement classifier on ``[truth, reco]`` should learn (up to a constant, the ratio of
+    the acceptances), when the original stage is a toy's exact detector: the reference against
+    which its weights are checked (:func:`ratio_agreement`).
+
+    Args:
+        original, surrogate: :class:`~sbilab.surrogates.stages.Stage` objects.
+        truth: ``(N, L)``; reco: ``(N, D)``; theta: ``(N, P)`` for θ-dependent stages.
+    """
+    with torch.no_grad():
+        num = original.log_efficiency(truth, theta).double() + original.log_prob(reco, truth, theta).double()
+        den = surrogate.log_efficiency(truth, theta).double() + surrogate.log_prob(reco, truth, theta).double()
+    return num - den
+
+
+def ratio_agreement(learned: Tensor, exact: Tensor) -> dict[str, float]:
+    r"""How well a learned log-ratio follows the exact one, both up to a constant (means removed), over events ``(N,)``.
+
+    Returns:
+        ``{"events", "std_exact", "std_learned", "correlation", "rms_difference", "median_abs_exact"}``
+        (events with a non-finite exact value are left out).
+    """
+    ok = torch.isfinite(exact) & torch.isfinite(learned)
+    e, l = exact[ok].double(), learned[ok].double()
+    e, l = e - e.mean(), l - l.mean()
+    norm = float(((e**2).sum() * (l**2).sum()).sqrt())
+    corr = float((e * l).sum()) / norm if norm > 0 else math.nan
+    return {"events": int(ok.sum()), "std_exact": float(e.std()), "std_learned": float(l.std()), "correlation": corr,
+            "rms_difference": float((e - l).pow(2).mean().sqrt()), "median_abs_exact": float(e.abs().median())}
+

@@ -358,7 +358,8 @@ def validate(
             ino = (xo[:, i] >= a) & ((xo[:, i] <= b) if last else (xo[:, i] < b))
             label = f"{column} in [{a:.4g}, {b:.4g}{']' if last else ')'}"
             tests.append(two_sample_auc(xs[ins], xo[ino], weights_surrogate=ws[ins], weights_original=wo[ino], label=label, **options))
+    # columns the two samples share row by row (the θ both were drawn at) need no histogram
     histograms = tuple(compare_histograms(xs[:, i], xo[:, i], bins=bins, weights_surrogate=ws, weights_original=wo, name=n)
-                       for i, n in enumerate(names) if float(xo[:, i].std()) > 0)
+                       for i, n in enumerate(names) if float(xo[:, i].std()) > 0 and not torch.equal(xs[:, i], xo[:, i]))
     moments = compare_moments(xs, xo, names=names, weights_surrogate=ws, weights_original=wo)
     return ValidationReport(overall, tuple(tests), histograms, moments, inference, dict(extra or {}))
