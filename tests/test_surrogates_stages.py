@@ -20,6 +20,7 @@ from sbilab.surrogates import (
     stage_features,
 )
 from sbilab.surrogates.grid import grid_log_likelihood
+from sbilab.surrogates.resonance import log_interval_probability
 
 TOY = Resonance()
 EXACT = Composition(ResonanceTruth(TOY), ResonanceDetector(TOY))
@@ -54,6 +55,8 @@ def test_exact_detector_efficiency_and_truncated_response():
     det = ResonanceDetector(TOY)
     expected = norm.cdf((115 - m[:, 0].numpy()) / 2) - norm.cdf((85 - m[:, 0].numpy()) / 2)
     assert torch.allclose(det.log_efficiency(m).exp(), torch.as_tensor(expected), rtol=1e-10)
+    far = torch.tensor([[40.0]], dtype=torch.float64)  # both tails far below double precision's ndtr: log Φ(-22.5)
+    assert float(det.log_efficiency(far)) == pytest.approx(float(norm.logsf(22.5)), rel=1e-10)
     draws = det.sample_reco(torch.full((20000, 1), 86.0, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
     a, b = (85 - 86) / 2, (115 - 86) / 2
     mean = 86 + 2 * (norm.pdf(a) - norm.pdf(b)) / (norm.cdf(b) - norm.cdf(a))  # truncated-normal mean
@@ -109,3 +112,39 @@ def test_composition_refuses_theta_outside_the_space_and_missing_pieces():
         Composition(object(), ResonanceDetector(TOY))
     with pytest.raises(ShapeMismatchError):
         EXACT.feature_table(85.0, 115.0)(torch.zeros(3, 2))
+
+
+class _ResolutionFromWidth(ResonanceDetector):
+    """An exact stage that depends on θ: resolution σ(θ) = 1 + 0.2 Γ (to test the θ-dependent paths)."""
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.space = sim.space
+
+    def log_efficiency(self, truth, theta=None):
+        m = torch.as_tensor(truth, dtype=torch.float64)[:, 0]
+        s = 1.0 + 0.2 * torch.as_tensor(theta, dtype=torch.float64)[:, 1]
+        return log_interval_probability((85 - m) / s, (115 - m) / s)
+
+    def log_prob(self, reco, truth, theta=None):
+        x, m = torch.as_tensor(reco, dtype=torch.float64)[:, 0], torch.as_tensor(truth, dtype=torch.float64)[:, 0]
+        s = 1.0 + 0.2 * torch.as_tensor(theta, dtype=torch.float64)[:, 1]
+        return -0.5 * ((x - m) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi) - self.log_efficiency(truth, theta)
+
+    def sample(self, truth, theta=None, *, generator=None):
+        m = torch.as_tensor(truth, dtype=torch.float64)[:, 0]
+        s = 1.0 + 0.2 * torch.as_tensor(theta, dtype=torch.float64)[:, 1]
+        x = m + s * torch.randn(m.shape[0], generator=generator, dtype=torch.float64)
+        return x.unsqueeze(1), (x > 85) & (x < 115)
+
+
+def test_a_theta_dependent_stage_composes_to_a_normalised_likelihood():
+    staged = Composition(ResonanceTruth(TOY), _ResolutionFromWidth(TOY))
+    grid = torch.linspace(85, 115, 3001, dtype=torch.float64)[1:-1].reshape(-1, 1)
+    for theta in THETAS[:2]:
+        density = staged.log_prob(grid, theta).exp()
+        assert float(density.sum() * (grid[1, 0] - grid[0, 0])) == pytest.approx(1.0, abs=1e-3)
+    ev = staged.sample(THETAS[:1].expand(200, 2).float(), generator=torch.Generator().manual_seed(5))
+    assert bool(((ev.x > 85) & (ev.x < 115)).all())
+    with pytest.raises(ConfigError, match="depends on θ"):
+        staged.likelihood_features(ev.x)

@@ -28,7 +28,7 @@ from ..exceptions import ConfigError
 from ..simulators.space import ParameterSpace
 from ..simulators.toys import Resonance
 
-__all__ = ["ResonanceTruth", "ResonanceDetector"]
+__all__ = ["ResonanceTruth", "ResonanceDetector", "log_interval_probability"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -41,6 +41,19 @@ def _gauss_legendre(lo: float, hi: float, width: float, order: int) -> tuple[Ten
     half = (edges[1:] - edges[:-1])[:, None] / 2
     nodes = ((edges[1:] + edges[:-1])[:, None] / 2 + half * t).ravel()
     return torch.from_numpy(nodes), torch.from_numpy((half * w).ravel())
+
+
+def log_interval_probability(a: Tensor, b: Tensor) -> Tensor:
+    r""":math:`\log[\Phi(b) - \Phi(a)]` for ``a < b`` elementwise, accurate in both tails (through ``log_ndtr``).
+
+    Example:
+        >>> round(float(log_interval_probability(torch.tensor([-40.0], dtype=torch.float64), torch.tensor([-38.0], dtype=torch.float64))), 3)
+        -726.557
+    """
+    upper = a > 0  # both in the upper tail: use the mirrored interval (-b, -a)
+    lo, hi = torch.where(upper, -b, a), torch.where(upper, -a, b)
+    log_hi = torch.special.log_ndtr(hi)
+    return log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi))
 
 
 class ResonanceTruth:
@@ -116,10 +129,7 @@ class ResonanceDetector:
     def log_efficiency(self, truth: Tensor, theta: Tensor | None = None) -> Tensor:
         r""":math:`\log[\Phi((x_\mathrm{hi}-m)/\sigma) - \Phi((x_\mathrm{lo}-m)/\sigma)]`, ``(N,)`` float64."""
         a, b = self._bounds(torch.as_tensor(truth)[:, 0].to(torch.float64))
-        # the difference of the two tails on the side where they are small (no cancellation)
-        upper = torch.special.ndtr(-a) - torch.special.ndtr(-b)
-        lower = torch.special.ndtr(b) - torch.special.ndtr(a)
-        return torch.log(torch.where(a > 0, upper, lower))
+        return log_interval_probability(a, b)
 
     def log_prob(self, reco: Tensor, truth: Tensor, theta: Tensor | None = None) -> Tensor:
         r""":math:`\log\mathcal N(x; m, \sigma) - \log\varepsilon(m)` inside the window, :math:`-\infty` outside, ``(N,)`` float64."""

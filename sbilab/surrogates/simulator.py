@@ -8,6 +8,14 @@ Wrapped as a :class:`~sbilab.simulators.Simulator`: ``sample(theta, generator)``
 surrogate* (the flow's density and its autograd θ-gradient), so ratios, scores and Neyman
 constructions of the surrogate need no further training. θ outside the space it was trained on
 is refused (:class:`~sbilab.exceptions.OutOfSupportError`). Publishable.
+
+Refinement (:mod:`sbilab.surrogates.refine`) of a whole simulator uses the features ``[θ, x]``:
+when surrogate and original events are drawn at the same θ distribution, the classifier's ratio
+is the conditional :math:`p_\mathrm{orig}(x\mid\theta)/q(x\mid\theta)` (normalised in x for
+every θ, up to the classifier's error), so the refined likelihood is simply::
+
+    clf = train_refinement(torch.cat([ev_sur.theta, ev_sur.x], 1), torch.cat([ev_orig.theta, ev_orig.x], 1))
+    refined = lambda x, th: surrogate.log_prob(x, th) + log_weight(clf, torch.cat([th.expand(len(x), -1), x], 1))
 """
 
 from __future__ import annotations

@@ -255,8 +255,11 @@ class Composition(Simulator):
             nodes, log_w = self.truth.truth_grid()
             keep = _in_box(nodes, self._box)
             nodes, log_w = nodes[keep], log_w[keep].double()
-            with torch.no_grad():
-                e = self.stage.log_efficiency(nodes, None).double() + self._log_normaliser(nodes, None)
+            if _takes_theta(self.stage):  # E depends on θ: evaluated where it is needed
+                e = torch.zeros_like(log_w)
+            else:
+                with torch.no_grad():
+                    e = self.stage.log_efficiency(nodes, None).double() + self._log_normaliser(nodes, None)
             self._grid_cache = (nodes, log_w, e)
         return self._grid_cache
 
