@@ -1,4 +1,4 @@
-"""Command line: ``sbilab run ANALYSIS`` and ``sbilab info FILE``."""
+"""Command line: ``sbilab run ANALYSIS``, ``sbilab info FILE`` and ``sbilab export FILE --onnx``."""
 
 from __future__ import annotations
 
@@ -25,9 +25,58 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="small training budget from the [quick] section (a smoke run)")
     run.add_argument("--device", default="auto", help="torch device for training: auto, cpu, cuda, cuda:1 ...")
     run.add_argument("--no-progress", action="store_true", help="silence progress bars")
-    info = sub.add_parser("info", help="describe a published sbilab file (HDF5 + JSON spec) without loading its tensors")
-    info.add_argument("file", help="path of the .h5 file")
+    info = sub.add_parser("info", help="describe a published sbilab file (HDF5 + JSON spec), a simulation store or an ONNX file")
+    info.add_argument("file", help="a published .h5 file, a store directory (or packed store file), or an .onnx file")
+    export = sub.add_parser("export", help="export a published estimator to another format")
+    export.add_argument("file", help="the published estimator (.h5)")
+    export.add_argument("--onnx", action="store_true", required=True, help="write its log-ratio / logit / log-prob / score as ONNX")
+    export.add_argument("--out", default=None, help="output path (default: FILE with suffix .onnx)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check on random inputs")
     return parser
+
+
+def _describe(path: str) -> dict:
+    """``sbilab info``: a published file, a store (directory or packed file), or an ONNX model."""
+    from .exceptions import PublishError, StoreError
+    from .publish import inspect
+    from .store import SimulationStore
+
+    target = Path(path)
+    if target.suffix == ".onnx":
+        from .io.onnx import describe_onnx
+
+        return describe_onnx(target)
+    if not target.is_dir():
+        try:
+            return inspect(target)
+        except PublishError as err:
+            if not target.is_file():
+                raise
+            reason = err
+    else:
+        reason = None
+    try:
+        store = SimulationStore.open(target)
+    except StoreError as err:
+        raise PublishError(f"{path} is neither a published file ({reason}) nor a simulation store ({err}).") from None
+    with store:
+        return {"file": str(target), "format": "sbilab store", "rows": len(store), "chunks": store.n_chunks,
+                "fields": store.fields, "metadata": store.metadata}
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from . import estimators  # noqa: F401 - registers the estimator kinds publish.load rebuilds
+    from .io.onnx import export_onnx, verify_onnx
+    from .publish import load
+
+    module = load(args.file)
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".onnx")
+    export_onnx(module, out, opset=args.opset, source=str(args.file))
+    summary = {"file": str(args.file), "onnx": str(out), "bytes": out.stat().st_size}
+    if not args.no_verify:
+        summary["max_abs_diff_onnxruntime_vs_torch"] = verify_onnx(out, module, batch_sizes=(1, 17, 256))
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,9 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary)
             return 0
         if args.command == "info":
-            from .publish import inspect
-
-            print(json.dumps(inspect(args.file), indent=2, sort_keys=True))
+            print(json.dumps(_describe(args.file), indent=2, sort_keys=True, default=str))
+            return 0
+        if args.command == "export":
+            print(json.dumps(_export(args), indent=2, sort_keys=True))
             return 0
     except SbilabError as err:
         print(f"sbilab: error: {err}", file=sys.stderr)

@@ -17,9 +17,20 @@ field                     shape                   meaning
 ``score_joint``           ``(N, P)``              :math:`\nabla_\theta \log p(x,z|\theta)`
 ``weights``               ``(N,)``                event weights (default: all ones)
 ``label``                 ``(N,)``                1 if drawn at ``theta``, 0 if at the reference
-``latent``                ``(N, L)``              the simulator's latent path z (e.g. parton level)
-``mask``                  ``(N, M)`` bool         which set entries are real (set inputs only)
+``latent``                ``(N, L)`` or           the simulator's latent path z (e.g. parton level), or
+                          ``(N, T, K)``           a padded variable-length history (e.g. a shower's
+                                                  ``T`` trial emissions of ``K`` numbers each)
+``mask``                  ``(N, M)`` bool         which set entries of ``x`` are real (sets only)
+``latent_mask``           ``(N, T)`` bool         which entries of a 3-D ``latent`` are real
+``spectator``             ``(N, S)``              variables carried along but *not* inputs of a
+                                                  network (e.g. the mass an ABCD/DisCo classifier
+                                                  must stay independent of)
 ========================  ======================  ==============================================
+
+Padded entries (where a mask is false) may hold any value, NaN included: they are never
+validated, and every consumer (estimators, losses, :class:`~sbilab.stats.UnbinnedLikelihood`,
+:func:`~sbilab.stats.fit_toys`) receives the mask with the set. Two levels of the same events
+(generator and detector level, parton and reco level) are a :class:`~sbilab.paired.PairedEvents`.
 """
 
 from __future__ import annotations
@@ -39,7 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Events"]
 
-TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask")
+TENSOR_FIELDS = ("x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask", "spectator", "latent_mask")
+MASK_FIELDS = ("mask", "latent_mask")
+SET_FIELDS = {"x": "mask", "latent": "latent_mask"}  # padded set field -> its mask field
 
 
 def _as_tensor(name: str, value: Any) -> Tensor | None:
@@ -51,7 +64,7 @@ def _as_tensor(name: str, value: Any) -> Tensor | None:
         array = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - reported to the user below
         raise InvalidEventsError(f"Events.{name}: cannot convert {type(value).__name__} to a tensor ({err}).") from err
-    if array.dtype.kind in "iub" and name != "mask":
+    if array.dtype.kind in "iub" and name not in MASK_FIELDS:
         return torch.as_tensor(array, dtype=torch.get_default_dtype())
     return torch.as_tensor(array)
 
@@ -76,8 +89,11 @@ class Events:
         score_joint: Joint score at ``theta``, ``(N, P)``.
         weights: Event weights, ``(N,)``. ``None`` means unit weights.
         label: 1 for events drawn at ``theta``, 0 for events drawn at the reference, ``(N,)``.
-        latent: Latent variables of the simulation, ``(N, L)``.
+        latent: Latent variables of the simulation, ``(N, L)``, or a padded variable-length
+            history ``(N, T, K)`` (then give ``latent_mask`` unless every entry is real).
         mask: Validity mask of set entries, ``(N, M)`` bool; only with 3-D ``x``.
+        spectator: Variables that travel with the events but are not network inputs, ``(N, S)``.
+        latent_mask: Validity mask of history entries, ``(N, T)`` bool; only with 3-D ``latent``.
         space: If given, every ``theta`` row must lie inside it.
 
     Raises:
@@ -100,12 +116,14 @@ class Events:
     label: Tensor | None = None
     latent: Tensor | None = None
     mask: Tensor | None = None
+    spectator: Tensor | None = None
+    latent_mask: Tensor | None = None
     space: "ParameterSpace | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in TENSOR_FIELDS:
             value = _as_tensor(name, getattr(self, name))
-            if value is not None and name != "mask" and not value.is_floating_point():
+            if value is not None and name not in MASK_FIELDS and not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
             object.__setattr__(self, name, value)
         x, theta = self.x, self.theta
@@ -119,15 +137,16 @@ class Events:
         if x.dim() not in (2, 3):
             raise InvalidEventsError(f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F).")
         n = x.shape[0]
-        expected_dims = {"theta": 2, "log_r_joint": 1, "score_joint": 2, "weights": 1, "label": 1, "latent": 2, "mask": 2}
-        for name, ndim in expected_dims.items():
+        expected_dims = {"theta": (2,), "log_r_joint": (1,), "score_joint": (2,), "weights": (1,), "label": (1,),
+                         "latent": (2, 3), "mask": (2,), "spectator": (2,), "latent_mask": (2,)}
+        for name, ndims in expected_dims.items():
             value = getattr(self, name)
             if value is None:
                 continue
-            if value.dim() != ndim:
-                hint = " (reshape with .reshape(-1, 1) for a single column)" if ndim == 2 and value.dim() == 1 else ""
+            if value.dim() not in ndims:
+                hint = " (reshape with .reshape(-1, 1) for a single column)" if 2 in ndims and value.dim() == 1 else ""
                 raise InvalidEventsError(
-                    f"Events.{name} has shape {tuple(value.shape)} but must have {ndim} dimensions{hint}."
+                    f"Events.{name} has shape {tuple(value.shape)} but must have {' or '.join(map(str, ndims))} dimensions{hint}."
                 )
             if value.shape[0] != n:
                 raise InvalidEventsError(
@@ -137,20 +156,24 @@ class Events:
             raise InvalidEventsError(
                 f"Events.score_joint has {self.score_joint.shape[1]} columns but theta has {theta.shape[1]} parameters."
             )
-        if self.mask is not None:
-            if x.dim() != 3 or self.mask.shape[1] != x.shape[1]:
+        for field, mask_name in SET_FIELDS.items():
+            mask, values = getattr(self, mask_name), getattr(self, field)
+            if mask is None:
+                continue
+            if values is None or values.dim() != 3 or mask.shape[1] != values.shape[1]:
                 raise InvalidEventsError(
-                    f"Events.mask of shape {tuple(self.mask.shape)} needs x of shape (N, {self.mask.shape[1]}, F); "
-                    f"x has shape {tuple(x.shape)}."
+                    f"Events.{mask_name} of shape {tuple(mask.shape)} needs {field} of shape (N, {mask.shape[1]}, F); "
+                    f"{field} has shape {None if values is None else tuple(values.shape)}."
                 )
-            object.__setattr__(self, "mask", self.mask.bool())
+            object.__setattr__(self, mask_name, mask.bool())
         for name in TENSOR_FIELDS:
             value = getattr(self, name)
-            if value is None or name == "mask" or not value.is_floating_point():
+            if value is None or name in MASK_FIELDS or not value.is_floating_point():
                 continue
             bad = ~torch.isfinite(value)
-            if name == "x" and self.mask is not None:
-                bad = bad & self.mask.unsqueeze(-1)
+            mask = getattr(self, SET_FIELDS[name]) if name in SET_FIELDS else None
+            if mask is not None:
+                bad = bad & mask.unsqueeze(-1)
             if bool(bad.any()):
                 count, first = _first_bad_rows(bad)
                 raise InvalidEventsError(
@@ -162,24 +185,47 @@ class Events:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def observed(cls, x: Any, *, weights: Any = None, mask: Any = None) -> "Events":
+    def observed(cls, x: Any, *, weights: Any = None, mask: Any = None, spectator: Any = None) -> "Events":
         """Events without parameter labels (observed data). ``theta`` becomes ``(N, 0)``."""
         xt = _as_tensor("x", x)
         if xt is None or xt.dim() < 2:
             raise InvalidEventsError(
                 f"Events.observed: x must be (N, D) or (N, M, F), got shape {None if xt is None else tuple(xt.shape)}."
             )
-        return cls(x=xt, theta=xt.new_zeros(xt.shape[0], 0), weights=weights, mask=mask)
+        return cls(x=xt, theta=xt.new_zeros(xt.shape[0], 0), weights=weights, mask=mask, spectator=spectator)
 
     @classmethod
     def concatenate(cls, parts: Sequence["Events"]) -> "Events":
-        """Concatenate batches along the event axis; fields present in some parts only are dropped."""
+        """Concatenate batches along the event axis.
+
+        Padded sets of different lengths are padded to the longest: ``x (N_i, M_i, F)`` becomes
+        ``(N, max M_i, F)`` with zeros in the new entries and ``mask`` false there, and likewise
+        a 3-D ``latent`` with ``latent_mask``. A set part without a mask counts as all real
+        (its mask is filled with true), so no padded entry ever becomes real. Other fields
+        present in some parts only are dropped.
+
+        Raises:
+            InvalidEventsError: no parts, a part without ``x``/``theta``, or a field whose
+                per-event shape differs otherwise (e.g. a different number of features).
+        """
         parts = list(parts)
         if not parts:
             raise InvalidEventsError("Events.concatenate needs at least one batch.")
         kwargs: dict[str, Any] = {}
+        padded: dict[str, list[Tensor]] = {}
+        for field, mask_name in SET_FIELDS.items():
+            sets = [getattr(p, field) for p in parts]
+            if any(v is None or v.dim() != 3 for v in sets):
+                continue
+            masks = [getattr(p, mask_name) for p in parts]
+            if len({v.shape[1] for v in sets}) == 1 and all(m is None for m in masks):
+                continue
+            longest = max(v.shape[1] for v in sets)
+            masks = [m if m is not None else torch.ones(v.shape[:2], dtype=torch.bool, device=v.device) for v, m in zip(sets, masks)]
+            padded[field] = [torch.nn.functional.pad(v, (0, 0, 0, longest - v.shape[1])) for v in sets]
+            padded[mask_name] = [torch.nn.functional.pad(m, (0, longest - m.shape[1]), value=False) for m in masks]
         for name in TENSOR_FIELDS:
-            values = [getattr(p, name) for p in parts]
+            values = padded.get(name, [getattr(p, name) for p in parts])
             if all(v is not None for v in values):
                 shapes = {tuple(v.shape[1:]) for v in values}
                 if len(shapes) > 1:

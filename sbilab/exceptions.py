@@ -3,7 +3,8 @@ r"""Named exceptions for user mistakes.
 Every error a user can provoke with bad input derives from :class:`SbilabError`; the
 message says which argument was wrong, what was wrong with it and how to fix it. Internal
 invariants use ``assert``. Most classes also derive from the matching builtin
-(``ValueError``, ``KeyError``, ...) so that generic handlers keep working.
+(``ValueError``, ``KeyError``, ...) so that generic handlers keep working. Warnings (a result
+that may be wrong but is still returned) derive from :class:`SbilabWarning`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ __all__ = [
     "PublishError",
     "SamplingError",
     "InsufficientEventsError",
+    "FileFormatError",
+    "ExportError",
+    "OverestimateError",
+    "NegativeKernelError",
+    "HistoryVersionError",
+    "IntegrandError",
+    "RegionError",
+    "IdentityCheckError",
+    "SbilabWarning",
+    "IdentityCheckWarning",
 ]
 
 
@@ -91,3 +102,46 @@ class SamplingError(SbilabError, RuntimeError):
 class InsufficientEventsError(SbilabError, ValueError):
     """Too few events for the statistical precision a test needs (e.g. a two-sample AUC whose
     error would exceed the requested resolution); the message says how many are needed."""
+class FileFormatError(StoreError, ValueError):
+    """An external file (LHE, ROOT, ONNX) is truncated, malformed, or lacks what was asked of it
+    (an unknown weighting strategy, a branch that does not exist)."""
+
+
+class ExportError(SbilabError, TypeError):
+    """An object cannot be exported to the requested external format (e.g. an estimator kind ONNX cannot express)."""
+
+
+class OverestimateError(OutOfSupportError):
+    """A parameter point lies outside the region where a veto algorithm's overestimate holds."""
+
+
+class NegativeKernelError(OutOfSupportError):
+    """A splitting kernel would be negative somewhere in phase space at the requested parameters."""
+
+
+class HistoryVersionError(InvalidEventsError):
+    """Stored simulation histories come from a different simulator version or layout."""
+
+
+class IntegrandError(SbilabError, ValueError):
+    """A per-event integral is ill-posed: a cross section that is negative or NaN, a transfer
+    function that does not normalise, a proposal that misses the integrand, zero acceptance."""
+
+
+class RegionError(SbilabError, ValueError):
+    """An analysis region (ABCD region, signal region, sideband) is empty, too small or outside the data's range."""
+
+
+class IdentityCheckError(SbilabError, ValueError):
+    """An identity every correct simulator satisfies fails its statistical test: the mean joint
+    score is not zero or the mean joint ratio not one (see :mod:`sbilab.simulators.checks`), which
+    means ``joint_log_prob`` misses a θ-dependent term such as an acceptance."""
+
+
+class SbilabWarning(UserWarning):
+    """Base class of the warnings sbilab issues about results that may be wrong (they are still returned)."""
+
+
+class IdentityCheckWarning(SbilabWarning):
+    """An identity check failed (augmented data, or the normalisation of a learned ratio,
+    :func:`sbilab.stats.ratio_normalisation`) and the caller asked for a warning instead of an error."""

@@ -24,6 +24,11 @@ removed by the next writer (``open(path, mode="a")``). The ``fsync`` calls exten
 power loss. The manifest also records each chunk's size and SHA-256: truncated chunks are
 refused on read, corrupted ones by :meth:`SimulationStore.verify`.
 
+A store holds either :class:`~sbilab.events.Events` or :class:`~sbilab.paired.PairedEvents`
+(two levels of the same events, stored as datasets ``gen/x``, ``reco/x``, ..., ``pass_gen``,
+``pass_reco``, ``weights``), through the same commit mechanism. Padded sets shorter than the
+store's are padded to its length on append (mask false in the new entries).
+
 A store can also be packed into a single HDF5 file (:meth:`SimulationStore.pack`) for
 sharing; :meth:`SimulationStore.open` reads both forms and streams either chunk by chunk.
 
@@ -52,9 +57,11 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .durable import atomic_write_text, fsync_and_hash
-from .events import Events
+from .events import SET_FIELDS, Events
 from .exceptions import StoreError
+from .paired import LEVELS, PairedEvents
 from .store_format import (
+    KINDS,
     MANIFEST,
     SEGMENT_ROWS,
     STORE_SCHEMA,
@@ -63,6 +70,7 @@ from .store_format import (
     open_h5,
     read_manifest,
     read_packed_manifest,
+    schema_version_for,
     verify_packed,
     write_packed,
 )
@@ -155,7 +163,7 @@ class SimulationStore:
             "extra": extra or {},
         }
         manifest = {
-            "schema": STORE_SCHEMA, "schema_version": STORE_SCHEMA_VERSION, "metadata": metadata,
+            "schema": STORE_SCHEMA, "schema_version": schema_version_for("events", {}), "metadata": metadata,
             "fields": {}, "rows": 0, "chunks": [],
             "max_chunk_rows": int(max_chunk_rows), "compression": compression, "fsync": fsync,
         }
@@ -209,6 +217,11 @@ class SimulationStore:
         return json.loads(json.dumps(self._manifest["fields"]))
 
     @property
+    def kind(self) -> str:
+        """``"events"`` (:class:`Events`) or ``"paired"`` (:class:`PairedEvents`)."""
+        return str(self._manifest.get("kind", "events"))
+
+    @property
     def n_chunks(self) -> int:
         return len(self._segments)
 
@@ -220,25 +233,39 @@ class SimulationStore:
         return f"SimulationStore({str(self.path)!r}, rows={len(self)}, fields={list(self._manifest['fields'])})"
 
     # ------------------------------------------------------------------ writing
-    def append(self, events: Events) -> None:
+    def append(self, events: Events | PairedEvents) -> None:
         """Commit ``events`` to disk (in chunks of at most ``max_chunk_rows``) before returning.
 
         Raises:
-            StoreError: the store is read-only, or the events' fields, per-event shapes or
-                dtypes differ from the store's (the message names the field).
+            StoreError: the store is read-only, holds the other kind of events, or the events'
+                fields, per-event shapes or dtypes differ from the store's (the message names
+                the field); sets longer than the store's cannot be appended.
         """
         if self._lock is None:
             raise StoreError(f"{self.path} is open read-only; use SimulationStore.open(path, mode='a') to append.")
+        if not isinstance(events, (Events, PairedEvents)):
+            raise StoreError(f"SimulationStore.append takes Events or PairedEvents, got {type(events).__name__}.")
+        kind = "paired" if isinstance(events, PairedEvents) else "events"
+        if self._manifest["fields"] and kind != self.kind:
+            raise StoreError(f"{self.path} holds {self.kind!r} events; it cannot take {kind!r} events. Use another store.")
         arrays = {name: t.detach().cpu().numpy() for name, t in events.tensors().items()}
         arrays = self._conform(arrays)
         n, step = len(events), int(self._manifest["max_chunk_rows"])
         for start in range(0, n, step):
-            self._commit({k: v[start:start + step] for k, v in arrays.items()})
+            self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind)
 
     def _conform(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fields = self._manifest["fields"]
         if not fields:
             return arrays
+        for prefix in ("", *(f"{level}/" for level in LEVELS)):  # shorter padded sets: pad to the store's length
+            for field, mask in SET_FIELDS.items():
+                f, m = prefix + field, prefix + mask
+                if f in arrays and m in arrays and f in fields and m in fields:
+                    a, longest = arrays[f], fields[f]["shape"][0]
+                    if a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] < longest:
+                        arrays[f] = np.pad(a, ((0, 0), (0, longest - a.shape[1]), (0, 0)))
+                        arrays[m] = np.pad(arrays[m], ((0, 0), (0, longest - a.shape[1])), constant_values=False)
         if set(arrays) != set(fields):
             missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
             raise StoreError(
@@ -262,14 +289,14 @@ class SimulationStore:
                 arrays[name] = a.astype(dtype)
         return arrays
 
-    def _commit(self, arrays: dict[str, np.ndarray]) -> None:
+    def _commit(self, arrays: dict[str, np.ndarray], kind: str) -> None:
         index = len(self._manifest["chunks"])
         name = f"chunk-{index:06d}.h5"
         final, tmp = self.path / name, self.path / f"{name}.tmp-{os.getpid()}"
         rows = len(next(iter(arrays.values())))
         with h5py.File(tmp, "w") as f:
             f.attrs["sbilab_schema"] = STORE_SCHEMA
-            f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
+            f.attrs["sbilab_schema_version"] = schema_version_for(kind, {k: {"shape": list(a.shape[1:])} for k, a in arrays.items()})
             f.attrs["rows"] = rows
             for key, a in arrays.items():
                 f.create_dataset(key, data=a, compression=self._manifest["compression"])
@@ -278,6 +305,8 @@ class SimulationStore:
         manifest = dict(self._manifest)
         if not manifest["fields"]:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
+            manifest["kind"] = kind
+            manifest["schema_version"] = schema_version_for(kind, manifest["fields"])
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
         atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
@@ -342,11 +371,13 @@ class SimulationStore:
         except (KeyError, OSError) as err:
             raise StoreError(f"{path}: cannot read rows {offset + lo}..{offset + hi} ({err}); the file is corrupt.") from err
 
-    @staticmethod
-    def _events(arrays: dict[str, np.ndarray]) -> Events:
-        return Events(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    def _events(self, arrays: dict[str, np.ndarray]) -> Events | PairedEvents:
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        if self.kind not in KINDS:
+            raise StoreError(f"{self.path} holds events of kind {self.kind!r}; this sbilab reads {list(KINDS)}. Upgrade sbilab.")
+        return PairedEvents.from_tensors(tensors) if self.kind == "paired" else Events(**tensors)
 
-    def read(self, start: int = 0, stop: int | None = None) -> Events:
+    def read(self, start: int = 0, stop: int | None = None) -> Events | PairedEvents:
         """Rows ``start:stop`` as Events; only the chunks overlapping the range are read."""
         n = len(self)
         stop = n if stop is None else stop
@@ -362,11 +393,11 @@ class SimulationStore:
             first += rows
         return self._events({name: np.concatenate([p[name] for p in parts]) for name in parts[0]})
 
-    def to_events(self) -> Events:
+    def to_events(self) -> Events | PairedEvents:
         """The whole store in memory (for small stores; use :meth:`batches` for large ones)."""
         return self.read(0, len(self))
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Events]:
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Events | PairedEvents]:
         """Stream the store in batches of ``batch_size`` rows (the last may be shorter).
 
         Memory stays at about one chunk plus one batch. With ``shuffle``, chunks are visited
@@ -381,7 +412,7 @@ class SimulationStore:
             arrays = self._read_segment(k)
             if pending is not None:
                 arrays = {name: np.concatenate([pending[name], a]) for name, a in arrays.items()}
-            rows = len(arrays["x"])
+            rows = len(next(iter(arrays.values())))
             if shuffle:
                 perm = torch.randperm(rows, generator=generator).numpy()
                 arrays = {name: a[perm] for name, a in arrays.items()}

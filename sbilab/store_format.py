@@ -1,11 +1,20 @@
 """On-disk format of :class:`~sbilab.store.SimulationStore`: schema, manifest, writer lock, packed file.
 
-A store directory holds ``manifest.json`` (schema name and version, metadata, field dtypes and
-shapes, and every committed chunk with its row count, size and SHA-256) beside one HDF5 file per
+A store directory holds ``manifest.json`` (schema name and version, metadata, the kind of
+events — ``"events"`` for :class:`~sbilab.events.Events`, ``"paired"`` for
+:class:`~sbilab.paired.PairedEvents`, whose fields are stored as ``gen/x``, ``reco/mask``, ...,
+``pass_gen`` — field dtypes and shapes, and every committed chunk with its row count, size and
+SHA-256) beside one HDF5 file per
 chunk; a *packed* store is one HDF5 file whose ``manifest`` attribute carries the same manifest
 without the chunk list, and whose datasets carry their SHA-256 as an attribute. This module reads
 and checks both forms and writes the packed one; :mod:`sbilab.store` does the writing and
 streaming of chunks.
+
+Schema versions: 1 stores plain Events with the fields of the first release (and no ``kind``
+key: it means ``"events"``); 2 adds paired events, ``spectator``, 3-D ``latent`` and
+``latent_mask``. A store records the lowest version that describes its content
+(:func:`schema_version_for`), so an older sbilab still reads every store it can understand and
+refuses the others with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ try:  # POSIX advisory lock: a killed writer releases it automatically
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STORE_SCHEMA", "STORE_SCHEMA_VERSION", "MANIFEST", "LOCK", "SEGMENT_ROWS", "check_schema", "open_h5",
+__all__ = ["STORE_SCHEMA", "STORE_SCHEMA_VERSION", "MANIFEST", "LOCK", "SEGMENT_ROWS", "KINDS", "check_schema", "schema_version_for", "open_h5",
            "acquire_lock", "read_manifest", "read_packed_manifest", "verify_packed", "write_packed"]
 
 STORE_SCHEMA = "sbilab.store"
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # the newest version this sbilab reads and writes
+KINDS = ("events", "paired")
+_V1_FIELDS = {"x", "theta", "log_r_joint", "score_joint", "weights", "label", "latent", "mask"}
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 SEGMENT_ROWS = 65536  # rows per streamed segment of a packed single-file store
@@ -49,6 +60,15 @@ def check_schema(where: Path, schema: Any, version: Any) -> None:
             f"{where} has store schema version {version!r}; this sbilab reads versions 1..{STORE_SCHEMA_VERSION}. "
             "Upgrade sbilab to read it."
         )
+
+
+def schema_version_for(kind: str, fields: dict[str, Any]) -> int:
+    """Lowest schema version that describes a store of ``kind`` with ``fields`` ``{name: {"shape": per-event shape}}``."""
+    if kind != "events" or not set(fields) <= _V1_FIELDS:
+        return 2
+    if "latent" in fields and len(fields["latent"]["shape"]) != 1:
+        return 2
+    return 1
 
 
 def open_h5(path: Path) -> h5py.File:
@@ -126,7 +146,7 @@ def write_packed(path: Path, manifest: dict[str, Any], segments: Iterable[dict[s
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["sbilab_schema"] = STORE_SCHEMA
-            f.attrs["sbilab_schema_version"] = STORE_SCHEMA_VERSION
+            f.attrs["sbilab_schema_version"] = int(manifest.get("schema_version", STORE_SCHEMA_VERSION))
             f.attrs["manifest"] = json.dumps(manifest)
             ds = {k: f.create_dataset(k, shape=(n, *i["shape"]), dtype=i["dtype"], chunks=(min(n, 4096), *i["shape"]),
                                       compression=manifest["compression"]) for k, i in fields.items()}

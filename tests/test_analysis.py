@@ -26,13 +26,15 @@ theta = 0.4
 [observed]
 n_events = 400
 seed = 3
-[training]
+[estimator]
 method = "alices"
 n_simulations = 20000
+hidden = [32, 32]
+[training]
 epochs = 20
 batch_size = 256
-hidden = [32, 32]
-patience = 0
+learning_rate = 2e-3
+patience = false
 seed = 2
 [fit]
 scan_points = 7
@@ -58,18 +60,29 @@ def test_gaussian_measurement_matches_exact_likelihood(tmp_path):
     # the learned ratio reproduces the exact interval closely
     assert abs(r["best"] - r["exact_best"]) < 0.05
     assert r["width_ratio"] == pytest.approx(1.0, abs=0.1)
-    assert (tmp_path / "out" / "estimator.h5").is_file()
+    assert (tmp_path / "out" / "estimator.h5").is_file() and (tmp_path / "out" / "results.h5").is_file()
 
 
 def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="No analysis configuration"):
         load_config(tmp_path / "missing")
     folder = write(tmp_path, GAUSSIAN.replace('method = "alices"', 'method = "magic"'))
-    with pytest.raises(ConfigError, match=r"\[training\] method = 'magic'"):
+    with pytest.raises(ConfigError, match=r"\[estimator\] method = 'magic'; choose one of \['alice', 'alices', 'carl', 'cascal', 'nde', 'rascal', 'rolr', 'scandal'\]"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("epochs = 20", "epochs = -1"))
-    with pytest.raises(ConfigError, match="epochs = -1 must be positive"):
+    with pytest.raises(ConfigError, match=r"\[training\] epochs must be a positive integer, got -1"):
         load_config(folder)
+    write(tmp_path, GAUSSIAN.replace("patience = false", "patience = 0"))
+    with pytest.raises(ConfigError, match=r"\[training\] patience must be a positive integer, got 0"):
+        load_config(folder)
+    write(tmp_path, GAUSSIAN.replace('toy = "gaussian"', 'toy = "gauss"'))
+    with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \[('\w+', )*'gaussian', ('\w+', )*'resonance'"):
+        load_config(folder)
+    write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))
+    from sbilab.analysis import build_simulator
+
+    with pytest.raises(ConfigError, match=r"\[simulator\]: options .* do not fit the 'gaussian' toy"):
+        build_simulator(load_config(folder))
     write(tmp_path, GAUSSIAN.replace("epochs = 20", "epoch = 20"))
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]"):
         load_config(folder)
@@ -77,12 +90,11 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("theta = 0.4", "mu = 0.4"))
-    from sbilab.analysis import build_simulator
-    from sbilab.analysis.measurement import _truth
+    from sbilab.analysis.estimation import truth_point
 
     cfg = load_config(folder)
     with pytest.raises(ConfigError, match=r"\['mu'\] but the 'gaussian' toy has parameters \['theta'\]"):
-        _truth(cfg, build_simulator(cfg))
+        truth_point(cfg, build_simulator(cfg))
 
 
 def test_cli_reports_config_errors_with_exit_code(tmp_path, capsys):
@@ -99,4 +111,77 @@ def test_shipped_analyses_parse():
     for folder in sorted((ROOT / "analyses").iterdir()):
         if (folder / "analysis.toml").is_file():
             cfg = load_config(folder)
-            assert cfg.quick_version().training.n_simulations <= cfg.training.n_simulations
+            assert cfg.quick_version().estimator.n_simulations <= cfg.estimator.n_simulations
+            assert cfg.training.patience is None  # the settings of the measured runs
+            if cfg.kind in ("measurement", "eft_limits", "search"):
+                assert cfg.training.learning_rate == 2e-3
+
+
+def test_a_new_pipeline_registers_where_defined_with_its_own_section(tmp_path):
+    from dataclasses import dataclass
+
+    from sbilab.analysis import PIPELINES, register_pipeline
+
+    @dataclass(frozen=True)
+    class CountingSection:
+        bins: int = 4
+
+    @register_pipeline("test_counting", section=("counting", CountingSection), toys=("gaussian",))
+    def run_counting(config, *, out, quick, device, progress):
+        cfg = config.quick_version() if quick else config
+        return f"{cfg.kind}: {cfg.counting.bins} bins, {cfg.training.epochs} epochs"
+
+    try:
+        text = GAUSSIAN.replace('name = "gauss"', 'name = "gauss"\nkind = "test_counting"') + "[counting]\nbins = 6\n[quick]\nbins = 2\nepochs = 1\n"
+        cfg = load_config(write(tmp_path, text))
+        assert cfg.counting == CountingSection(6) and cfg.training.epochs == 20
+        assert run_analysis(cfg, out=tmp_path / "out", quick=True) == "test_counting: 2 bins, 1 epochs"
+        with pytest.raises(ConfigError, match=r"unknown section\(s\) \['eft'\]; the 'test_counting' pipeline allows"):
+            load_config(write(tmp_path, text + "[eft]\nluminosity = 1.0\n"))
+        with pytest.raises(ConfigError, match=r"\[counting\] bins = -1 must be positive"):
+            load_config(write(tmp_path, text.replace("bins = 6", "bins = -1")))
+        with pytest.raises(ConfigError, match=r"kind = 'test_counting' needs \[simulator\] toy = 'gaussian', got 'resonance'"):
+            load_config(write(tmp_path, text.replace('toy = "gaussian"', 'toy = "resonance"')))
+        with pytest.raises(ConfigError, match="already taken"):
+            register_pipeline("test_counting")(lambda config, **options: "")
+    finally:
+        del PIPELINES["test_counting"]
+    with pytest.raises(ConfigError, match=r"kind = 'test_counting'; choose one of \[('\w+', )*'eft_limits', 'measurement'"):
+        load_config(write(tmp_path, text))
+
+
+def test_results_are_published_beside_the_json_summary(tmp_path):
+    from sbilab.analysis.run import write_results
+    from sbilab.publish import load_results
+
+    doc = {"analysis": "a", "cl": 0.683, "profiles": {"learned": {"M": {"values": [1, 2, 3], "delta_nll": [0.5, 0.0, 0.5]}}},
+           "cls": [0.95], "flags": [True, False], "nested": [{"x": [1.0, 2.0]}]}
+    path = write_results(tmp_path, doc, kind="measurement", metadata={"analysis": "a"})
+    assert json.loads((tmp_path / "results.json").read_text()) == doc
+    back = load_results(path, expected_kind="analysis.measurement")
+    assert back.arrays["profiles.learned.M.values"].tolist() == [1.0, 2.0, 3.0]
+    assert back.arrays["nested.0.x"].tolist() == [1.0, 2.0]
+    assert back.spec["profiles"]["learned"]["M"]["delta_nll"] == "array:profiles.learned.M.delta_nll"
+    assert back.spec["cls"] == [0.95] and back.spec["flags"] == [True, False] and back.metadata == {"analysis": "a"}
+
+
+def test_learned_log_ratio_reduces_ensembles_with_ensemble_mean():
+    import torch
+
+    from sbilab.analysis.estimation import Trained, learned_log_ratio
+    from sbilab.estimators import EnsembleMean, LikelihoodEstimator, RatioEstimator
+    from sbilab.nets.ensemble import Ensemble
+    from sbilab.simulators import GaussianLatent
+
+    sim = GaussianLatent()
+    x, theta = torch.randn(6, 1, generator=torch.Generator().manual_seed(1)), torch.full((6, 1), 0.5)
+    ratios = Ensemble(RatioEstimator(sim.space, 1, hidden=(8,)), 3, generator=torch.Generator().manual_seed(0)).eval()
+    fn = learned_log_ratio(Trained(ratios.template, ratios, 1, 1, 0.0, 0.0, "cpu", 10, "ratio"), sim)
+    with torch.no_grad():
+        assert isinstance(fn, EnsembleMean) and torch.allclose(fn(x, theta), ratios(x, theta).mean(0))
+    flows = Ensemble(LikelihoodEstimator(sim.space, 1, hidden=(8,), transforms=1), 2, generator=torch.Generator().manual_seed(0)).eval()
+    fn = learned_log_ratio(Trained(flows.template, flows, 1, 1, 0.0, 0.0, "cpu", 10, "likelihood"), sim)
+    ref = torch.zeros(6, 1)  # the reference point of the toy
+    with torch.no_grad():
+        mixture = lambda t: torch.logsumexp(flows(x, t), 0) - math.log(2)  # noqa: E731
+        torch.testing.assert_close(fn(x, theta), mixture(theta) - mixture(ref), rtol=0, atol=1e-6)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
-from sbilab.analysis.intervals import fisher_widths
 from sbilab.exceptions import ConfigError
 from sbilab.simulators import augment
 from sbilab.simulators.toys.resonance import Resonance, _gauss_legendre
@@ -36,12 +35,15 @@ sigma_det = { mean = 2.0, sigma = 0.2 }
 [observed]
 n_events = 2000
 seed = 5
-[training]
+[estimator]
 method = "alices"
 n_simulations = 30000
+hidden = [64, 64]
+[training]
 epochs = 6
 batch_size = 512
-hidden = [64, 64]
+learning_rate = 2e-3
+patience = 8
 seed = 3
 [fit]
 scan_points = 3
@@ -77,12 +79,28 @@ def test_toy_density_acceptance_and_scores():
     assert info[1, 2] / (info[1, 1] * info[2, 2]).sqrt() > 0.7
 
 
-def test_fisher_widths_closed_form():
-    # x ~ N(mu + eta, 1) with eta ~ N(0, s): profiled width sqrt(1/n + s^2), fixed 1/sqrt(n)
-    n, s = 100, 0.2
-    w = fisher_widths(torch.ones(2, 2, dtype=torch.float64), n, ["mu", "eta"], {"eta": (0.0, s)})
-    assert w["mu"]["profiled"] == pytest.approx(math.sqrt(1 / n + s**2), rel=1e-12)
-    assert w["mu"]["fixed"] == pytest.approx(1 / math.sqrt(n), rel=1e-12)
+def test_process_densities_labels_and_resolution_shift():
+    from sbilab.exceptions import OutOfSupportError
+
+    sim = ResonanceBackground(background_fraction=0.3, slope=20.0)
+    theta = torch.tensor([100.0, 5.0, 2.0], dtype=torch.float64)
+    nodes, weights = _gauss_legendre(85.0, 115.0, 0.5)
+    x = nodes.unsqueeze(1)
+    log_s, log_b = sim.signal_log_prob(x, theta), sim.background_log_prob(x)
+    # each process density is normalised in the window, and the toy's density is their mixture
+    assert float((log_s.exp() * weights).sum()) == pytest.approx(1.0, abs=1e-10)
+    assert float((log_b.exp() * weights).sum()) == pytest.approx(1.0, abs=1e-12)
+    mixture = torch.log(0.7 * log_s.exp() + 0.3 * log_b.exp())
+    torch.testing.assert_close(sim.log_prob(x, theta), mixture, rtol=0, atol=1e-12)
+    # the signal density is the pure-signal toy's density, at any background fraction
+    torch.testing.assert_close(log_s, ResonanceBackground(background_fraction=0.0).log_prob(x, theta), rtol=0, atol=0)
+    ev = sim.simulate(4000, theta=theta, generator=torch.Generator().manual_seed(3))
+    label = sim.is_signal(ev)
+    assert label.dtype == torch.bool and abs(float((~label).double().mean()) - 0.3) < 0.03
+    assert torch.equal(label, ev.latent[:, 1] > 0.5)
+    assert sim.with_resolution(theta, 1.1).tolist() == pytest.approx([100.0, 5.0, 2.2], rel=1e-15)
+    with pytest.raises(OutOfSupportError, match="sigma_det = 3.000"):
+        sim.with_resolution(theta, 1.5)
 
 
 def test_nuisance_widens_width_interval_as_expected(tmp_path):

@@ -12,8 +12,8 @@ from sbilab import exceptions
 
 PUBLIC = {
     "sbilab": {
-        "__version__", "calibration", "exceptions", "inference", "publish", "simulators", "stats",
-        "Events", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
+        "__version__", "calibration", "exceptions", "inference", "io", "publish", "simulators", "stats",
+        "Events", "PairedEvents", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
         "PosteriorEstimator", "PosteriorMixture", "Classifier", "ConditionalDensity", "Ensemble", "get_loss", "fit", "TrainingResult", "TrainingConfig", "UnbinnedLikelihood",
         "SbilabError",
@@ -22,10 +22,40 @@ PUBLIC = {
         "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "PosteriorMixture", "FLOWS", "ConditionalDensity", "carl_loss",
         "Classifier", "classifier_training_data", "classifier_weights", "ClassifierWeights", "WeightClippingWarning",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
-        "scandal_loss", "npe_loss", "density_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
-        "ensemble_log_prob", "member_spread",
+        "scandal_loss", "npe_loss", "density_loss", "disco_loss", "double_disco_loss", "distance_correlation", "distance_covariance",
+        "check_spectator_not_input", "ClassifierPair", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
+        "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
     "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+    "sbilab.unfolding": {
+        "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
+        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
+        "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
+        "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
+        "UnfoldedResult", "HistogramBand", "read_pandas_table",
+    },
+    "sbilab.io": {
+        "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",
+        "Normalisation", "normalisation", "WeightSet", "weight_sets", "combine_variations", "COMBINE_KINDS",
+        "BinnedSystematics", "binned_systematics", "event_systematics", "nuisance_weighted_events", "LHEScan",
+        "scan_normalisation", "lhe_to_store", "read_root", "iter_root", "root_to_store", "write_root", "to_hist", "from_hist",
+        "EXPORTABLE", "export_onnx", "verify_onnx", "describe_onnx",
+    },
+    "sbilab.mem": {
+        "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
+        "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
+        "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
+        "IntegrationNoise", "integration_noise",
+    },
+    "sbilab.surrogates": {
+        "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
+        "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
+        "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
+        "train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning",
+        "AucResult", "HistogramComparison", "ValidationReport", "auc_error_estimate", "two_sample_auc", "compare_histograms",
+        "compare_moments", "validate", "LikelihoodModel", "InferenceComparison", "compare_inference",
+        "AmplificationResult", "histogram_amplification", "mean_amplification",
+    },
 }
 
 
@@ -45,9 +75,12 @@ def test_every_all_name_exists_in_every_package():
 
 
 def test_exceptions_form_one_hierarchy():
+    # errors derive from SbilabError, warnings from SbilabWarning (a UserWarning, never an error)
     for name in exceptions.__all__:
         cls = getattr(exceptions, name)
-        assert inspect.isclass(cls) and issubclass(cls, exceptions.SbilabError)
+        base = exceptions.SbilabWarning if name.endswith("Warning") else exceptions.SbilabError
+        assert inspect.isclass(cls) and issubclass(cls, base)
+        assert issubclass(cls, Warning) == name.endswith("Warning")
         assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
 
 

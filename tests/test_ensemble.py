@@ -57,15 +57,51 @@ def test_vmap_and_loop_agree_and_fallback() -> None:
     template = Branchy()
     auto = Ensemble(template, 3, generator=torch.Generator().manual_seed(2))
     x, theta = _inputs()
-    out = auto(x, theta)
+    with pytest.warns(RuntimeWarning, match="vmap cannot trace Branchy.forward.*data-dependent control flow") as caught:
+        out = auto(x, theta)
+        again = auto(x, theta)  # the loop from now on, without a second warning
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
     assert auto.vectorize is False  # fell back to the loop
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
     plain = Ensemble(Pair(), 3, generator=torch.Generator().manual_seed(2))
     plain.load_state_dict(auto.state_dict())
     torch.testing.assert_close(plain(x, theta), out, rtol=1e-6, atol=1e-6)
     assert plain.vectorize is True
     forced = Ensemble(template, 3, vectorize=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="vmap"):
         forced(x, theta)
+
+
+class WrongShape(Pair):
+    """A genuine bug of the template (a shape error): not a reason to fall back."""
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        return self.net(x)  # the network expects [x, theta]
+
+
+class Picky(Pair):
+    """A genuine argument error of the template."""
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        raise ValueError("Picky: theta must be positive")
+
+
+@pytest.mark.parametrize("cls, error", [(WrongShape, RuntimeError), (Picky, ValueError)])
+def test_genuine_errors_are_raised_not_looped(cls, error, recwarn) -> None:
+    ens = Ensemble(cls(), 2, generator=torch.Generator().manual_seed(2))
+    x, theta = _inputs()
+    with pytest.raises(error) as info:
+        ens(x, theta)
+    assert "vmap" not in str(info.value)
+    assert ens.vectorize is None  # neither vmap nor the loop was chosen: the error was the template's
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_template_is_public_and_describes_the_members() -> None:
+    template = Pair()
+    ens = Ensemble(template, 2, generator=torch.Generator().manual_seed(0))
+    assert type(ens.template) is Pair and ens.template is not template
+    assert [n for n, _ in ens.template.named_parameters()] == list(ens.stacked_parameters())
 
 
 @pytest.mark.parametrize("vectorize", [True, False])

@@ -23,7 +23,7 @@ from sbilab.estimators import (
     sally_loss,
 )
 from sbilab.events import Events
-from sbilab.exceptions import MissingAugmentedDataError, NonFiniteOutputError, OutOfSupportError, ShapeMismatchError
+from sbilab.exceptions import ConfigError, MissingAugmentedDataError, NonFiniteOutputError, OutOfSupportError, ShapeMismatchError
 from sbilab.simulators import GaussianLatent, ratio_training_data
 from sbilab.simulators.augment import doubly_ratio_training_data, score_training_data
 from sbilab.training import fit
@@ -128,6 +128,34 @@ def test_ensemble_gives_mean_and_spread(sim, train, test_events) -> None:
     data = score_training_data(sim, 500, generator=torch.Generator().manual_seed(1))
     sens = fit(ScoreEstimator.from_events(data, sim, hidden=(8,)), sally_loss, data, epochs=1, ensemble=2, **FAST).model
     assert ensemble_score(sens, ev.x[:10])[0].shape == (10, 1)
+
+
+def test_ensemble_mean_averages_ratios_and_mixes_densities(sim, tmp_path) -> None:
+    from sbilab.estimators import EnsembleMean
+    from sbilab.nets.ensemble import Ensemble
+    from sbilab.publish import load, save
+
+    g = torch.Generator().manual_seed(5)
+    x, theta = torch.randn(6, 1, generator=g), torch.rand(6, 1, generator=g) * 2 - 1
+    ratios = Ensemble(RatioEstimator(sim.space, 1, hidden=(8,)), 3, generator=torch.Generator().manual_seed(0)).eval()
+    densities = Ensemble(LikelihoodEstimator(sim.space, 1, hidden=(8,), transforms=1), 2, generator=torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        log_r = [ratios.member(k).eval()(x, theta) for k in range(3)]
+        log_p = [densities.member(k).eval()(x, theta) for k in range(2)]
+        mean_r = EnsembleMean(ratios)(x, theta)
+        mixture = EnsembleMean(densities)(x, theta)
+    # ratios: the mean of log r̂ (geometric mean of r̂); densities: log of the mean density (the mixture)
+    torch.testing.assert_close(mean_r, (log_r[0] + log_r[1] + log_r[2]) / 3, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixture, torch.log((log_p[0].exp() + log_p[1].exp()) / 2), rtol=0, atol=1e-6)
+    assert EnsembleMean(ratios).reduction == "mean" and EnsembleMean(densities).reduction == "mixture"
+    single = RatioEstimator(sim.space, 1, hidden=(8,))
+    assert EnsembleMean.of(single) is single and isinstance(EnsembleMean.of(ratios), EnsembleMean)
+    with pytest.raises(ConfigError, match="must be an Ensemble"):
+        EnsembleMean(single)
+    back = load(save(tmp_path / "mean.h5", EnsembleMean(ratios)))
+    assert isinstance(back, EnsembleMean) and back.k == 3
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, theta), mean_r, rtol=0, atol=0)
 
 
 def test_doubly_parameterised_is_antisymmetric_and_trains(sim, test_events) -> None:

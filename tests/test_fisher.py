@@ -85,3 +85,35 @@ def test_fisher_table(events):
         fisher.fisher_table({"x": torch.eye(1)}, parameters=["theta"])
     with pytest.raises(ShapeMismatchError):
         fisher.histogram_fisher(x, t, [[0.0, 1.0], [0.0, 1.0]])
+
+
+def test_cramer_rao_with_constraints_and_fixed_parameters():
+    # x ~ N(mu + eta, 1) with eta ~ N(0, s): profiled width sqrt(1/n + s^2), fixed 1/sqrt(n)
+    n, s = 100, 0.2
+    f = torch.ones(2, 2, dtype=torch.float64)
+    profiled = fisher.cramer_rao(f, n, names=["mu", "eta"], constraints={"eta": (0.0, s)})
+    assert profiled[0].item() == pytest.approx(math.sqrt(1 / n + s**2), rel=1e-12)
+    assert profiled[1].item() == pytest.approx(s, rel=1e-12)  # only mu + eta is measured: eta keeps its constraint's width
+    assert fisher.cramer_rao(f, n, names=["mu", "eta"], fixed=["eta"]).tolist() == pytest.approx([1 / math.sqrt(n), 0.0], rel=1e-12)
+    # without options: sqrt(diag((nI)^-1)) as before
+    g = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    assert torch.allclose(fisher.cramer_rao(g, 10), torch.linalg.inv(10 * g).diagonal().sqrt(), rtol=1e-14)
+    with pytest.raises(ShapeMismatchError, match="need names"):
+        fisher.cramer_rao(f, n, fixed=["eta"])
+    with pytest.raises(ShapeMismatchError, match=r"\['nu'\] are not among the parameter names"):
+        fisher.cramer_rao(f, n, names=["mu", "eta"], constraints={"nu": (0.0, 1.0)})
+
+
+def test_sally_fisher_passes_set_masks():
+    """Sets of n_j real N(theta, 1) entries (NaN padding): the score is the sum of (x - theta) over real
+    entries, so the per-event Fisher information is E[n_j] = 2 here (n_j uniform on 1..3)."""
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    mask = torch.arange(3) < torch.randint(1, 4, (n,), generator=g)[:, None]
+    x = (0.3 + torch.randn(n, 3, 1, generator=g, dtype=torch.float64)).masked_fill(~mask[..., None], math.nan)
+
+    def set_score(x, mask):
+        return torch.where(mask, x[..., 0] - 0.3, torch.zeros((), dtype=x.dtype)).sum(1, keepdim=True)
+
+    info = fisher.sally_fisher(set_score, x, mask=mask, batch_size=7000)
+    assert info.item() == pytest.approx(2.0, rel=0.03)

@@ -64,7 +64,7 @@ def test_sample_posterior_from_ratio_estimator_and_errors():
         sample_posterior(_ExactRatio(), torch.zeros(5, 2), 10)
     with pytest.raises(InvalidEventsError):
         sample_posterior(_ExactRatio(), torch.tensor([[float("nan")]]), 10)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"Unknown sampler 'hmc'; choose one of \['importance', 'mcmc'\]"):
         sample_posterior(_ExactRatio(), x, 10, method="hmc")
     post = LogPosterior.from_estimator(_ExactRatio(), x)
     with pytest.raises(SamplingError):  # the time bound turns a long run into a clear error
@@ -96,3 +96,27 @@ def test_sbi_prior_simulator_and_diagnostics():
                        sampler=lambda lp_, n: sample_importance(lp_, n, generator=torch.Generator().manual_seed(0)))
     xo = observed(50, 0.0)
     assert lik.sample((500,), x=xo).mean().item() == pytest.approx(truncated(xo).mean(), abs=0.1)
+
+
+def test_log_posterior_of_padded_sets_passes_the_mask():
+    """Sets of N(theta, 1) particles with NaN padding: log L(theta) = sum over real entries of theta x - theta^2/2."""
+
+    class SetRatio(torch.nn.Module):
+        space, x_features = SIM.space, 1
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("one", torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, x, theta, mask):
+            xm = torch.where(mask, x[..., 0], torch.zeros((), dtype=x.dtype))
+            return self.one * (mask * (theta[:, :1] * xm - 0.5 * theta[:, :1] ** 2)).sum(1)
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(5) < torch.randint(1, 6, (30,), generator=g)[:, None]
+    x = (0.4 + torch.randn(30, 5, 1, generator=g, dtype=torch.float64)).masked_fill(~mask[..., None], math.nan)
+    post = LogPosterior.from_estimator(SetRatio(), x, mask=mask)
+    theta = torch.tensor([[-0.5], [0.0], [0.8]], dtype=torch.float64)
+    real = x[..., 0][mask]
+    expected = theta[:, 0] * real.sum() - 0.5 * theta[:, 0] ** 2 * len(real)
+    torch.testing.assert_close(post.log_likelihood(theta), expected)

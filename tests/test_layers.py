@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sbilab"
 LAYERS = {
     "exceptions": 0, "_version": 0,
     "registry": 1, "durable": 1,
-    "events": 2,
+    "events": 2, "paired": 2,
     "simulators": 3, "nets": 3, "store_format": 3, "store": 3,
     "estimators": 4, "training": 4, "publish": 4,
     "stats": 5, "calibration": 5, "inference": 5, "io": 5, "distributed": 5,
@@ -28,7 +28,7 @@ LAYERS = {
     "analysis": 7, "cli": 7, "__init__": 8,
 }
 SAME_LAYER_OK = {
-    ("store", "store_format"),
+    ("store", "store_format"), ("paired", "events"),
     ("estimators", "training"), ("training", "estimators"),  # losses may need training helpers and vice versa; cycles are checked below
     ("stats", "calibration"), ("calibration", "stats"), ("inference", "stats"), ("stats", "inference"),
     ("io", "stats"), ("io", "calibration"), ("distributed", "stats"), ("io", "distributed"), ("distributed", "io"),

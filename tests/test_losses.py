@@ -238,3 +238,33 @@ def test_missing_augmented_fields_raise(batch: Events, name: str, drop: str) -> 
 def test_unknown_loss_name() -> None:
     with pytest.raises(ConfigError, match="alices"):
         L.get_loss("alicez")
+
+
+_MODEL_OF = {"ratio": LinearInTheta, "likelihood": ExactGaussianDensity}
+
+
+@pytest.mark.parametrize("name", ["carl", "rolr", "rascal", "alice", "alices", "cascal", "nde", "scandal"])
+def test_registered_needs_are_exactly_what_the_loss_reads(batch: Events, name: str) -> None:
+    info = L.loss_info(name)
+    model = _MODEL_OF[info.estimator]().double()
+    assert info.function is L.LOSSES[name] and info.augmented == bool({"log_r_joint", "score_joint"} & set(info.needs))
+    for field in ("label", "log_r_joint", "score_joint"):
+        reduced = batch.replace(**{field: None})
+        if field in info.needs:
+            with pytest.raises(MissingAugmentedDataError, match=field):
+                info.function(model, reduced)
+        else:  # a field the loss does not declare is not needed
+            assert torch.isfinite(info.function(model, reduced)).all()
+
+
+def test_loss_registry_metadata_and_options() -> None:
+    assert {n: L.loss_info(n).estimator for n in L.LOSSES} == {
+        "carl": "ratio", "rolr": "ratio", "rascal": "ratio", "alice": "ratio", "alices": "ratio", "cascal": "ratio",
+        "sally": "score", "nde": "likelihood", "scandal": "likelihood", "npe": "posterior", "density": "density",
+        "disco": "classifier", "double_disco": "classifier"}
+    assert L.loss_info("ALICES").options == ("alpha",) and L.loss_info("rolr").options == ("clip",)
+    assert L.loss_info("sally").needs == ("score_joint",) and L.loss_info("carl").augmented is False
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['alpha'\]; its options are \[\]"):
+        L.get_loss("carl", alpha=0.1)
+    with pytest.raises(ConfigError, match="already taken"):
+        L.register_loss("carl", estimator="ratio")(lambda model, batch: batch.x[:, 0])

@@ -73,3 +73,28 @@ def test_bad_input():
         neyman.critical_values(CL)
     with pytest.raises(FitError, match="n_toys"):
         neyman.calibrate(3)
+
+
+def test_set_valued_toys_reach_the_statistic_with_their_masks():
+    """Toys of padded particle sets (NaN padding): the exact statistic n_real (mean_real - theta)^2 is
+    chi^2_1 distributed, so the 68.3% critical value is 1 and the sets cover."""
+
+    def set_toys(theta, n_toys, generator):
+        counts = 1 + torch.randint(0, 4, (n_toys, 20), generator=generator)
+        mask = torch.arange(4) < counts[..., None]
+        x = theta[0] + torch.randn(n_toys, 20, 4, 1, generator=generator, dtype=torch.float64)
+        return x.masked_fill(~mask[..., None], math.nan), mask
+
+    def set_statistic(x, theta, mask):
+        n_real = mask.sum((1, 2))
+        mean = torch.where(mask, x[..., 0], torch.zeros((), dtype=x.dtype)).sum((1, 2)) / n_real
+        return n_real * (mean - theta[0]) ** 2
+
+    grid = torch.linspace(-0.5, 0.5, 5, dtype=torch.float64)
+    neyman = NeymanConstruction(set_statistic, set_toys, grid).calibrate(2000, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(neyman.critical_values(CL), torch.ones(5, dtype=torch.float64), atol=0.12, rtol=0)
+    x, mask = set_toys(grid[2:3], 400, torch.Generator().manual_seed(1))
+    covered = neyman.confidence_set(x, CL, mask=mask)[:, 2].double().mean()
+    assert abs(float(covered) - CL) < 3 * math.sqrt(CL * (1 - CL) / 400) + 0.03
+    single = neyman.observed_statistics(x[0], mask=mask[0])
+    torch.testing.assert_close(single, neyman.observed_statistics(x[:1], mask=mask[:1])[0])

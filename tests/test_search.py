@@ -127,7 +127,7 @@ def test_exact_and_learned_observables_against_raw_x(quick):
         ("limit_cl = 0.95", "limit_cl = 1.5", r"\[search\] limit_cl = 1.5 must lie in \(0, 1\)"),
         ("mu_points = 50", "mu_points = 50\nbins = 4", r"unknown key\(s\) \['bins'\] in \[search\]"),
         ("mu_points = 12", "mu_points = 12\nmu_true = -0.5", r"\[quick\] mu_true = -0.5 must be >= 0"),
-        ('method = "carl"', 'method = "alices"', r"set \[training\] method = 'carl'"),
+        ('method = "carl"', 'method = "alices"', r"set \[estimator\] method = 'carl'"),
         ('toy = "resonance_background"', 'toy = "resonance"', r"kind = 'search' needs \[simulator\] toy = 'resonance_background'"),
     ],
 )

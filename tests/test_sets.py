@@ -71,6 +71,32 @@ def test_bad_configuration_and_shapes() -> None:
         SetTransformer(3, 2, dim=10, heads=4)
     with pytest.raises(ShapeMismatchError):
         DeepSets(3, 2)(torch.zeros(4, 3))
+    with pytest.raises(ConfigError, match="Unknown activation 'swish'"):
+        DeepSets(3, 2, activation="swish")
+
+
+def test_one_embedding_vocabulary_for_every_estimator() -> None:
+    from sbilab.estimators import PosteriorEstimator, ScoreEstimator
+    from sbilab.nets import build_embedding
+    from sbilab.nets.sets import EMBEDDINGS
+
+    assert {k: v.sets for k, v in EMBEDDINGS.items()} == {"mlp": False, "deepsets": True, "transformer": True}
+    x, mask = _sets()
+    net = build_embedding({"kind": "transformer", "out_features": 5, "dim": 8, "heads": 2, "layers": 1}, 3, sets=True).double()
+    assert isinstance(net, SetTransformer) and net(x, mask).shape == (5, 5)
+    assert build_embedding(None, 3, sets=True) is None and build_embedding(net, 3, sets=True) is net
+    space = GaussianLatent().space
+    # the same unknown kind and the same misuse are refused alike by every consumer, naming it
+    for make, owner in ((lambda e: ScoreEstimator(space, 3, embedding=e), "ConditionedNetwork"),
+                        (lambda e: PosteriorEstimator(space, 3, sets=True, embedding=e), "PosteriorEstimator")):
+        with pytest.raises(ConfigError, match=rf"{owner}: unknown embedding kind 'gnn'; choose one of \['deepsets', 'mlp', 'transformer'\]"):
+            make({"kind": "gnn"})
+        with pytest.raises(ConfigError, match=rf"{owner}: the 'mlp' embedding is for vector observables"):
+            make({"kind": "mlp"})
+    with pytest.raises(ConfigError, match="'deepsets' embedding is for sets"):
+        PosteriorEstimator(space, 3, embedding={"kind": "deepsets"})
+    mlp = PosteriorEstimator(space, 3, embedding={"kind": "mlp", "out_features": 6}).embedding
+    assert [m.out_features for m in mlp.modules() if isinstance(m, torch.nn.Linear)] == [64, 64, 6]
 
 
 def test_ratio_estimator_on_particle_sets() -> None:

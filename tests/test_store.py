@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from sbilab.events import Events
+from sbilab.paired import PairedEvents
 from sbilab.exceptions import StoreError
 from sbilab.store import SimulationStore
 
@@ -261,3 +262,71 @@ def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     _, peak_all = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(everything) == n // 2 and peak_all >= store_bytes / 2
+
+
+def paired_events(n: int, seed: int, m: int = 4) -> PairedEvents:
+    g = torch.Generator().manual_seed(seed)
+    pass_reco = torch.rand(n, generator=g) > 0.3
+    pass_gen = ~pass_reco | (torch.rand(n, generator=g) > 0.2)
+    gen = Events(x=torch.randn(n, 2, generator=g, dtype=torch.float64), theta=torch.rand(n, 1, generator=g, dtype=torch.float64),
+                 spectator=torch.randn(n, 1, generator=g, dtype=torch.float64))
+    reco = Events(x=torch.randn(n, m, 3, generator=g, dtype=torch.float64), theta=torch.rand(n, 1, generator=g, dtype=torch.float64),
+                  mask=torch.rand(n, m, generator=g) > 0.4)
+    return PairedEvents(gen, reco, pass_gen=pass_gen, pass_reco=pass_reco, weights=torch.rand(n, generator=g, dtype=torch.float64))
+
+
+def assert_same_pairs(a: PairedEvents, b: PairedEvents) -> None:
+    assert a.tensors().keys() == b.tensors().keys()
+    for name, t in a.tensors().items():
+        u = b.tensors()[name]
+        assert t.dtype == u.dtype and torch.equal(t, u), name
+
+
+def test_new_event_fields_round_trip_with_schema_version(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(5)
+    n = 40
+    lmask = torch.arange(6)[None, :] < torch.randint(0, 7, (n,), generator=g)[:, None]
+    ev = Events(x=torch.randn(n, 2, generator=g), theta=torch.zeros(n, 1), spectator=torch.randn(n, 2, generator=g),
+                latent=torch.randn(n, 6, 3, generator=g), latent_mask=lmask)
+    with SimulationStore.create(tmp_path / "new", max_chunk_rows=15, fsync=False) as store:
+        store.append(ev)
+    store = SimulationStore.open(tmp_path / "new")
+    assert store.kind == "events" and json.loads((tmp_path / "new" / "manifest.json").read_text())["schema_version"] == 2
+    assert_same(store.to_events(), ev)
+    assert_same(Events.concatenate(list(store.batches(7))), ev)
+    # plain events keep version 1 (readable by the first release); a manifest of the first release (no "kind") reads
+    with SimulationStore.create(tmp_path / "old", fsync=False) as store:
+        store.append(chunk(0, 10))
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    del manifest["kind"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    assert SimulationStore.open(tmp_path / "old").kind == "events"
+    assert_same(SimulationStore.open(tmp_path / "old").to_events(), chunk(0, 10))
+
+
+def test_paired_events_round_trip_pack_and_refusals(tmp_path: Path) -> None:
+    parts = [paired_events(30, 0), paired_events(25, 1, m=3)]  # the second has shorter sets: padded on append
+    path = tmp_path / "pairs.sbistore"
+    with SimulationStore.create(path, max_chunk_rows=20, fsync=False) as store:
+        for p in parts:
+            store.append(p)
+        with pytest.raises(StoreError, match="holds 'paired' events; it cannot take 'events' events"):
+            store.append(chunk(0, 5))
+        with pytest.raises(StoreError, match=r"'reco/x' has per-event shape \(6, 3\) but the store holds \(4, 3\)"):
+            store.append(paired_events(5, 2, m=6))
+    store = SimulationStore.open(path)
+    assert store.kind == "paired" and len(store) == 55
+    expected = PairedEvents.concatenate(parts)
+    assert_same_pairs(store.to_events(), expected)
+    assert_same_pairs(store.read(10, 42), expected[10:42])
+    assert_same_pairs(PairedEvents.concatenate(list(store.batches(16, shuffle=False))), expected)
+    store.verify()
+    packed = SimulationStore.open(store.pack(tmp_path / "pairs.h5"))
+    assert packed.kind == "paired"
+    assert_same_pairs(packed.to_events(), expected)
+    packed.verify()
+    with SimulationStore.create(tmp_path / "plain", fsync=False) as plain:
+        plain.append(chunk(0, 5))
+        with pytest.raises(StoreError, match="holds 'events' events; it cannot take 'paired' events"):
+            plain.append(parts[0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sbilab.events import Events
-from sbilab.exceptions import FitError
+from sbilab.exceptions import FitError, ShapeMismatchError
 from sbilab.simulators.toys import GaussianLatent
 from sbilab.stats.toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
 from sbilab.stats.unbinned import UnbinnedLikelihood
@@ -65,3 +65,32 @@ def test_two_parameter_toys_agree_with_minuit():
     torch.testing.assert_close(t_blocked, t, rtol=1e-9, atol=1e-9)
     with pytest.raises(FitError, match="unknown parameter"):
         fit_toys(log_ratio, x, sim.space, fixed={"mass": 1.0})
+
+
+def test_set_valued_toys_use_their_masks():
+    """Toys of padded particle sets (exact per-event ratio = sum over real entries): fit_toys gives the
+    mean of each toy's real entries, sigma^2 = 1/n_real, and t = n_real (mu_hat - mu0)^2 exactly."""
+    from sbilab.simulators.space import ParameterSpace
+
+    space = ParameterSpace(("mu",), low=(-10.0,), high=(10.0,), reference=(0.0,))
+
+    def set_log_ratio(x, theta, mask):
+        xm = torch.where(mask, x[..., 0], torch.zeros((), dtype=x.dtype))
+        return (mask * (theta[:, :1] * xm - 0.5 * theta[:, :1] ** 2)).sum(1)
+
+    g = torch.Generator().manual_seed(3)
+    t, n, m = 16, 40, 6
+    counts = 1 + torch.poisson(torch.full((t, n), 1.5), generator=g).clamp(max=m - 1)
+    mask = torch.arange(m) < counts[..., None]
+    x = 0.4 + torch.randn(t, n, m, 1, generator=g, dtype=torch.float64)
+    x[~mask] = math.nan
+    theta_hat, nll, ok, cov = fit_toys(set_log_ratio, x, space, mask=mask, return_covariance=True)
+    n_real = mask.sum((1, 2)).to(torch.float64)
+    mean = torch.where(mask, x[..., 0], torch.zeros(())).sum((1, 2)) / n_real
+    assert bool(ok.all())
+    torch.testing.assert_close(theta_hat[:, 0], mean, rtol=0, atol=1e-9)
+    torch.testing.assert_close(cov[:, 0, 0], 1 / n_real, rtol=1e-9, atol=0)
+    stat = profile_likelihood_ratio(set_log_ratio, x, space, torch.tensor([0.5]), mask=mask, best=(theta_hat, nll))
+    torch.testing.assert_close(stat, n_real * (mean - 0.5) ** 2, rtol=1e-8, atol=1e-9)
+    with pytest.raises(ShapeMismatchError, match="mask must be"):
+        fit_toys(set_log_ratio, x, space, mask=mask[:, :, :3])

@@ -214,3 +214,66 @@ def test_bound_method_of_a_float32_module_is_evaluated_in_float64():
     assert module.scale.dtype == torch.float32  # the caller's module is untouched
     res = nll.fit()
     assert res.valid and abs(res.best["theta"] - float(x.mean())) < 0.01 * res.errors["theta"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-valued events: each event is a set of n_j ~ 1 + Poisson(2) particles x ~ N(mu, 1), padded
+# to M entries. The exact per-event log-ratio against mu = 0 is sum over real entries of
+# mu x - mu^2 / 2, so the MLE is the mean of all real entries and sigma = 1 / sqrt(sum_j n_j).
+
+SET_SPACE = ParameterSpace(("mu",), low=(-10.0,), high=(10.0,), reference=(0.0,))
+
+
+def particle_sets(n_events: int, mu: float, fill: float, seed: int, m: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    counts = 1 + torch.poisson(torch.full((n_events,), 2.0), generator=g).clamp(max=m - 1)
+    mask = torch.arange(m)[None, :] < counts[:, None]
+    x = mu + torch.randn(n_events, m, 1, generator=g, dtype=torch.float64)
+    x[~mask] = fill
+    return x, mask
+
+
+def set_log_ratio(x: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact log r of a set (N, M, 1) given its mask (N, M); without a mask every entry counts."""
+    mask = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask
+    xm = torch.where(mask, x[..., 0], torch.zeros((), dtype=x.dtype))  # padding never reaches the arithmetic
+    mu = theta[:, :1]
+    return (mask * (mu * xm - 0.5 * mu**2)).sum(1)
+
+
+def test_padded_sets_reach_the_likelihood_with_their_mask():
+    fits = {}
+    for fill in (0.0, 7.5, math.nan):
+        x, mask = particle_sets(300, 0.6, fill, seed=11)
+        nll = UnbinnedLikelihood(set_log_ratio, Events.observed(x, mask=mask), SET_SPACE)
+        fits[fill] = nll.fit()
+    real = x[..., 0][mask]
+    mu_hat, sigma = float(real.mean()), 1 / math.sqrt(int(mask.sum()))
+    for res in fits.values():
+        assert res.valid
+        assert res.best["mu"] == pytest.approx(mu_hat, abs=1e-9)
+        assert res.errors["mu"] == pytest.approx(sigma, rel=1e-9)
+    assert fits[0.0].nll_min == fits[7.5].nll_min  # the padding values play no role at all
+    lo, hi = nll.interval("mu", best=fits[math.nan])
+    assert (lo, hi) == (pytest.approx(mu_hat - sigma, abs=1e-6), pytest.approx(mu_hat + sigma, abs=1e-6))
+    # the old path (the set's mask dropped, as UnbinnedLikelihood did before): padding counted as particles
+    old = {}
+    for fill in (0.0, 7.5):
+        x, mask = particle_sets(300, 0.6, fill, seed=11)
+        old[fill] = UnbinnedLikelihood(set_log_ratio, Events.observed(x), SET_SPACE).fit().best["mu"]
+        assert old[fill] == pytest.approx(float(x.mean()), abs=1e-9)  # mean over every entry, padding included
+    assert abs(old[0.0] - mu_hat) > 10 * sigma and abs(old[7.5] - old[0.0]) > 100 * sigma
+
+
+def test_set_log_ratio_module_receives_the_mask():
+    class SetRatio(nn.Module):  # float32 module: evaluated through a float64 copy, mask passed by keyword
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("one", torch.tensor(1.0))
+
+        def forward(self, x, theta, mask=None):
+            return self.one * set_log_ratio(x, theta, mask)
+
+    x, mask = particle_sets(200, -0.3, math.nan, seed=12)
+    res = UnbinnedLikelihood(SetRatio(), Events.observed(x, mask=mask), SET_SPACE).fit()
+    assert res.best["mu"] == pytest.approx(float(x[..., 0][mask].mean()), abs=1e-9)

@@ -1,7 +1,12 @@
-"""Config-driven analyses: ``analyses/<name>/analysis.toml`` run by ``sbilab run``."""
+"""Config-driven analyses: ``analyses/<name>/analysis.toml`` run by ``sbilab run``.
 
+Importing the package registers the built-in pipelines (``measurement``, ``eft_limits``,
+``search``, ``qcd_splittings``, ``anomaly``, ``surrogate``) with :func:`~sbilab.analysis.run.register_pipeline`.
+"""
+
+from . import anomaly, eft, measurement, search, splittings, surrogate  # noqa: F401 - the pipelines register where they are defined
 from .config import AnalysisConfig, load_config
 from .estimation import build_simulator
-from .run import PIPELINES, run_analysis
+from .run import PIPELINES, register_pipeline, run_analysis
 
-__all__ = ["AnalysisConfig", "load_config", "build_simulator", "run_analysis", "PIPELINES"]
+__all__ = ["AnalysisConfig", "load_config", "build_simulator", "run_analysis", "register_pipeline", "PIPELINES"]

@@ -4,9 +4,9 @@ Observed data: :math:`n \sim \mathrm{Pois}(L\sigma(\theta_\mathrm{true}))` event
 true couplings. Expected (Asimov) data: a large sample at the truth weighted to the expected
 yield (unbinned), or the expected histograms (binned). Each coupling is profiled over its
 whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are read off
-(:func:`~sbilab.analysis.intervals.scan_intervals`), for five likelihoods:
+(:func:`~sbilab.stats.profile_intervals` on a grid), for five likelihoods:
 
-``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[training] method``)
+``unbinned_learned``  extended unbinned likelihood with the learned ratio (``[estimator] method``)
 ``unbinned_exact``    the same with the toy's exact ratio (the best any method can do)
 ``histogram``         binned Poisson likelihood of the observable (pT; fixed-width bins up to
                       ``histogram_max`` plus overflow), morphed templates
@@ -16,13 +16,16 @@ whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are 
 ``sallino_exact``     the same with the exact score :math:`t(x|\theta_\mathrm{SM})`
 
 Unbinned fits use the closed-form yield :math:`\nu(\theta) = L\sigma(\theta)`; binned ones the
-morphed templates of :class:`~sbilab.analysis.templates.MorphedHistogram`.
+morphed templates of :class:`~sbilab.stats.templates.MorphedHistogram`. The options are the
+``[eft]`` section (:class:`EftSection`), registered with the pipeline. The learned ratio's
+normalisation is checked after training (:func:`~sbilab.analysis.estimation.check_normalisation`;
+``checks`` in the results, a failure heads the printed summary).
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,53 @@ import numpy as np
 import torch
 
 from ..events import Events
+from ..exceptions import ConfigError
+from ..stats.templates import MorphedHistogram, quantile_edges
+from ..stats import profile_intervals
 from .config import AnalysisConfig
-from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, train_score, truth_point
-from .intervals import scan_intervals
+from .estimation import (
+    build_simulator,
+    check_lines,
+    check_normalisation,
+    exact_log_ratio,
+    learned_log_ratio,
+    train_ratio,
+    train_score,
+    truth_point,
+)
 from .plots import plot_profiles
-from .templates import MorphedHistogram, quantile_edges
+from .run import register_pipeline, write_results
 
-__all__ = ["run_eft_limits", "METHOD_LABELS"]
+__all__ = ["run_eft_limits", "EftSection", "METHOD_LABELS"]
+
+
+@dataclass(frozen=True)
+class EftSection:
+    """Options of the ``eft_limits`` pipeline: the ``[eft]`` section.
+
+    Attributes:
+        luminosity: Integrated luminosity (pb⁻¹); the expected yield is ``luminosity * σ(θ)``.
+        histogram_bins: Bins of the observable's histogram: fixed width on [0, histogram_max], the last an overflow bin.
+        histogram_max: Upper edge of the last fixed-width bin of the observable.
+        score_bins: Bins of the SALLINO histogram of the score projection (equal population at the reference).
+        template_events: Simulated events at the reference that fill the morphed templates.
+        asimov_events: Size of the weighted Asimov sample of the unbinned fits.
+        score_simulations: Training events of the SALLY score estimator.
+        cls: Confidence levels of the intervals.
+    """
+
+    luminosity: float = 300.0
+    histogram_bins: int = 8
+    histogram_max: float = 175.0
+    score_bins: int = 8
+    template_events: int = 200_000
+    asimov_events: int = 20_000
+    score_simulations: int = 50_000
+    cls: tuple[float, ...] = (0.683, 0.95)
+
+    def check(self, where: str) -> None:
+        if not all(0.0 < c < 1.0 for c in self.cls):
+            raise ConfigError(f"{where} cls = {list(self.cls)}; every confidence level must lie in (0, 1), e.g. [0.683, 0.95].")
 
 METHOD_LABELS = {
     "unbinned_learned": ("C1--", "learned ratio, unbinned"),
@@ -55,10 +98,11 @@ def _direction(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _scores(model, x: torch.Tensor) -> torch.Tensor:
-    """SALLY scores ``(N, P)`` in float64 (the members' mean for an ensemble)."""
+    """SALLY scores ``(N, P)`` in float64 (:class:`~sbilab.estimators.EnsembleMean`: the members' mean for an ensemble)."""
+    from ..estimators import EnsembleMean
+
     with torch.no_grad():
-        t = model(x.to(torch.get_default_dtype()))
-    return (t.mean(0) if t.dim() == 3 else t).to(torch.float64)
+        return EnsembleMean.of(model)(x.to(torch.get_default_dtype())).to(torch.float64)
 
 
 def _templates(sim, cfg: AnalysisConfig, score_model) -> tuple[dict[str, MorphedHistogram], dict[str, Any], dict[str, list]]:
@@ -118,6 +162,7 @@ def _global_fit(nll, space):
     return min(valid, key=lambda f: f.nll_min)
 
 
+@register_pipeline("eft_limits", section=("eft", EftSection), toys=("morphing",))
 def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the EFT-limits analysis described by ``config``; write results to ``out``; return a printable summary."""
     from ..publish import save
@@ -140,6 +185,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     log(f"{cfg.name}: L = {lumi} /pb, expected {nu_true:.1f} events at {dict(zip(names, truth.tolist()))}, observed {n_obs}")
 
     ratio = train_ratio(cfg, sim, device=device, progress=progress, log=log)
+    checks = {"ratio_normalisation": check_normalisation(ratio, sim, cfg, truth, log=log)}
     score = train_score(cfg, sim, cfg.eft.score_simulations, device=device, progress=progress, log=log)
     hists, observables, directions = _templates(sim, cfg, score.model)
     fns = {"unbinned_learned": learned_log_ratio(ratio, sim), "unbinned_exact": exact_log_ratio(sim)}
@@ -157,7 +203,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
             for name in names:
                 i = names.index(name)
                 grid = np.linspace(float(sim.space.low[i]), float(sim.space.high[i]), cfg.fit.scan_points)
-                profile, intervals = scan_intervals(nll, name, grid, cfg.eft.cls, best=best)
+                profile, intervals = profile_intervals(nll, name, cfg.eft.cls, grid=grid, best=best)
                 entry["parameters"][name] = {
                     "best": best.best[name],
                     "intervals": {f"{iv.cl:g}": iv.to_dict() for iv in intervals},
@@ -183,11 +229,12 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
         "expected_events": nu_true, "n_observed": n_obs, "truth": cfg.truth, "parameters": parameters,
         "methods": results, "sallino_directions": directions,
         "bins": {k: h.edges.tolist() for k, h in hists.items()},
-        "training": {"ratio": {"method": cfg.training.method, **ratio.record()}, "sally": score.record()},
+        "training": {"ratio": {"method": cfg.estimator.method, **ratio.record()}, "sally": score.record()},
+        "checks": checks, "checks_passed": all(c["passed"] for c in checks.values()),
         "seconds": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(document, indent=2, default=float))
-    save(out / "estimator.h5", ratio.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
+    write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
+    save(out / "estimator.h5", ratio.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.estimator.method})
     save(out / "score_estimator.h5", score.model, overwrite=True, metadata={"analysis": cfg.name, "method": "sally"})
     from scipy.stats import chi2
 
@@ -197,7 +244,9 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
 
 def _summary(cfg: AnalysisConfig, results: dict, names: list[str], doc: dict, out: Path, plotted: bool) -> str:
     cls = [f"{c:g}" for c in cfg.eft.cls]
-    lines = [f"{cfg.name}: L = {doc['luminosity']:g} /pb, {doc['expected_events']:.1f} expected and {doc['n_observed']} observed events "
+    notes = check_lines(doc["checks"])
+    lines = [n for n in notes if n.startswith("!!!")]
+    lines += [f"{cfg.name}: L = {doc['luminosity']:g} /pb, {doc['expected_events']:.1f} expected and {doc['n_observed']} observed events "
              f"at {doc['truth']}; intervals at CL {', '.join(cls)}"]
     for name in names:
         lines.append(f"{name}: {'method':<17} {'data':>8} {'best':>7}  " + "  ".join(f"{c + ' CL':^17}" for c in cls) + f"  {'width/exact':>11}")
@@ -208,6 +257,7 @@ def _summary(cfg: AnalysisConfig, results: dict, names: list[str], doc: dict, ou
                 ivs = "  ".join(f"[{p['intervals'][c]['lo']:+.3f}, {p['intervals'][c]['hi']:+.3f}]" for c in cls)
                 ratio = (p["intervals"][cls[0]]["hi"] - p["intervals"][cls[0]]["lo"]) / (exact["hi"] - exact["lo"])
                 lines.append(f"{'':>{len(name) + 2}}{method:<17} {data_label:>8} {p['best']:+7.3f}  {ivs}  {ratio:11.3f}")
-    lines.append(f"wrote {out / 'results.json'}, {out / 'estimator.h5'}, {out / 'score_estimator.h5'}"
+    lines += notes
+    lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out / 'estimator.h5'}, {out / 'score_estimator.h5'}"
                  + (f", {out / 'limits.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

@@ -1,46 +1,49 @@
 r"""The shared first half of every pipeline: build the toy, fix the truth, train the estimators.
 
-:func:`train_ratio` trains the configured ratio (or likelihood) estimator on the augmented
-training set of :func:`~sbilab.simulators.ratio_training_data`; :func:`train_score` trains a
-SALLY :class:`~sbilab.estimators.ScoreEstimator` on events at the reference point
-(:func:`~sbilab.simulators.augment.score_training_data`). Both go through
-:func:`sbilab.training.fit`, the one training loop.
+:func:`train_ratio` trains the ``[estimator] method`` on the training data its loss asks for
+(:class:`~sbilab.estimators.losses.LossInfo`: a ratio estimator on the labelled, augmented pairs
+of :func:`~sbilab.simulators.ratio_training_data`, a likelihood estimator on augmented events at
+their own θ); :func:`train_score` trains a SALLY :class:`~sbilab.estimators.ScoreEstimator` on
+events at the reference point (:func:`~sbilab.simulators.augment.score_training_data`). Both go
+through :func:`sbilab.training.fit` with the ``[training]`` options, the one training loop;
+ensembles are reduced by :class:`~sbilab.estimators.EnsembleMean`. The training data are checked
+on the way (:mod:`sbilab.simulators.checks`: a simulator whose joint likelihood misses a
+θ-dependent normalisation stops the analysis), and :func:`check_normalisation` tests the trained
+ratio's normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`, which every pipeline reports.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, IdentityCheckWarning
 from ..simulators import augment, ratio_training_data
 from ..simulators.augment import score_training_data
 from ..simulators.base import Simulator
-from .config import AnalysisConfig, TrainingSection
+from ..simulators.exact import ExactLogRatio
+from ..simulators.registry import build_toy
+from ..training.config import TrainingConfig
+from .config import AnalysisConfig
 
-__all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio"]
+__all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio",
+           "check_normalisation", "check_lines", "CHECK_POINTS", "CHECK_EVENTS"]
 
-_TOYS = {
-    "gaussian": ("sbilab.simulators.toys.gaussian", "GaussianLatent"),
-    "resonance": ("sbilab.simulators.toys.resonance", "Resonance"),
-    "resonance_background": ("sbilab.simulators.toys.resonance_bkg", "ResonanceBackground"),
-    "morphing": ("sbilab.simulators.toys.morphing", "Morphing"),
-}
+CHECK_POINTS = 8
+"""Points of the learned-ratio normalisation check: the truth and ``CHECK_POINTS - 1`` proposal draws."""
+
+CHECK_EVENTS = 20_000
+"""Events per sample of that check (at the reference and at each point), at most ``n_simulations // 4``."""
 
 
 def build_simulator(config: AnalysisConfig) -> Simulator:
-    """The toy simulator named by ``[simulator] toy`` with the remaining keys as options."""
-    import importlib
-
-    module, name = _TOYS[config.toy]
-    try:
-        return getattr(importlib.import_module(module), name)(**config.toy_options)
-    except TypeError as err:
-        raise ConfigError(f"{config.path}: [simulator] options {config.toy_options} do not fit the {config.toy!r} toy ({err}).") from None
+    """The toy simulator named by ``[simulator] toy`` (a registered toy) with the remaining keys as options."""
+    return build_toy(config.toy, config.toy_options, where=f"{config.path}: [simulator]")
 
 
 def truth_point(config: AnalysisConfig, sim: Simulator) -> Tensor:
@@ -58,7 +61,10 @@ def truth_point(config: AnalysisConfig, sim: Simulator) -> Tensor:
 
 @dataclass
 class Trained:
-    """A trained estimator: the module (estimator or Ensemble, on the CPU, in eval mode) and its training record."""
+    """A trained estimator: the module (estimator or Ensemble, on the CPU, in eval mode) and its training record.
+
+    ``kind`` is what the loss trained (:data:`~sbilab.estimators.losses.EstimatorKind`).
+    """
 
     estimator: nn.Module
     model: nn.Module
@@ -68,45 +74,48 @@ class Trained:
     seconds: float
     device: str
     n_events: int
+    kind: str = "ratio"
 
     def record(self) -> dict:
         return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
                 "seconds": self.seconds, "device": self.device, "n_events": self.n_events}
 
 
-def fit_estimator(estimator: nn.Module, loss, data, tr: TrainingSection, *, device: str, progress: bool, started: float) -> Trained:
-    """Train ``estimator`` with ``loss`` on ``data`` by the ``[training]`` settings ``tr``; the trained model on the CPU, in eval mode."""
+def fit_estimator(estimator: nn.Module, loss, data, tr: TrainingConfig, *, device: str, progress: bool, started: float,
+                  kind: str = "ratio") -> Trained:
+    """Train ``estimator`` with ``loss`` on ``data`` with the ``[training]`` options ``tr``; the trained model on the CPU, in eval mode."""
     from ..training import fit
 
-    result = fit(estimator, loss, data, epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                 patience=tr.patience or None, min_delta=0.0, ensemble=tr.ensemble, seed=tr.seed, device=device, progress=progress)
+    result = fit(estimator, loss, data, **tr.to_dict(), device=device, progress=progress)
     return Trained(estimator, result.model.to("cpu").eval(), result.epochs_run, result.best_epoch, result.best_val_loss,
-                   time.perf_counter() - started, str(result.device), len(data))
+                   time.perf_counter() - started, str(result.device), len(data), kind)
 
 
 def train_ratio(config: AnalysisConfig, sim: Simulator, *, device: str = "auto", progress: bool = False,
                 log: Callable[[str], None] = lambda msg: None) -> Trained:
-    """Train the ``[training] method`` estimator (a RatioEstimator, or a LikelihoodEstimator for NDE/SCANDAL)."""
-    from ..estimators import LikelihoodEstimator, RatioEstimator, get_loss
+    """Train the ``[estimator] method``: a RatioEstimator, or a LikelihoodEstimator for losses that train one (NDE, SCANDAL)."""
+    from ..estimators import LikelihoodEstimator, RatioEstimator, get_loss, loss_info
 
-    tr = config.training
+    est, tr = config.estimator, config.training
+    info = loss_info(est.method)
     generator = torch.Generator().manual_seed(tr.seed)
     started = time.perf_counter()
-    if tr.method in ("nde", "scandal"):
-        data = augment(sim, sim.simulate(tr.n_simulations, generator=generator))
-        with torch.random.fork_rng():  # seeded network initialisation, caller's RNG untouched
-            torch.manual_seed(tr.seed)
-            estimator = LikelihoodEstimator.from_events(data, sim.space)
-        loss = get_loss(tr.method, alpha=tr.alpha) if tr.method == "scandal" else get_loss("nde")
+    if info.estimator == "likelihood":  # events at their own theta, drawn from the proposal
+        data = augment(sim, sim.simulate(est.n_simulations, generator=generator))
+    elif info.estimator == "ratio":  # labelled pairs: at theta (1) and at the reference (0)
+        data = ratio_training_data(sim, est.n_simulations // 2, generator=generator)
     else:
-        data = ratio_training_data(sim, tr.n_simulations // 2, generator=generator)
-        with torch.random.fork_rng():
-            torch.manual_seed(tr.seed)
-            estimator = RatioEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
-        options = {"alpha": tr.alpha} if tr.method in ("rascal", "alices", "cascal") else {}
-        loss = get_loss(tr.method, **options)
-    log(f"training {tr.method.upper()} on {len(data)} simulated events ({tr.epochs} epochs at most, ensemble of {tr.ensemble})")
-    return fit_estimator(estimator, loss, data, tr, device=device, progress=progress, started=started)
+        raise ConfigError(f"{config.path}: [estimator] method = {est.method!r} trains a {info.estimator!r} estimator; "
+                          "the pipelines train ratio or likelihood estimators.")
+    with torch.random.fork_rng():  # seeded network initialisation, caller's RNG untouched
+        torch.manual_seed(tr.seed)
+        if info.estimator == "likelihood":
+            estimator = LikelihoodEstimator.from_events(data, sim.space)
+        else:
+            estimator = RatioEstimator.from_events(data, sim.space, hidden=est.hidden, activation=est.activation)
+    loss = get_loss(info.name, **({"alpha": est.alpha} if "alpha" in info.options else {}))
+    log(f"training {info.name.upper()} on {len(data)} simulated events ({tr.epochs} epochs at most, ensemble of {tr.ensemble})")
+    return fit_estimator(estimator, loss, data, tr, device=device, progress=progress, started=started, kind=info.estimator)
 
 
 def train_score(config: AnalysisConfig, sim: Simulator, n: int, *, device: str = "auto", progress: bool = False,
@@ -114,65 +123,72 @@ def train_score(config: AnalysisConfig, sim: Simulator, n: int, *, device: str =
     r"""Train a SALLY score estimator :math:`\hat t(x)` at the reference point on ``n`` augmented events."""
     from ..estimators import ScoreEstimator, get_loss
 
-    tr = config.training
+    est, tr = config.estimator, config.training
     started = time.perf_counter()
     data = score_training_data(sim, n, generator=torch.Generator().manual_seed(tr.seed + 1))
     with torch.random.fork_rng():
         torch.manual_seed(tr.seed + 1)
-        estimator = ScoreEstimator.from_events(data, sim.space, hidden=tr.hidden, activation=tr.activation)
+        estimator = ScoreEstimator.from_events(data, sim.space, hidden=est.hidden, activation=est.activation)
     log(f"training SALLY on {len(data)} events at the reference point")
-    return fit_estimator(estimator, get_loss("sally"), data, tr, device=device, progress=progress, started=started)
-
-
-class _LogRatio(nn.Module):
-    r"""``forward(x, theta) -> log r̂ (N,)`` of a trained model, as a module (so fits can cast it to float64).
-
-    Ratio estimators return :math:`\log\hat r` directly; likelihood estimators
-    :math:`\log\hat p(x|\theta) - \log\hat p(x|\theta_\mathrm{ref})`; ensembles the members' mean.
-    """
-
-    def __init__(self, model: nn.Module, reference: Tensor, density: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.density = density
-        self.register_buffer("reference", reference.clone())
-
-    def _one(self, x: Tensor, theta: Tensor) -> Tensor:
-        out = self.model(x, theta)
-        return out.mean(0) if out.dim() == 2 else out
-
-    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
-        if not self.density:
-            return self._one(x, theta)
-        return self._one(x, theta) - self._one(x, self.reference.to(x.dtype).expand(len(x), -1))
+    return fit_estimator(estimator, get_loss("sally"), data, tr, device=device, progress=progress, started=started, kind="score")
 
 
 def learned_log_ratio(trained: Trained, sim: Simulator) -> nn.Module:
-    """``log r̂(x|θ)`` against the space's reference from a trained ratio or likelihood estimator (ensemble mean)."""
-    from ..estimators import LikelihoodEstimator
+    r"""``log r̂(x|θ)`` against the space's reference, ``(N,)`` for ``x (N, D)``, ``theta (N, P)``, as a module.
 
-    density = isinstance(trained.estimator, LikelihoodEstimator)
-    return _LogRatio(trained.model, sim.space.reference.to(torch.get_default_dtype()), density).eval()
+    A ratio estimator returns :math:`\log\hat r` itself; a likelihood estimator gives
+    :math:`\log\hat p(x|\theta) - \log\hat p(x|\theta_\mathrm{ref})`
+    (:class:`~sbilab.estimators.DensityRatio`); an ensemble enters as its
+    :class:`~sbilab.estimators.EnsembleMean` (mean of log r̂; mixture of densities).
+    """
+    from ..estimators import DensityRatio, EnsembleMean
 
-
-class _ExactRatio:
-    r"""Exact log-ratio; caches :math:`\log p(x|\theta_\mathrm{ref})` of the last ``x`` (fits call it with the same events)."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-        self._key: tuple | None = None
-        self._ref: Tensor | None = None
-        self._x: Tensor | None = None
-
-    def __call__(self, x: Tensor, theta: Tensor) -> Tensor:
-        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
-        if key != self._key:  # the cache holds x itself, so its memory cannot be reused by other events
-            with torch.no_grad():
-                self._ref = self.sim.log_prob(x, self.sim.space.reference.to(x.dtype).expand(len(x), -1))
-            self._key, self._x = key, x
-        return self.sim.log_prob(x, theta) - self._ref
+    model = EnsembleMean.of(trained.model)
+    if trained.kind == "likelihood":
+        return DensityRatio(model, sim.space.reference.to(torch.get_default_dtype())).eval()
+    return model.eval()
 
 
 def exact_log_ratio(sim: Simulator) -> Callable[[Tensor, Tensor], Tensor]:
-    r"""The toy's exact :math:`\log p(x|\theta) - \log p(x|\theta_\mathrm{ref})`, ``(N,)`` for ``x (N, D)``, ``theta (N, P)``."""
-    return _ExactRatio(sim)
+    r"""The toy's exact :math:`\log p(x|\theta) - \log p(x|\theta_\mathrm{ref})` (:class:`~sbilab.simulators.exact.ExactLogRatio`)."""
+    return ExactLogRatio(sim)
+
+
+def check_normalisation(trained: Trained, sim: Simulator, config: AnalysisConfig, truth: Tensor, *,
+                        log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    r"""Test the trained ratio's :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1` (:func:`~sbilab.stats.ratio_normalisation`).
+
+    Fresh samples (seeded from ``[training] seed``) are drawn at the reference and at the
+    :data:`CHECK_POINTS` points (the truth and draws from the proposal), and the normalisation is
+    the bridge estimate, with the default threshold (5σ) and tolerance (0.02). A failure is
+    logged and warned about (:class:`~sbilab.exceptions.IdentityCheckWarning`); the pipelines put
+    the returned summary in their results (``checks.ratio_normalisation``) and their printed summary.
+
+    Returns:
+        :meth:`~sbilab.stats.NormalisationCheck.to_dict` of the check.
+    """
+    from ..stats import ratio_normalisation
+
+    n = max(1000, min(CHECK_EVENTS, config.estimator.n_simulations // 4))
+    generator = torch.Generator().manual_seed(config.training.seed + 7919)
+    points = torch.cat([truth.reshape(1, -1).to(torch.float64), sim.space.sample(CHECK_POINTS - 1, generator=generator).to(torch.float64)])
+    reference = sim.simulate(n, theta=sim.space.reference, generator=generator)
+    samples = [sim.simulate(n, theta=p, generator=generator) for p in points]
+    check = ratio_normalisation(learned_log_ratio(trained, sim), reference, points, samples=samples, names=sim.space.names)
+    if check.passed:
+        log(check.message())
+    else:
+        log(f"WARNING: {check.message()}")
+        warnings.warn(f"{config.name}: {check.message()}", IdentityCheckWarning, stacklevel=2)
+    return check.to_dict()
+
+
+def check_lines(checks: dict[str, dict[str, Any]]) -> list[str]:
+    """Summary lines of the checks: a loud banner for each failed one, a short line for each passed one."""
+    lines = []
+    for name, result in checks.items():
+        if result["passed"]:
+            lines.append(f"check {name}: passed ({result['message']})")
+        else:
+            lines.append(f"!!! CHECK FAILED, DO NOT TRUST THE LEARNED RESULT — {name}: {result['message']}")
+    return lines

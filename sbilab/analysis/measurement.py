@@ -2,23 +2,26 @@ r"""The measurement pipeline (``[analysis] kind = "measurement"``): simulate, tr
 
 1. Build the toy simulator named in the configuration and draw the "observed" sample at the
    true parameters (a fixed seed: the same observed data for every method).
-2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`).
+2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`) and check
+   its normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`
+   (:func:`~sbilab.analysis.estimation.check_normalisation`; reported under ``checks``, with
+   ``checks_passed``, and a failure heads the printed summary).
 3. Fit the observed events with an unbinned likelihood (iminuit) under the learned ratio and
    under the exact likelihood of the toy; profile every parameter. Nuisance parameters
    (``[nuisances]``) are re-minimised at every profile point and pay their Gaussian constraint
    :math:`((\eta - m)/s)^2`; the same fits are repeated with the nuisances fixed at their
    nominal values, so the widening of the intervals by the nuisances is reported, together
    with its asymptotic expectation from the toy's Fisher information
-   (:func:`~sbilab.analysis.intervals.fisher_widths`).
-4. Write ``results.json`` (per parameter ``best``, ``lo``, ``hi`` and ``exact_best``,
-   ``exact_lo``, ``exact_hi``; with nuisances also the ``fixed_nuisances`` intervals and the
-   widening ratios), the trained estimator (HDF5, :mod:`sbilab.publish`) and a plot of the
-   :math:`-2\Delta\log L` profiles, learned against exact.
+   (:func:`~sbilab.stats.cramer_rao` with the constraints, and with the nuisances fixed).
+4. Write ``results.h5`` and ``results.json`` (:func:`~sbilab.analysis.run.write_results`; per
+   parameter ``best``, ``lo``, ``hi`` and ``exact_best``, ``exact_lo``, ``exact_hi``; with
+   nuisances also the ``fixed_nuisances`` intervals and the widening ratios; the profiles), the
+   trained estimator (HDF5, :mod:`sbilab.publish`) and a plot of the :math:`-2\Delta\log L`
+   profiles, learned against exact.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,13 +31,12 @@ import torch
 
 from ..events import Events
 from .config import AnalysisConfig
-from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
-from .intervals import Interval, fisher_widths, scan_intervals
+from .estimation import build_simulator, check_lines, check_normalisation, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
+from ..stats import Interval, profile_intervals
 from .plots import plot_profiles
+from .run import register_pipeline, write_results
 
-__all__ = ["build_simulator", "run_measurement"]
-
-_truth = truth_point  # kept for callers of the first version
+__all__ = ["run_measurement"]
 
 
 def _fit(fn, observed: Events, sim, cfg: AnalysisConfig, fixed: dict[str, float], log) -> tuple[Any, Any]:
@@ -56,16 +58,18 @@ def _scan(nll, best, names: list[str], widths: dict[str, float], cfg: AnalysisCo
         lo, hi = nll.limits[nll.names.index(name)]
         half = cfg.fit.scan_sigmas * max(widths[name], 1e-6)
         grid = np.linspace(max(lo, best.best[name] - half), min(hi, best.best[name] + half), max(cfg.fit.scan_points, 3))
-        profile, (interval,) = scan_intervals(nll, name, grid, [cfg.fit.cl], best=best)
+        profile, (interval,) = profile_intervals(nll, name, [cfg.fit.cl], grid=grid, best=best)
         out[name] = (profile, interval)
     return out
 
 
+@register_pipeline("measurement")
 def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the measurement described by ``config``; write results to ``out``; return a printable summary."""
     from scipy.stats import chi2
 
     from ..publish import save
+    from ..stats import cramer_rao
 
     log = (lambda msg: print(f"[sbilab] {msg}", flush=True)) if progress else (lambda msg: None)
     cfg = config.quick_version() if quick else config
@@ -81,6 +85,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
         + (f"; nuisances {cfg.nuisances}" if cfg.nuisances else ""))
 
     trained = train_ratio(cfg, sim, device=device, progress=progress, log=log)
+    checks = {"ratio_normalisation": check_normalisation(trained, sim, cfg, truth, log=log)}
     functions = {"learned": learned_log_ratio(trained, sim), "exact": exact_log_ratio(sim)}
     nominal = {k: m for k, (m, _) in cfg.nuisances.items()}
     fits, fixed_fits = {}, {}
@@ -92,8 +97,10 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
             fixed_fits[label] = _fit(fn, observed, sim, cfg, nominal, log)
 
     fisher = None
-    if hasattr(sim, "fisher_information"):
-        fisher = fisher_widths(sim.fisher_information(truth.to(torch.float64)), len(observed), names, cfg.nuisances)
+    if hasattr(sim, "fisher_information"):  # asymptotic ±1σ: nuisances profiled under their constraints, and fixed
+        info = sim.fisher_information(truth.to(torch.float64))
+        fisher = {"profiled": cramer_rao(info, len(observed), names=names, constraints=cfg.nuisances).tolist(),
+                  "fixed": cramer_rao(info, len(observed), names=names, fixed=list(cfg.nuisances)).tolist()}
     widths = {n: fits["exact"][1].errors[n] for n in names}
     scans = {label: _scan(nll, best, names, widths, cfg) for label, (nll, best) in fits.items()}
     fixed_scans = {label: _scan(nll, best, pois, widths, cfg) for label, (nll, best) in fixed_fits.items()}
@@ -103,7 +110,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
 
     results: dict[str, Any] = {}
     exact_error = lambda n: fits["exact"][1].errors[n]  # noqa: E731
-    for n in names:
+    for i, n in enumerate(names):
         learned, exact = scans["learned"][n][1], scans["exact"][n][1]
         lo, hi, elo, ehi = learned.lo, learned.hi, exact.lo, exact.hi
         r = {"truth": cfg.truth[n], "best": fits["learned"][1].best[n], "lo": lo, "hi": hi,
@@ -111,7 +118,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
              "width_ratio": (hi - lo) / (ehi - elo), "error": fits["learned"][1].errors[n], "exact_error": exact_error(n),
              "at_scan_edge": learned.lo_at_bound or learned.hi_at_bound}
         if fisher is not None:
-            r["fisher_half_width"] = fisher[n]["profiled"] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
+            r["fisher_half_width"] = fisher["profiled"][i] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
         if n in cfg.nuisances:
             r["constraint"] = {"mean": cfg.nuisances[n][0], "sigma": cfg.nuisances[n][1]}
         elif fixed_fits:
@@ -122,8 +129,8 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
             r["widening"] = (hi - lo) / (fhi - flo)
             r["exact_widening"] = (ehi - elo) / (efhi - eflo)
             if fisher is not None:
-                r["fixed_nuisances"]["fisher_half_width"] = fisher[n]["fixed"] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
-                r["fisher_widening"] = fisher[n]["profiled"] / fisher[n]["fixed"]
+                r["fixed_nuisances"]["fisher_half_width"] = fisher["fixed"][i] * math.sqrt(chi2.ppf(cfg.fit.cl, 1))
+                r["fisher_widening"] = fisher["profiled"][i] / fisher["fixed"][i]
         results[n] = r
 
     def dump(prof: dict) -> dict:
@@ -132,26 +139,29 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
     document = {
         "analysis": cfg.name, "kind": cfg.kind, "quick": quick, "cl": cfg.fit.cl, "parameters": results,
         "nuisances": {k: {"mean": m, "sigma": s} for k, (m, s) in cfg.nuisances.items()},
-        "n_observed": len(observed), "method": cfg.training.method, "n_simulations": cfg.training.n_simulations,
+        "n_observed": len(observed), "method": cfg.estimator.method, "n_simulations": cfg.estimator.n_simulations,
         "training": trained.record(),
+        "checks": checks, "checks_passed": all(c["passed"] for c in checks.values()),
         "fit_valid": {label: best.valid for label, (_, best) in fits.items()},
         "profiles": {label: dump(p) for label, p in profiles.items()},
         "profiles_fixed_nuisances": {label: dump(p) for label, p in fixed_profiles.items()},
     }
-    (out / "results.json").write_text(json.dumps(document, indent=2))
-    save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.training.method})
+    write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
+    save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": cfg.estimator.method})
     curves = {n: [(profiles["exact"][n], "k-", "exact likelihood"), (profiles["learned"][n], "C1--", "learned ratio")] for n in names}
     for n in pois:
         for label, style in (("exact", "k:"), ("learned", "C1:")):
             if label in fixed_profiles:
                 curves[n].append((fixed_profiles[label][n], style, f"{label}, nuisances fixed"))
     plotted = plot_profiles(out / "profiles.png", curves, [float(chi2.ppf(cfg.fit.cl, 1))],
-                            f"{cfg.name}: {cfg.training.method.upper()} vs exact")
-    return _summary(cfg, results, len(observed), out, plotted)
+                            f"{cfg.name}: {cfg.estimator.method.upper()} vs exact")
+    return _summary(cfg, results, len(observed), out, plotted, checks)
 
 
-def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool) -> str:
-    lines = [f"{cfg.name}: {cfg.training.method.upper()} from {cfg.training.n_simulations} simulations, {n_observed} observed events",
+def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool, checks: dict[str, Any]) -> str:
+    notes = check_lines(checks)
+    lines = [n for n in notes if n.startswith("!!!")]
+    lines += [f"{cfg.name}: {cfg.estimator.method.upper()} from {cfg.estimator.n_simulations} simulations, {n_observed} observed events",
              f"{'param':>10} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
     for n, r in results.items():
         lines.append(f"{n:>10} {r['truth']:9.3f} {r['best']:10.3f} [{r['lo']:.3f}, {r['hi']:.3f}]".ljust(52)
@@ -165,5 +175,7 @@ def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out:
             lines.append(f"{n:>10} {f['best']:9.3f} [{f['lo']:.3f}, {f['hi']:.3f}]".ljust(35)
                          + f" {f['exact_best']:9.3f} [{f['exact_lo']:.3f}, {f['exact_hi']:.3f}]".ljust(25)
                          + f" {r['widening']:18.3f} {r['exact_widening']:8.3f} {r.get('fisher_widening', math.nan):9.3f}")
-    lines.append(f"wrote {out / 'results.json'}, {out / 'estimator.h5'}" + (f", {out / 'profiles.png'}" if plotted else " (no matplotlib: no plot)"))
+    lines += notes
+    lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out / 'estimator.h5'}"
+                 + (f", {out / 'profiles.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

@@ -38,16 +38,21 @@ nuisances (``expected_significance``; pyhf's post-fit convention as
 templates (:func:`~sbilab.stats.asymptotic.asimov_significance` per bin). The reference
 ``unbinned_exact`` is the statistics-only unbinned Asimov significance and median expected limit
 with the exact densities, e.g. :math:`Z_A^2 = 2\int [(Bp_b+Sp_s)\ln(1+Sp_s/Bp_b) - Sp_s]\,dx`:
-by the log-sum inequality no binning reaches above it, and profiling systematics only lowers it.
+by the log-sum inequality no binning reaches above it, and profiling systematics only lowers it
+(:func:`~sbilab.stats.asymptotic.unbinned_asimov`).
+
+The options are the ``[search]`` section (:class:`SearchSection`), registered with the pipeline;
+the toy's processes are read through its methods (``is_signal``, ``signal_log_prob``,
+``background_log_prob``, ``with_resolution``), never by index.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -55,22 +60,80 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import ConfigError, OutOfSupportError
+from ..stats.asymptotic import unbinned_asimov
 from ..stats.binned import PyhfModel, build_workspace, to_json, workspace_hypotest, workspace_upper_limit
+from ..stats.templates import histogram, quantile_edges
 from .config import AnalysisConfig
 from .estimation import Trained, build_simulator, fit_estimator, truth_point
 from .plots import plot_limits
-from .templates import histogram, quantile_edges
+from .run import register_pipeline, write_results
 
-__all__ = ["run_search", "OBSERVABLES"]
+__all__ = ["run_search", "SearchSection", "OBSERVABLES"]
 
 OBSERVABLES = {"x": ("C0", "raw x"), "learned": ("C1", "classifier s/(s+b)"), "exact": ("k", "exact s/b")}
 _F64 = torch.float64
 
 
+@dataclass(frozen=True)
+class SearchSection:
+    r"""Options of the ``search`` pipeline: the ``[search]`` section of a binned resonance search with pyhf.
+
+    ``[truth]`` is the signal hypothesis; the observed counts are Poisson draws seeded by
+    ``[observed] seed`` (``[observed] n_events`` is not used); ``[estimator]`` and ``[training]``
+    configure the signal-vs-background classifier (``method = "carl"``).
+
+    Attributes:
+        signal_events: Expected signal events S in the window at the nominal resolution for
+            :math:`\mu = 1` (the signal yield is :math:`\mu S`).
+        background_events: Expected background events B in the window.
+        mu_true: Signal strength at which the observed data are drawn (0: background only).
+        x_bins: Fixed-width bins of the raw observable x over the window.
+        observable_bins: Bins of the classifier and exact-ratio observables, with equal expected
+            background per bin.
+        mc_events: Simulated events per template sample (one sample at each of the nominal, low
+            and high resolution; the process label splits each into signal and background).
+            Their finite number is the MC statistical uncertainty (``staterror``).
+        background_norm_uncertainty: Relative background normalisation uncertainty (``normsys``).
+        resolution_uncertainty: Relative shift of the detector resolution for the signal-shape
+            templates (``histosys`` at :math:`\sigma_\mathrm{det}(1 \mp u)`).
+        limit_cl: Confidence level of the CLs upper limits.
+        mu_max: Upper end of the scan of the signal strength.
+        mu_points: Points of the scan on (0, mu_max].
+    """
+
+    signal_events: float = 75.0
+    background_events: float = 1000.0
+    mu_true: float = 0.0
+    x_bins: int = 10
+    observable_bins: int = 10
+    mc_events: int = 200_000
+    background_norm_uncertainty: float = 0.1
+    resolution_uncertainty: float = 0.1
+    limit_cl: float = 0.95
+    mu_max: float = 3.0
+    mu_points: int = 31
+    nonnegative: ClassVar[tuple[str, ...]] = ("mu_true",)
+
+    def check(self, where: str) -> None:
+        """Ranges that the generic type and sign checks do not cover."""
+        for key in ("background_norm_uncertainty", "resolution_uncertainty", "limit_cl"):
+            value = getattr(self, key)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{where} {key} = {value!r} must lie in (0, 1), e.g. {getattr(SearchSection(), key)!r}.")
+        if self.mu_points < 2:
+            raise ConfigError(f"{where} mu_points = {self.mu_points} must be at least 2, e.g. 31.")
+
+
+def _check(config: AnalysisConfig) -> None:
+    if config.estimator.method != "carl":
+        raise ConfigError(f"{config.path}: [analysis] kind = 'search' trains a signal-vs-background classifier; "
+                          f"set [estimator] method = 'carl' (got {config.estimator.method!r}).")
+
+
 def _sample(sim, theta: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``n`` events at ``theta (P,)``: x ``(n,)`` float64 and the signal mask ``(n,)`` from the latent process label."""
+    """``n`` events at ``theta (P,)``: x ``(n,)`` float64 and the signal mask ``(n,)`` from the simulator's process label."""
     ev = sim.simulate(n, theta=theta, generator=torch.Generator().manual_seed(seed))
-    return ev.x[:, 0].to(_F64), ev.latent[:, 1] > 0.5
+    return ev.x[:, 0].to(_F64), sim.is_signal(ev)
 
 
 def _observed(sim, theta: Tensor, n_signal: int, n_background: int, generator: torch.Generator) -> Tensor:
@@ -78,24 +141,19 @@ def _observed(sim, theta: Tensor, n_signal: int, n_background: int, generator: t
     sig, bkg = [], []
     while sum(map(len, sig)) < n_signal or sum(map(len, bkg)) < n_background:
         ev = sim.simulate(2 * (n_signal + n_background) + 100, theta=theta, generator=generator)
-        label = ev.latent[:, 1] > 0.5
+        label = sim.is_signal(ev)
         sig.append(ev.x[label, 0].to(_F64))
         bkg.append(ev.x[~label, 0].to(_F64))
     return torch.cat([torch.cat(sig)[:n_signal], torch.cat(bkg)[:n_background]])
 
 
 def _densities(sim, theta: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    r"""``x (N,) -> (log p_s(x|θ), log p_b(x))`` from the toy: a signal-only copy's ``log_prob`` and the background branch of ``joint_log_prob``."""
-    space = sim.space
-    signal = type(sim)(0.0, sim.slope, window=sim.window, low=tuple(space.low.tolist()), high=tuple(space.high.tolist()),
-                       reference=tuple(space.reference.tolist()))
+    r"""``x (N,) -> (log p_s(x|θ), log p_b(x))``, the toy's two process densities, float64."""
     th = theta.to(_F64).reshape(1, -1)
 
     def log_densities(x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.to(_F64).reshape(-1, 1)
-        t = th.expand(len(x), -1)
-        background = Events(x=x, theta=t, latent=torch.cat([x, torch.zeros_like(x)], dim=1))  # process label c = 0
-        return signal.log_prob(x, t), sim.joint_log_prob(background, t) - math.log(sim.background_fraction)
+        return sim.signal_log_prob(x, th.expand(len(x), -1)), sim.background_log_prob(x)
 
     return log_densities
 
@@ -104,23 +162,25 @@ def _train_classifier(cfg: AnalysisConfig, sim, theta: Tensor, *, device: str, p
     """:class:`~sbilab.estimators.Classifier` of signal (label 1) vs background (label 0) events at ``theta`` (x alone, BCE)."""
     from ..estimators import Classifier, carl_loss, classifier_training_data
 
-    tr = cfg.training
+    tr, est = cfg.training, cfg.estimator
     started = time.perf_counter()
-    x, label = _sample(sim, theta, tr.n_simulations, tr.seed)
+    x, label = _sample(sim, theta, est.n_simulations, tr.seed)
     x = x.to(torch.get_default_dtype())
     data = classifier_training_data(x[~label], x[label])
-    estimator = Classifier.from_events(data, hidden=tr.hidden, activation=tr.activation, seed=tr.seed)
+    estimator = Classifier.from_events(data, hidden=est.hidden, activation=est.activation, seed=tr.seed)
     log(f"training the signal-vs-background classifier on {len(data)} events ({int(label.sum())} signal)")
     return fit_estimator(estimator, carl_loss, data, tr, device=device, progress=progress, started=started)
 
 
 def _logit(trained: Trained) -> Callable[[Tensor], Tensor]:
-    """``x (N,) -> logit (N,)`` float64 of the trained classifier (members' mean for an ensemble)."""
+    """``x (N,) -> logit (N,)`` float64 of the trained classifier (:class:`EnsembleMean` of an ensemble's members)."""
+    from ..estimators import EnsembleMean
+
+    model = EnsembleMean.of(trained.model)
 
     def logit(x: Tensor) -> Tensor:
         with torch.no_grad():
-            out = trained.model(x.to(torch.get_default_dtype()).reshape(-1, 1))
-        return (out.mean(0) if out.dim() == 2 else out).to(_F64)
+            return model(x.to(torch.get_default_dtype()).reshape(-1, 1)).to(_F64)
 
     return logit
 
@@ -133,13 +193,11 @@ class _Templates:
         self.yields: dict[str, float] = {}
         self.x: dict[str, Tensor] = {}
         for name, factor in (("signal", 1.0), ("signal_lo", 1.0 - sc.resolution_uncertainty), ("signal_hi", 1.0 + sc.resolution_uncertainty)):
-            theta = truth.clone().to(_F64)
-            theta[2] = theta[2] * factor
             try:
-                sim.space.check(theta.reshape(1, -1), argument="theta")
-            except OutOfSupportError:
-                raise ConfigError(f"{cfg.path}: [search] resolution_uncertainty = {sc.resolution_uncertainty} moves sigma_det to "
-                                  f"{float(theta[2]):.3f}, outside the toy's range; use a smaller value.") from None
+                theta = sim.with_resolution(truth, factor)
+            except OutOfSupportError as err:
+                raise ConfigError(f"{cfg.path}: [search] resolution_uncertainty = {sc.resolution_uncertainty} moves sigma_det "
+                                  f"outside the toy's range ({err}); use a smaller value.") from None
             x, is_signal = _sample(sim, theta, sc.mc_events, cfg.observed.seed + 1)  # one seed: common random numbers
             self.x[name] = x[is_signal]
             self.yields[name] = sc.signal_events * float(sim.acceptance(theta.reshape(1, -1)) / sim.acceptance(truth.to(_F64).reshape(1, -1)))
@@ -204,29 +262,18 @@ def _analyse(workspace, templates: dict[str, list[float]], cfg: AnalysisConfig) 
 
 
 def _unbinned(log_densities, window: tuple[float, float], s: float, b: float, cl: float) -> dict[str, float]:
-    r"""Statistics-only unbinned Asimov significance at μ = 1 and median expected CLs limit with the exact densities."""
-    from scipy.optimize import brentq
-    from scipy.stats import norm
-
+    r"""Statistics-only unbinned Asimov significance at μ = 1 and median expected CLs limit with the exact densities (a grid of 19999 points)."""
     x = torch.linspace(window[0], window[1], 20001, dtype=_F64)[1:-1]
     log_s, log_b = log_densities(x)
-    ps, pb = log_s.exp().numpy(), log_b.exp().numpy()
-    dx = float(x[1] - x[0])
-
-    def q_discovery() -> float:
-        return 2 * float(np.sum((b * pb + s * ps) * np.log1p(s * ps / (b * pb)) - s * ps) * dx)
-
-    def q_limit(mu: float) -> float:  # Asimov background-only data tested at mu
-        return 2 * float(np.sum(mu * s * ps - b * pb * np.log1p(mu * s * ps / (b * pb))) * dx)
-
-    target = float(norm.ppf(1 - (1 - cl) / 2)) ** 2  # median CLs = 2 Φ(-sqrt(q_A)) = 1 - cl
-    return {"expected_significance": math.sqrt(q_discovery()), "expected_limit": float(brentq(lambda mu: q_limit(mu) - target, 1e-6, 1e3))}
+    significance, limit = unbinned_asimov(log_s.exp().numpy(), log_b.exp().numpy(), float(x[1] - x[0]), s, b, cl=cl)
+    return {"expected_significance": significance, "expected_limit": limit}
 
 
+@register_pipeline("search", section=("search", SearchSection), toys=("resonance_background",), check=_check)
 def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the binned search described by ``config``; write results to ``out``; return a printable summary.
 
-    Writes ``results.json``, ``workspace_<observable>.json`` (pyhf workspaces, loadable for
+    Writes ``results.h5`` and ``results.json``, ``workspace_<observable>.json`` (pyhf workspaces, loadable for
     reinterpretation), ``estimator.h5`` (the classifier, :mod:`sbilab.publish`) and ``limits.png``.
 
     Raises:
@@ -282,10 +329,10 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
         "n_observed": len(x_obs), "systematics": {"bkg_norm": sc.background_norm_uncertainty, "sigma_det": sc.resolution_uncertainty,
                                                   "staterror_mc_events": sc.mc_events},
         "observables": results, "unbinned_exact": reference,
-        "training": {"method": "carl", "n_simulations": cfg.training.n_simulations, **trained.record()},
+        "training": {"method": "carl", "n_simulations": cfg.estimator.n_simulations, **trained.record()},
         "seconds": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(document, indent=2, default=float))
+    write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
     save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": "carl", "classes": "signal=1, background=0"})
     plotted = plot_limits(out / "limits.png", results, reference, sc.limit_cl,
                           f"{cfg.name}: S = {sc.signal_events:g}, B = {sc.background_events:g}", OBSERVABLES)
@@ -310,6 +357,6 @@ def _summary(cfg: AnalysisConfig, doc: dict, out: Path, plotted: bool) -> str:
     lines.append(f"unbinned exact densities, statistics only: expected limit {ref['expected_limit']:.3f}, Z exp {ref['expected_significance']:.2f}")
     if any(math.isnan(v) for r in doc["observables"].values() for v in (r["observed_limit"], *r["expected_limits"].values())):
         lines.append("some limits lie outside the scan (nan): raise [search] mu_max")
-    lines.append(f"wrote {out / 'results.json'}, {out}/workspace_<observable>.json, {out / 'estimator.h5'}"
+    lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out}/workspace_<observable>.json, {out / 'estimator.h5'}"
                  + (f", {out / 'limits.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

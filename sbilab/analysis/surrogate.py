@@ -20,10 +20,10 @@ r"""The surrogate pipeline (``[analysis] kind = "surrogate"``): the resonance me
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,12 +44,63 @@ from ..surrogates import (
     train_stage_surrogate,
     validate,
 )
+from ..exceptions import ConfigError
 from .config import AnalysisConfig
 from .estimation import build_simulator, truth_point
+from .run import register_pipeline, write_results
 
-__all__ = ["run_surrogate"]
+__all__ = ["run_surrogate", "SurrogateSection"]
 
 
+@dataclass(frozen=True)
+class SurrogateSection:
+    r"""Options of the ``surrogate`` pipeline: the ``[surrogate]`` section.
+
+    ``[training]`` gives ``batch_size``, ``learning_rate`` and ``seed`` of every network; ``[truth]``,
+    ``[observed]`` and ``[fit] cl`` the measurement.
+
+    Attributes:
+        pairs: Paired (truth, reco, pass) simulations the stage is trained on (θ over the toy's space).
+        flow_transforms, flow_hidden, flow_bins: The stage density (a spline flow, :class:`~sbilab.nets.flows.FlowSpec`).
+        stage_epochs: Epochs of the density (the best validation epoch is kept).
+        efficiency_epochs: Epochs of the efficiency classifier.
+        classifier_hidden: Hidden widths of the efficiency, refinement and two-sample classifiers.
+        refine_events: Events of each sample (surrogate, original) training the refinement classifier.
+        refine_epochs: Its epochs.
+        validation_events: Held-out events of each sample for the validation.
+        validation_epochs: Epochs of each two-sample classifier.
+        auc_resolution: Largest acceptable statistical error of a two-sample AUC.
+        auc_regions: Quantile regions of each parameter with their own AUC (0: none).
+        toys: Toy experiments (``[observed] n_events`` each) for widths and coverage.
+        table_points: Points of the tabulated likelihood features over the window.
+    """
+
+    pairs: int = 100_000
+    flow_transforms: int = 3
+    flow_hidden: tuple[int, ...] = (64, 64)
+    flow_bins: int = 8
+    stage_epochs: int = 15
+    efficiency_epochs: int = 20
+    classifier_hidden: tuple[int, ...] = (64, 64)
+    refine_events: int = 100_000
+    refine_epochs: int = 20
+    validation_events: int = 60_000
+    validation_epochs: int = 10
+    auc_resolution: float = 0.01
+    auc_regions: int = 2
+    toys: int = 200
+    table_points: int = 2001
+    nonnegative: ClassVar[tuple[str, ...]] = ("auc_regions",)
+
+    def check(self, where: str) -> None:
+        """Ranges that the generic type and sign checks do not cover."""
+        if not 0.0 < self.auc_resolution < 0.5:
+            raise ConfigError(f"{where} auc_resolution = {self.auc_resolution!r} must lie in (0, 0.5), e.g. 0.01.")
+        if self.auc_regions == 1:
+            raise ConfigError(f"{where} auc_regions = 1 is one region, the whole sample; write 0 (none) or at least 2.")
+
+
+@register_pipeline("surrogate", section=("surrogate", SurrogateSection), toys=("resonance",))
 def run_surrogate(config: AnalysisConfig, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the surrogate analysis described by ``config``; write results to ``out``; return a printable summary."""
     log = (lambda msg: print(f"[sbilab] {msg}", flush=True)) if progress else (lambda msg: None)
@@ -118,9 +169,9 @@ def run_surrogate(config: AnalysisConfig, *, out: Path, quick: bool = False, dev
         "auc_regions_before": [r.to_dict() for r in before.regions], "auc_regions_after": [r.to_dict() for r in after.regions],
         "chi2_per_ndf": {h.name: h.chi2_per_ndf for h in before.histograms},
         "refinement": weights.to_dict(), "refinement_vs_exact_ratio": calibration, "observed_fits": inference.observed, "toys": inference.to_dict(),
-        "files": sorted(p.name for p in written) + ["stage_surrogate.h5", "refinement.h5"],
+        "files": sorted(p.name for p in written) + ["stage_surrogate.h5", "refinement.h5", "results.json", "results.h5"],
     }
-    (out / "results.json").write_text(json.dumps(document, indent=2, default=float))
+    write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
     return _summary(cfg, document, inference, out)
 
 
@@ -140,5 +191,5 @@ def _summary(cfg: AnalysisConfig, doc: dict[str, Any], inference: Any, out: Path
                  + f"; coverage at {level:.3f} (profile, per parameter): "
                  + "; ".join(f"{m} " + ", ".join(f"{p} {c[level]:.3f}" for p, c in inference.coverage_by_parameter[m].items())
                              for m in ("original", "surrogate", "refined")))
-    lines.append(f"wrote {out / 'results.json'}, stage_surrogate.h5, refinement.h5 and the validation reports in {out}")
+    lines.append(f"wrote {out / 'results.json'}, results.h5, stage_surrogate.h5, refinement.h5 and the validation reports in {out}")
     return "\n".join(lines)

@@ -96,6 +96,8 @@ class Classifier(nn.Module):
         (torch.Size([3]), [64.0, 32.0])
     """
 
+    ensemble_reduction = "mean"  # EnsembleMean averages the members' logits (see sbilab.estimators.ensembles)
+
     def __init__(self, x_features: int, *, theta_features: int = 0, hidden: Sequence[int] = (100, 100), activation: str = "silu",
                  residual: bool = False, embedding: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -63,8 +63,8 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ConfigError, InvalidEventsError, MissingAugmentedDataError, OutOfSupportError, ShapeMismatchError
 from ..nets.flows import FlowSpec, build_flow
-from ..nets.mlp import MLP, Standardize
-from ..nets.sets import set_embedding
+from ..nets.mlp import Standardize
+from ..nets.sets import build_embedding
 from ..registry import register_publishable
 
 __all__ = ["ConditionalDensity", "DensityTarget", "DENSITY_TARGETS", "density_target"]
@@ -92,22 +92,6 @@ def density_target(events: Events, target: str, *, owner: str = "ConditionalDens
             f"{target}=... (N, D), or choose another target."
         )
     return value
-
-
-def _build_embedding(embedding: dict[str, Any] | nn.Module | None, x_features: int, sets: bool, owner: str) -> nn.Module | None:
-    """The context embedding from its option dict (``{"kind": "mlp" | "deepsets" | "transformer", ...}``)."""
-    if embedding is None or isinstance(embedding, nn.Module):
-        return embedding
-    options = dict(embedding)
-    kind = options.pop("kind", "deepsets" if sets else "mlp")
-    width = int(options.pop("out_features", 32))
-    if kind == "mlp":
-        if sets:
-            raise ConfigError(f"{owner}: an 'mlp' embedding is for vector observables; use 'deepsets' or 'transformer' for sets.")
-        return MLP(x_features, width, hidden=tuple(options.pop("hidden", (64, 64))), **options)
-    if not sets:
-        raise ConfigError(f"{owner}: embedding kind {kind!r} is for sets; pass sets=True (or use kind 'mlp').")
-    return set_embedding(kind, x_features, width, **options)
 
 
 def _bound(values: Any, features: int, fill: float, name: str) -> Tensor:
@@ -157,6 +141,8 @@ class ConditionalDensity(nn.Module):
         torch.Size([4])
     """
 
+    ensemble_reduction = "mixture"  # EnsembleMean: log of the members' mean density (a normalised mixture)
+
     def __init__(
         self,
         features: int,
@@ -198,8 +184,13 @@ class ConditionalDensity(nn.Module):
         self.register_buffer("z_mean", torch.zeros(p))
         self.register_buffer("z_std", torch.ones(p))
         self.x_norm = Standardize(self.context_features)
-        self.embedding = _build_embedding(embedding, self.context_features, self.is_set, owner)
+        self.embedding = build_embedding(embedding, self.context_features, sets=self.is_set, owner=owner)
         self.flow = build_flow(self.flow_spec, p, self._conditioning_features())
+
+    @property
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """The box of ``y``: ``(low, high)``, float64 ``(D,)`` each, ±inf where open."""
+        return self._bounds[0].clone(), self._bounds[1].clone()
 
     # ------------------------------------------------------------------ set-up
     def _conditioning_features(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ShapeMismatchError
@@ -25,7 +25,7 @@ from .checks import check_finite, check_theta
 from ..registry import register_publishable
 from .ratio import _Estimator
 
-__all__ = ["LikelihoodEstimator"]
+__all__ = ["LikelihoodEstimator", "DensityRatio"]
 
 
 @register_publishable
@@ -50,6 +50,8 @@ class LikelihoodEstimator(_Estimator):
         >>> est.sample(torch.tensor([0.5]), 10, generator=torch.Generator().manual_seed(1)).shape
         torch.Size([10, 1])
     """
+
+    ensemble_reduction = "mixture"  # EnsembleMean: log of the members' mean density (see sbilab.estimators.ensembles)
 
     def __init__(self, space: Any, x_features: int, *, flow: str = "nsf", transforms: int = 3,
                  hidden: Sequence[int] = (64, 64), bins: int = 8) -> None:
@@ -130,3 +132,27 @@ class LikelihoodEstimator(_Estimator):
         """One surrogate event per row of ``theta (N, P)``, as :class:`~sbilab.events.Events` (like ``Simulator.sample``)."""
         t = check_theta(theta, torch.as_tensor(theta).shape[0], self.space, like=self.theta_ref)
         return Events(x=self.sample(t, 1, generator=generator)[0], theta=t)
+
+
+class DensityRatio(nn.Module):
+    r"""The log-ratio of a conditional density against a fixed reference point, as a module.
+
+    .. math:: \log\hat r(x|\theta) = \log\hat p(x|\theta) - \log\hat p(x|\theta_\mathrm{ref})
+
+    ``forward(x (N, D), theta (N, P)) -> (N,)``, unchecked (the fast path that fits evaluate; a
+    module, so that they can cast it to float64). ``density`` is a :class:`LikelihoodEstimator`
+    or an :class:`~sbilab.estimators.ensembles.EnsembleMean` of them (their mixture);
+    :meth:`LikelihoodEstimator.log_ratio` is the checked version for one estimator.
+
+    Args:
+        density: ``density(x, theta) -> log p̂(x|θ) (N,)``.
+        reference: :math:`\theta_\mathrm{ref}`, ``(P,)``.
+    """
+
+    def __init__(self, density: nn.Module, reference: Tensor) -> None:
+        super().__init__()
+        self.density = density
+        self.register_buffer("reference", torch.as_tensor(reference).detach().clone())
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        return self.density(x, theta) - self.density(x, self.reference.to(x.dtype).expand(len(x), -1))

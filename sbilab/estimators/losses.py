@@ -6,6 +6,11 @@ module and ``(K, N)`` for an ensemble of ``K`` members; :func:`sbilab.training.f
 weighted mean over events and sums over members. Options such as ``alpha`` are keyword
 arguments: pass ``functools.partial(alices_loss, alpha=1.0)`` or :func:`get_loss`.
 
+**Registry.** Each loss registers itself where it is defined with :func:`register_loss`, which
+records a :class:`LossInfo`: the name used in TOML and on the command line, the kind of
+estimator it trains, the :class:`~sbilab.events.Events` fields a batch must carry, and its keyword
+options. Callers branch on this metadata (:func:`loss_info`), never on loss names.
+
 Conventions (:func:`sbilab.simulators.ratio_training_data`): ``label = 1`` events were drawn
 at their ``theta`` (the numerator), ``label = 0`` events at the reference
 :math:`\theta_\mathrm{ref}` (the denominator) and paired with a ``theta`` from the proposal;
@@ -28,7 +33,9 @@ arXiv:1805.00020; ALICE, ALICES arXiv:1808.00973; SCANDAL arXiv:1805.12244.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,7 @@ from torch import Tensor, nn
 
 from ..events import Events
 from ..exceptions import ConfigError, MissingAugmentedDataError
+from ..nets.ensemble import Ensemble
 from .density import DensityTarget, density_target
 
 __all__ = [
@@ -53,30 +61,111 @@ __all__ = [
     "score_term",
     "get_loss",
     "LOSSES",
+    "LossInfo",
+    "loss_info",
+    "register_loss",
 ]
 
-_HOW = {
+Need = Literal["label", "log_r_joint", "score_joint", "spectator"]
+"""An :class:`~sbilab.events.Events` field that a loss reads from every batch."""
+EstimatorKind = Literal["ratio", "score", "likelihood", "posterior", "density", "classifier"]
+"""What a loss trains: ``"ratio"`` — ``forward(x, theta) -> log r̂`` (RatioEstimator); ``"score"`` —
+``forward(x) -> t̂`` (ScoreEstimator); ``"likelihood"`` — ``forward(x, theta) -> log p̂(x|θ)``
+(LikelihoodEstimator); ``"posterior"`` — ``forward(theta, x) -> log q(θ|x)`` (PosteriorEstimator)."""
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What a registered loss needs and what it trains (see :func:`register_loss`).
+
+    Attributes:
+        name: The loss's name at the TOML/CLI boundary (lower case), e.g. ``"alices"``.
+        estimator: The kind of estimator it trains (:data:`EstimatorKind`).
+        needs: The Events fields every batch must carry (``label``: drawn at θ or at the
+            reference; ``log_r_joint``: the joint log-ratio; ``score_joint``: the joint score).
+        options: Its keyword-only options (e.g. ``("alpha",)``), read from its signature.
+        function: The loss function itself.
+
+    Example:
+        >>> info = loss_info("rascal")
+        >>> info.estimator, info.needs, info.options
+        ('ratio', ('label', 'log_r_joint', 'score_joint'), ('alpha', 'clip'))
+    """
+
+    name: str
+    estimator: EstimatorKind
+    needs: tuple[Need, ...]
+    options: tuple[str, ...]
+    function: Callable[..., Tensor]
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the loss needs the simulator's augmented data (joint log-ratio or joint score)."""
+        return "log_r_joint" in self.needs or "score_joint" in self.needs
+
+
+_REGISTRY: dict[str, LossInfo] = {}
+LOSSES: dict[str, Callable[..., Tensor]] = {}
+"""Every registered loss function by name (filled by :func:`register_loss`)."""
+
+
+def register_loss(name: str, *, estimator: EstimatorKind, needs: tuple[Need, ...] = ()) -> Callable[[Callable], Callable]:
+    """Decorator: register a loss function ``loss(model, batch, **options) -> per-event losses`` under ``name``.
+
+    Its options are its keyword-only arguments. Registering a second function under a taken
+    name raises :class:`ConfigError` (re-running the same definition does not).
+    """
+
+    def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        key = name.lower()
+        old = _REGISTRY.get(key)
+        if old is not None and (old.function.__module__, old.function.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ConfigError(f"register_loss: the name {key!r} is already taken by {old.function.__module__}.{old.function.__qualname__}.")
+        options = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        _REGISTRY[key] = LossInfo(key, estimator, tuple(needs), options, fn)
+        LOSSES[key] = fn
+        return fn
+
+    return decorate
+
+
+def loss_info(name: str) -> LossInfo:
+    """The :class:`LossInfo` of the loss called ``name`` (case-insensitive).
+
+    Raises:
+        ConfigError: no loss is registered under ``name``.
+    """
+    try:
+        return _REGISTRY[str(name).lower()]
+    except KeyError:
+        raise ConfigError(f"Unknown loss {name!r}; choose one of {sorted(_REGISTRY)}.") from None
+
+
+_HOW: dict[Need, str] = {
     "label": "Build training data with sbilab.simulators.ratio_training_data(sim, n), which labels events "
              "1 (drawn at theta) and 0 (drawn at the reference).",
     "log_r_joint": "Attach it with sbilab.simulators.augment(sim, events) (needs the simulator's joint_log_prob), "
                    "or use a loss without augmented data (CARL, NDE).",
     "score_joint": "Attach it with sbilab.simulators.augment(sim, events) (needs the simulator's joint_log_prob), "
                    "or set alpha=0 / use a loss without a score term.",
+    "spectator": "Give the events a spectator (N, S): the variable to decorrelate from (e.g. the mass), "
+                 "not a classifier input; sbilab.anomaly.decorrelation_training_data builds such events.",
 }
 
 
-def _require(batch: Events, loss: str, *names: str) -> None:
-    for name in names:
+def _require(batch: Events, loss: str) -> None:
+    """Raise if ``batch`` lacks a field that the registered loss ``loss`` needs."""
+    for name in _REGISTRY[loss].needs:
         if getattr(batch, name) is None:
-            raise MissingAugmentedDataError(f"{loss} needs Events.{name}, which this batch lacks. {_HOW[name]}")
+            raise MissingAugmentedDataError(f"{loss.upper()} needs Events.{name}, which this batch lacks. {_HOW[name]}")
 
 
 def _is_ensemble(model: nn.Module) -> bool:
-    return hasattr(model, "member") and hasattr(model, "k") and hasattr(model, "_template")
+    return isinstance(model, Ensemble)
 
 
 def _base(model: nn.Module) -> nn.Module:
-    return model._template if _is_ensemble(model) else model
+    return model.template if isinstance(model, Ensemble) else model
 
 
 def _forward(model: nn.Module, batch: Events, *, theta: bool = True, grad: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -126,6 +215,7 @@ def score_term(model: nn.Module, batch: Events, grad: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- classifiers
+@register_loss("carl", estimator="ratio", needs=("label",))
 def carl_loss(model: nn.Module, batch: Events) -> Tensor:
     r"""CARL: cross-entropy of the classifier :math:`\hat s = \sigma(\log\hat r)` (arXiv:1506.02169).
 
@@ -134,21 +224,23 @@ def carl_loss(model: nn.Module, batch: Events) -> Tensor:
     with :math:`y` the label (1 = drawn at θ). Its minimiser is :math:`\log\hat r = \log r(x|\theta)`.
     Needs ``label``.
     """
-    _require(batch, "CARL", "label")
+    _require(batch, "carl")
     log_r, _ = _forward(model, batch)
     return F.binary_cross_entropy_with_logits(log_r, batch.label.expand_as(log_r), reduction="none")
 
 
+@register_loss("cascal", estimator="ratio", needs=("label", "score_joint"))
 def cascal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
     r"""CASCAL = CARL + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1805.00020).
 
     The score term is masked to ``label = 1`` events (see :func:`score_term`). Needs ``label``, ``score_joint``.
     """
-    _require(batch, "CASCAL", "label", "score_joint")
+    _require(batch, "cascal")
     log_r, grad = _forward(model, batch, grad=True)
     return F.binary_cross_entropy_with_logits(log_r, batch.label.expand_as(log_r), reduction="none") + alpha * score_term(model, batch, grad)
 
 
+@register_loss("alice", estimator="ratio", needs=("log_r_joint",))
 def alice_loss(model: nn.Module, batch: Events) -> Tensor:
     r"""ALICE: cross-entropy with the joint soft label (Stoye, Brehmer, Louppe, Pavez, Cranmer, arXiv:1808.00973).
 
@@ -158,17 +250,18 @@ def alice_loss(model: nn.Module, batch: Events) -> Tensor:
     Over the balanced sample the minimiser is :math:`\sigma(\log\hat r) = E[s(x,z)|x] = s(x)`, i.e.
     :math:`\hat r = r(x|\theta)`. The label is not used. Needs ``log_r_joint``.
     """
-    _require(batch, "ALICE", "log_r_joint")
+    _require(batch, "alice")
     log_r, _ = _forward(model, batch)
     return F.binary_cross_entropy_with_logits(log_r, torch.sigmoid(batch.log_r_joint).expand_as(log_r), reduction="none")
 
 
+@register_loss("alices", estimator="ratio", needs=("log_r_joint", "score_joint"))
 def alices_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
     r"""ALICES = ALICE + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1808.00973).
 
     The score term is masked to ``label = 1`` events. Needs ``log_r_joint``, ``score_joint`` (and ``label``).
     """
-    _require(batch, "ALICES", "log_r_joint", "score_joint")
+    _require(batch, "alices")
     log_r, grad = _forward(model, batch, grad=True)
     ce = F.binary_cross_entropy_with_logits(log_r, torch.sigmoid(batch.log_r_joint).expand_as(log_r), reduction="none")
     return ce + alpha * score_term(model, batch, grad)
@@ -185,6 +278,7 @@ def _rolr(log_r: Tensor, batch: Events, clip: float) -> Tensor:
     return torch.where(batch.label > 0.5, num, den)
 
 
+@register_loss("rolr", estimator="ratio", needs=("label", "log_r_joint"))
 def rolr_loss(model: nn.Module, batch: Events, *, clip: float = 10.0) -> Tensor:
     r"""ROLR: regression on the joint likelihood ratio (Brehmer, Cranmer, Louppe, Pavez, arXiv:1805.00013, 1805.00020).
 
@@ -211,22 +305,24 @@ def rolr_loss(model: nn.Module, batch: Events, *, clip: float = 10.0) -> Tensor:
 
     Needs ``label``, ``log_r_joint``.
     """
-    _require(batch, "ROLR", "label", "log_r_joint")
+    _require(batch, "rolr")
     log_r, _ = _forward(model, batch)
     return _rolr(log_r, batch, clip)
 
 
+@register_loss("rascal", estimator="ratio", needs=("label", "log_r_joint", "score_joint"))
 def rascal_loss(model: nn.Module, batch: Events, *, alpha: float = 1.0, clip: float = 10.0) -> Tensor:
     r"""RASCAL = ROLR + :math:`\alpha \lVert \nabla_\theta \log\hat r - t(x,z|\theta) \rVert^2` (arXiv:1805.00020).
 
     The regression part is :func:`rolr_loss` with the same log-space ``clip``; the score term is
     masked to ``label = 1`` events. Needs ``label``, ``log_r_joint``, ``score_joint``.
     """
-    _require(batch, "RASCAL", "label", "log_r_joint", "score_joint")
+    _require(batch, "rascal")
     log_r, grad = _forward(model, batch, grad=True)
     return _rolr(log_r, batch, clip) + alpha * score_term(model, batch, grad)
 
 
+@register_loss("sally", estimator="score", needs=("score_joint",))
 def sally_loss(model: nn.Module, batch: Events) -> Tensor:
     r"""SALLY: :math:`\ell = \lVert \hat t(x) - t(x,z|\theta_\mathrm{ref}) \rVert^2` (arXiv:1805.00013, 1805.00020).
 
@@ -234,7 +330,7 @@ def sally_loss(model: nn.Module, batch: Events) -> Tensor:
     only if the events were drawn at the reference point and carry the joint score there, as
     :func:`sbilab.simulators.augment.score_training_data` produces. Needs ``score_joint``.
     """
-    _require(batch, "SALLY", "score_joint")
+    _require(batch, "sally")
     t_hat, _ = _forward(model, batch, theta=False)
     return ((t_hat - batch.score_joint) ** 2).sum(-1)
 
@@ -244,6 +340,7 @@ def _label_mask(batch: Events, like: Tensor) -> Tensor:
     return torch.ones_like(like) if batch.label is None else batch.label.expand_as(like)
 
 
+@register_loss("nde", estimator="likelihood")
 def nde_loss(model: nn.Module, batch: Events) -> Tensor:
     r"""NDE: negative log-likelihood :math:`\ell = -\log\hat p(x|\theta)` of a conditional density estimator.
 
@@ -254,23 +351,26 @@ def nde_loss(model: nn.Module, batch: Events) -> Tensor:
     return -log_p * _label_mask(batch, log_p)
 
 
+@register_loss("scandal", estimator="likelihood", needs=("score_joint",))
 def scandal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tensor:
     r"""SCANDAL = NDE + :math:`\alpha \lVert \nabla_\theta \log\hat p(x|\theta) - t(x,z|\theta) \rVert^2` (arXiv:1805.12244).
 
     The gradient runs through the flow's conditioning on θ. Rows with ``label = 0`` are masked
     in both terms. Needs ``score_joint``.
     """
-    _require(batch, "SCANDAL", "score_joint")
+    _require(batch, "scandal")
     log_p, grad = _forward(model, batch, grad=True)
     return -log_p * _label_mask(batch, log_p) + alpha * score_term(model, batch, grad)
 
 
+@register_loss("npe", estimator="posterior")
 def npe_loss(model: nn.Module, batch: Events) -> Tensor:
     r"""NPE: :math:`\ell = -\log q(\theta|x)` of a posterior estimator called as ``model(theta, x)`` (arXiv:1905.07488)."""
     extra = (batch.mask,) if batch.mask is not None else ()
     return -model(batch.theta, batch.x, *extra)
 
 
+@register_loss("density", estimator="density")
 def density_loss(model: nn.Module, batch: Events, *, target: DensityTarget = "theta") -> Tensor:
     r"""Conditional density: :math:`\ell = -\log q(y|x)` of a :class:`~sbilab.estimators.density.ConditionalDensity`.
 
@@ -288,30 +388,18 @@ def density_loss(model: nn.Module, batch: Events, *, target: DensityTarget = "th
     return -model(y, batch.x, *extra)
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "carl": carl_loss,
-    "rolr": rolr_loss,
-    "rascal": rascal_loss,
-    "alice": alice_loss,
-    "alices": alices_loss,
-    "cascal": cascal_loss,
-    "sally": sally_loss,
-    "nde": nde_loss,
-    "scandal": scandal_loss,
-    "npe": npe_loss,
-    "density": density_loss,
-}
-
-
 def get_loss(name: str, **options: Any) -> Callable[[nn.Module, Events], Tensor]:
     """The loss called ``name`` (case-insensitive) with keyword ``options`` bound, e.g. ``get_loss("alices", alpha=1.0)``.
+
+    Raises:
+        ConfigError: unknown name, or an option the loss does not take.
 
     Example:
         >>> get_loss("ALICES", alpha=0.5).keywords
         {'alpha': 0.5}
     """
-    try:
-        fn = LOSSES[name.lower()]
-    except KeyError:
-        raise ConfigError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.") from None
-    return functools.partial(fn, **options)
+    info = loss_info(name)
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        raise ConfigError(f"get_loss: the {info.name!r} loss has no option(s) {unknown}; its options are {list(info.options)}.")
+    return functools.partial(info.function, **options)

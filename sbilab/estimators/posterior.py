@@ -82,6 +82,8 @@ class PosteriorEstimator(ConditionalDensity):
         torch.Size([2])
     """
 
+    ensemble_reduction = "mixture"  # EnsembleMean / PosteriorMixture: the members' equal-weight mixture
+
     def __init__(
         self,
         space: Any,
@@ -165,8 +167,10 @@ class PosteriorMixture(nn.Module):
 
     def __init__(self, ensemble: nn.Module) -> None:
         super().__init__()
-        template = getattr(ensemble, "_template", None)
-        if not isinstance(template, PosteriorEstimator) or not hasattr(ensemble, "member"):
+        from ..nets.ensemble import Ensemble
+
+        template = ensemble.template if isinstance(ensemble, Ensemble) else None
+        if not isinstance(template, PosteriorEstimator):
             raise ConfigError(
                 f"PosteriorMixture: ensemble must be an Ensemble of PosteriorEstimators (fit(..., ensemble=K).model), "
                 f"got {type(ensemble).__name__}" + (f" of {type(template).__name__}" if template is not None else "") + "."
@@ -175,7 +179,7 @@ class PosteriorMixture(nn.Module):
 
     @property
     def template(self) -> PosteriorEstimator:
-        return self.ensemble._template
+        return self.ensemble.template
 
     @property
     def space(self) -> Any:

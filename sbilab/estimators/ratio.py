@@ -95,6 +95,8 @@ class RatioEstimator(_Estimator):
         torch.Size([3])
     """
 
+    ensemble_reduction = "mean"  # EnsembleMean averages log r̂ over members (see sbilab.estimators.ensembles)
+
     def __init__(self, space: Any, x_features: int, *, hidden: Sequence[int] = (100, 100), activation: str = "silu",
                  residual: bool = False, doubly: bool = False, embedding: dict[str, Any] | None = None) -> None:
         super().__init__()

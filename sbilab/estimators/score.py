@@ -46,6 +46,8 @@ class ScoreEstimator(_Estimator):
         torch.Size([4, 1])
     """
 
+    ensemble_reduction = "mean"  # EnsembleMean averages t̂ over members (see sbilab.estimators.ensembles)
+
     def __init__(self, space: Any, x_features: int, *, hidden: Sequence[int] = (100, 100), activation: str = "silu",
                  residual: bool = False, embedding: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from .importance import sample_importance
 from .mcmc import SamplingResult, sample_mcmc, split_rhat
 from .potential import BoxUniform, LogPosterior
 from .sample import sample_posterior
+from .samplers import SAMPLERS, register_sampler
 from .sbi import SbiPosterior, simulate_for_sbilab
 
 __all__ = [
@@ -16,4 +17,6 @@ __all__ = [
     "SamplingResult",
     "SbiPosterior",
     "simulate_for_sbilab",
+    "SAMPLERS",
+    "register_sampler",
 ]

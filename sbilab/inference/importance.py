@@ -18,10 +18,12 @@ from torch import Tensor
 from ..exceptions import ConfigError, SamplingError
 from .mcmc import SamplingResult, draw_from
 from .potential import _prior_log_prob
+from .samplers import register_sampler
 
 __all__ = ["sample_importance"]
 
 
+@register_sampler("importance")
 def sample_importance(
     log_posterior: Callable[[Tensor], Tensor],
     n: int,

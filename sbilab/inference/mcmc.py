@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..exceptions import ConfigError, SamplingError
+from .samplers import register_sampler
 
 __all__ = ["SamplingResult", "sample_mcmc", "split_rhat", "draw_from"]
 
@@ -83,6 +84,7 @@ def _initial_points(log_posterior: Callable[[Tensor], Tensor], prior: Any, chain
     return theta[idx], lp[idx]
 
 
+@register_sampler("mcmc")
 def sample_mcmc(
     log_posterior: Callable[[Tensor], Tensor],
     n: int,

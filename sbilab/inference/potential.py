@@ -118,8 +118,11 @@ class LogPosterior:
                 k = t.shape[0]
                 xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])
                 ts = t.unsqueeze(1).expand(k, n, t.shape[-1]).reshape(k * n, -1)
-                extra = () if m is None else (m.unsqueeze(0).expand(k, *m.shape).reshape(k * n, -1),)
-                out[start:start + k] = estimator(xs, ts, *extra).reshape(k, n).sum(1)
+                if m is None:
+                    values = estimator(xs, ts)
+                else:  # padded sets: the mask travels with them, by keyword as for every log-ratio
+                    values = estimator(xs, ts, mask=m.unsqueeze(0).expand(k, *m.shape).reshape(k * n, -1))
+                out[start:start + k] = values.reshape(k, n).sum(1)
             return out
 
         return cls(log_likelihood, space, prior=prior)

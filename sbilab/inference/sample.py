@@ -6,10 +6,9 @@ from typing import Any
 
 import torch
 
-from ..exceptions import ConfigError
-from .importance import sample_importance
-from .mcmc import SamplingResult, sample_mcmc
+from .mcmc import SamplingResult
 from .potential import LogPosterior
+from .samplers import get_sampler
 
 __all__ = ["sample_posterior"]
 
@@ -24,16 +23,14 @@ def sample_posterior(estimator: Any, x: Any, n: int, *, prior: Any = None, metho
         x: Observed events ``(N, D)`` of one dataset.
         n: Number of samples.
         prior: Prior with ``log_prob``/``sample`` (sbi priors work); default uniform on the space.
-        method: ``"mcmc"`` (:func:`sample_mcmc`) or ``"importance"`` (:func:`sample_importance`).
+        method: A registered sampler (:data:`~sbilab.inference.samplers.SAMPLERS`): ``"mcmc"``
+            (:func:`~sbilab.inference.mcmc.sample_mcmc`) or ``"importance"`` (:func:`~sbilab.inference.importance.sample_importance`).
         options: Passed to the sampler (``chains``, ``warmup``, ``max_seconds``, ``proposal``, ...).
 
     Raises:
-        ConfigError: unknown ``method``.
+        ConfigError: unknown ``method`` (raised before the estimator is evaluated).
         SamplingError: the sampler could not produce the draws within its bounds.
     """
+    sampler = get_sampler(method)
     log_posterior = LogPosterior.from_estimator(estimator, x, prior=prior, mask=mask)
-    if method == "mcmc":
-        return sample_mcmc(log_posterior, n, generator=generator, **options)
-    if method == "importance":
-        return sample_importance(log_posterior, n, generator=generator, **options)
-    raise ConfigError(f"sample_posterior: method must be 'mcmc' or 'importance', got {method!r}.")
+    return sampler(log_posterior, n, generator=generator, **options)

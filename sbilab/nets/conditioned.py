@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..exceptions import ShapeMismatchError
 from .mlp import MLP, ResidualMLP, Standardize
-from .sets import set_embedding
+from .sets import build_embedding
 
 __all__ = ["ConditionedNetwork"]
 
@@ -53,11 +53,8 @@ class ConditionedNetwork(nn.Module):
         self.theta_norm = Standardize(theta_features)
         self.is_set = embedding is not None
         if embedding is not None:
-            options = dict(embedding)
-            kind = options.pop("kind", "deepsets")
-            width = int(options.pop("out_features", 32))
-            self.embedding = set_embedding(kind, x_features, width, **options)
-            inp = width + theta_features
+            self.embedding = build_embedding(embedding, x_features, sets=True, owner="ConditionedNetwork")
+            inp = int(embedding.get("out_features", 32)) + theta_features
         else:
             self.embedding = None
             inp = x_features + theta_features

@@ -7,8 +7,13 @@ and :func:`torch.vmap`. Deep ensembles estimate the epistemic uncertainty of a l
 by the spread of its members (Lakshminarayanan, Pritzel, Blundell, arXiv:1612.01474).
 
 Templates whose forward pass ``vmap`` cannot trace (data-dependent control flow, ``.item()``,
-in-place updates of batched buffers) are evaluated by a loop over members instead; the result
-is the same, only slower.
+operators with data-dependent output shapes, in-place updates of unbatched tensors by batched
+values) are evaluated by a loop over members instead, with one :class:`RuntimeWarning`; the
+result is the same, only slower. Only ``vmap``'s own refusals fall back: any other error of
+the template's forward (a wrong shape, a bad argument) is raised as it is.
+
+The estimators' view of an ensemble is :class:`~sbilab.estimators.ensembles.EnsembleMean`,
+which reduces the members to one output per estimator kind.
 """
 
 from __future__ import annotations
@@ -39,6 +44,17 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
                 reset()
 
 
+def _vmap_refused(err: RuntimeError) -> bool:
+    """Whether ``err`` is :func:`torch.vmap` refusing to trace (not an error of the traced code itself).
+
+    vmap's refusals (data-dependent control flow, ``.item()``, dynamic output shapes, in-place
+    writes of batched values into unbatched tensors) all start with ``"vmap:"``; operators
+    without a batching rule say ``"Batching rule not implemented"``.
+    """
+    message = str(err)
+    return message.startswith("vmap") or "Batching rule not implemented" in message
+
+
 @register_publishable
 class Ensemble(nn.Module):
     r"""K copies of ``template`` with independent initial weights, evaluated in one batched call.
@@ -50,7 +66,8 @@ class Ensemble(nn.Module):
         k: Number of members ``K >= 1``.
         generator: Source of the K initialisation seeds (default: torch's global RNG).
         vectorize: ``True`` evaluates members with :func:`torch.vmap`, ``False`` with a loop,
-            ``None`` (default) tries ``vmap`` once and falls back to the loop if it fails.
+            ``None`` (default) tries ``vmap`` and falls back to the loop for good (warning once)
+            if ``vmap`` refuses to trace the template.
 
     Calling ``ens(*args, stacked=False)`` returns the members' outputs stacked on a leading
     axis, e.g. ``(K, N)`` for a template returning ``(N,)``. With ``stacked=False`` every tensor
@@ -132,6 +149,15 @@ class Ensemble(nn.Module):
                 b.copy_(buffers[name][i])
         return module.train(self.training)
 
+    @property
+    def template(self) -> nn.Module:
+        """The replicated network (holding the initial weights, not the members'; see :meth:`member`).
+
+        Its class, attributes and buffers describe every member: estimators read the parameter
+        space, the reference point or the loss conventions from it.
+        """
+        return self._template
+
     def train(self, mode: bool = True) -> "Ensemble":
         super().train(mode)
         self._template.train(mode)
@@ -151,11 +177,19 @@ class Ensemble(nn.Module):
         if self.vectorize is not False:
             try:
                 return self._vmapped(params, buffers, args, kwargs, stacked)
-            except Exception:
-                if self.vectorize is True:
+            except RuntimeError as err:
+                if self.vectorize is True or not _vmap_refused(err):
                     raise
-                out = self._looped(params, buffers, args, kwargs, stacked)  # a genuine error re-raises here
+                reason = str(err).splitlines()[0].split(". ")[0][:200]
+                out = self._looped(params, buffers, args, kwargs, stacked)
                 self.vectorize = False  # vmap cannot trace this template: loop from now on
+                warnings.warn(
+                    f"Ensemble: torch.vmap cannot trace {type(self._template).__name__}.forward ({reason}); "
+                    f"evaluating the {self.k} members in a loop from now on (same results, slower). "
+                    "Pass vectorize=False to choose the loop explicitly.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return out
         return self._looped(params, buffers, args, kwargs, stacked)
 

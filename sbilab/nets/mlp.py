@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..exceptions import ShapeMismatchError
+from ..exceptions import ConfigError, ShapeMismatchError
 
 __all__ = ["Standardize", "MLP", "ResidualMLP", "activation"]
 
@@ -27,11 +27,15 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def activation(name: str) -> nn.Module:
-    """An activation module by name (``relu``, ``elu``, ``silu``, ``gelu``, ``tanh``, ``softplus``, ``leaky_relu``)."""
+    """An activation module by name (``relu``, ``elu``, ``silu``, ``gelu``, ``tanh``, ``softplus``, ``leaky_relu``).
+
+    Raises:
+        ConfigError: unknown name.
+    """
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ShapeMismatchError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}.") from None
+        raise ConfigError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}.") from None
 
 
 _activation = activation  # alias for classes whose keyword argument shadows the name

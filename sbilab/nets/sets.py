@@ -11,11 +11,18 @@ gradients) and they are excluded from the pooling (deep sets) or from attention 
 * :class:`SetTransformer`: a small transformer encoder without positional encoding, with a key
   padding mask, followed by masked mean pooling (Lee et al., arXiv:1810.00825; Particle
   Transformer, Qu, Li, Qian, arXiv:2202.03772).
+
+This module owns the vocabulary of *embedding kinds*, the names by which estimators' specs
+(``embedding={"kind": ..., "out_features": E, ...}``) choose an embedding network: each kind is
+registered where its network is defined (:func:`register_embedding`) with whether it embeds
+sets or vectors, and :func:`build_embedding` is the one function that turns a spec into a
+module. Kinds: ``"deepsets"`` and ``"transformer"`` (sets), ``"mlp"`` (vectors).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +30,82 @@ from torch import Tensor, nn
 from ..exceptions import ConfigError, ShapeMismatchError
 from .mlp import MLP
 
-__all__ = ["DeepSets", "SetTransformer", "set_embedding"]
+__all__ = ["DeepSets", "SetTransformer", "set_embedding", "EmbeddingInfo", "EMBEDDINGS", "register_embedding", "build_embedding"]
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """A registered embedding kind.
+
+    Attributes:
+        name: The kind's name in specs, e.g. ``"deepsets"``.
+        sets: ``True``: it embeds padded sets ``x (N, M, F)`` with a mask ``(N, M)``; ``False``: vectors ``(N, D)``.
+        build: ``build(in_features, out_features, **options) -> nn.Module``.
+    """
+
+    name: str
+    sets: bool
+    build: Callable[..., nn.Module]
+
+
+EMBEDDINGS: dict[str, EmbeddingInfo] = {}
+"""Every registered embedding kind by name (filled by :func:`register_embedding`)."""
+
+
+def register_embedding(name: str, *, sets: bool) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a class or factory ``(in_features, out_features, **options) -> nn.Module`` as embedding kind ``name``."""
+
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        old = EMBEDDINGS.get(name)
+        if old is not None and (old.build.__module__, old.build.__qualname__) != (build.__module__, build.__qualname__):
+            raise ConfigError(f"register_embedding: the kind {name!r} is already taken by {old.build.__module__}.{old.build.__qualname__}.")
+        EMBEDDINGS[name] = EmbeddingInfo(name, bool(sets), build)
+        return build
+
+    return decorate
+
+
+def build_embedding(embedding: Mapping[str, Any] | nn.Module | None, in_features: int, *, sets: bool,
+                    owner: str = "embedding") -> nn.Module | None:
+    """The embedding network of a spec: ``{"kind": ..., "out_features": E (default 32), **options}``.
+
+    Args:
+        embedding: The spec (default kind ``"deepsets"`` for sets, ``"mlp"`` for vectors), a
+            ready module (returned as it is) or ``None`` (no embedding).
+        in_features: Features per set entry ``F``, or ``D`` for vectors.
+        sets: Whether the observations are padded sets.
+        owner: Name used in error messages (the estimator being built).
+
+    Raises:
+        ConfigError: unknown kind, or a kind for sets given vectors (or the reverse).
+
+    Example:
+        >>> build_embedding({"kind": "deepsets", "out_features": 8, "hidden": [16]}, 3, sets=True).out_features
+        8
+    """
+    if embedding is None or isinstance(embedding, nn.Module):
+        return embedding
+    options = dict(embedding)
+    kind = options.pop("kind", "deepsets" if sets else "mlp")
+    info = EMBEDDINGS.get(kind)
+    if info is None:
+        raise ConfigError(f"{owner}: unknown embedding kind {kind!r}; choose one of {sorted(EMBEDDINGS)} "
+                          f"({', '.join(k for k, v in sorted(EMBEDDINGS.items()) if v.sets)} for sets).")
+    if info.sets != bool(sets):
+        raise ConfigError(
+            f"{owner}: the {kind!r} embedding is for {'sets' if info.sets else 'vector observables'}; "
+            + (f"use one of {sorted(k for k, v in EMBEDDINGS.items() if v.sets)} for sets." if sets
+               else "pass sets=True for set observations (or use kind 'mlp' for vectors).")
+        )
+    if "hidden" in options:
+        options["hidden"] = tuple(int(h) for h in options["hidden"])
+    return info.build(in_features, int(options.pop("out_features", 32)), **options)
+
+
+@register_embedding("mlp", sets=False)
+def _mlp_embedding(in_features: int, out_features: int, *, hidden: Sequence[int] = (64, 64), **options: Any) -> nn.Module:
+    """An :class:`~sbilab.nets.mlp.MLP` embedding of vector observables (hidden widths (64, 64) by default)."""
+    return MLP(in_features, out_features, hidden=tuple(hidden), **options)
 
 
 def _clean(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -48,6 +130,7 @@ def _pool(h: Tensor, m: Tensor, pooling: str) -> Tensor:
     return total / m.sum(dim=-2).clamp(min=1.0)
 
 
+@register_embedding("deepsets", sets=True)
 class DeepSets(nn.Module):
     r"""Deep-sets embedding :math:`\rho(\sum_i \phi(x_i))` of a padded set.
 
@@ -83,6 +166,7 @@ class DeepSets(nn.Module):
         return self.rho(_pool(self.phi(x), m, self.pooling))
 
 
+@register_embedding("transformer", sets=True)
 class SetTransformer(nn.Module):
     r"""Small transformer encoder over a padded set, masked mean pooling, linear head.
 
@@ -129,13 +213,9 @@ class SetTransformer(nn.Module):
 
 
 def set_embedding(kind: str, in_features: int, out_features: int, **options: Any) -> nn.Module:
-    """Build a set embedding by name: ``"deepsets"`` (:class:`DeepSets`) or ``"transformer"`` (:class:`SetTransformer`).
+    """Build a set embedding by kind, e.g. ``"deepsets"`` (:class:`DeepSets`) or ``"transformer"`` (:class:`SetTransformer`).
 
-    ``options`` are passed to the class (JSON-able, so a spec can rebuild the network).
+    ``options`` are passed to the class (JSON-able, so a spec can rebuild the network); the
+    kinds are those of :func:`build_embedding` that embed sets.
     """
-    classes = {"deepsets": DeepSets, "transformer": SetTransformer}
-    if kind not in classes:
-        raise ConfigError(f"Unknown set embedding {kind!r}; choose one of {sorted(classes)}.")
-    if "hidden" in options:
-        options = {**options, "hidden": tuple(options["hidden"])}
-    return classes[kind](in_features, out_features, **options)
+    return build_embedding({"kind": kind, "out_features": out_features, **options}, in_features, sets=True)

@@ -3,9 +3,10 @@
 from .augment import augment, doubly_ratio_training_data, joint_log_ratio, joint_score, ratio_training_data, score_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
 from .external import CallableSimulator, from_sbi
-from .lhe import LHEData, LHEHeader, iter_lhe_chunks, read_lhe, read_lhe_header
+from .registry import TOYS, build_toy, register_toy
+from .shower import PartonShower, PrimaryEmissions
 from .space import ParameterSpace
-from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
+from .toys import GaussianLatent, Lifetime, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
 
 __all__ = [
@@ -23,13 +24,14 @@ __all__ = [
     "Resonance",
     "Morphing",
     "ResonanceBackground",
+    "PartonShower",
+    "PrimaryEmissions",
+    "Lifetime",
     "MorphingBasis",
     "WeightedEvents",
     "CallableSimulator",
     "from_sbi",
-    "LHEHeader",
-    "LHEData",
-    "read_lhe_header",
-    "iter_lhe_chunks",
-    "read_lhe",
+    "TOYS",
+    "register_toy",
+    "build_toy",
 ]

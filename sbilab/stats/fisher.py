@@ -87,16 +87,24 @@ def exact_fisher(simulator: Any, theta: Tensor, *, n_events: int = 100_000, gene
     return fisher_from_scores(simulator.score(x, theta.expand(len(x), -1)))
 
 
-def sally_fisher(score_estimator: Callable[[Tensor], Tensor], x: Tensor, *, weights: Tensor | None = None, batch_size: int = 65536) -> Tensor:
+def sally_fisher(score_estimator: Callable[..., Tensor], x: Tensor, *, weights: Tensor | None = None, mask: Tensor | None = None,
+                 batch_size: int = 65536) -> Tensor:
     r"""Per-event Fisher information from a SALLY estimator: :math:`\langle \hat t(x) \hat t(x)^T\rangle`.
 
     Args:
-        score_estimator: ``forward(x: (N, D)) -> t̂ (N, P)``, e.g. a trained ``ScoreEstimator``.
-        x: Events drawn at the estimator's reference point, ``(N, D)``.
+        score_estimator: ``forward(x: (N, D)) -> t̂ (N, P)``, e.g. a trained ``ScoreEstimator``
+            (for padded sets called as ``forward(x, mask=mask)``).
+        x: Events drawn at the estimator's reference point, ``(N, D)`` or padded sets ``(N, M, F)``.
         weights: ``(N,)`` event weights.
+        mask: ``(N, M)`` bool, which set entries are real.
     """
+    def score(i: int) -> Tensor:
+        rows = slice(i, i + batch_size)
+        out = score_estimator(x[rows]) if mask is None else score_estimator(x[rows], mask=mask[rows])
+        return out.to(torch.float64)
+
     with torch.no_grad():
-        parts = [score_estimator(x[i : i + batch_size]).to(torch.float64) for i in range(0, len(x), batch_size)]
+        parts = [score(i) for i in range(0, len(x), batch_size)]
     return fisher_from_scores(torch.cat(parts), weights)
 
 
@@ -188,9 +196,54 @@ def rate_fisher(expected_events: Callable[[Tensor], Tensor], theta: Tensor, *, s
     return counts_fisher(lambda th: torch.as_tensor(expected_events(th), dtype=torch.float64).reshape(1), theta, step=step)
 
 
-def cramer_rao(fisher: Tensor, n_events: float = 1.0) -> Tensor:
-    r"""Cramér–Rao standard deviations :math:`\sqrt{\mathrm{diag}\,(n I)^{-1}}`, ``(P,)``."""
-    return torch.sqrt(torch.diagonal(torch.linalg.inv(torch.as_tensor(fisher, dtype=torch.float64) * n_events)))
+def cramer_rao(fisher: Tensor, n_events: float = 1.0, *, names: Sequence[str] | None = None,
+               constraints: Mapping[str, tuple[float, float]] | None = None, fixed: Sequence[str] = ()) -> Tensor:
+    r"""Cramér–Rao standard deviations of profiled fits: :math:`\sqrt{\mathrm{diag}\,(n I + C)^{-1}}`, ``(P,)`` float64.
+
+    Gaussian constraints :math:`\mathcal N(m_k, s_k)` on nuisance parameters add
+    :math:`C = \mathrm{diag}(1/s_k^2)` (the information of the auxiliary measurement); parameters
+    held ``fixed`` are removed from the matrix before inversion (the others are profiled over the
+    remaining free ones) and get standard deviation 0.
+
+    Args:
+        fisher: Per-event Fisher information, ``(P, P)``.
+        n_events: Number of events :math:`n`.
+        names: Parameter names in the order of ``fisher`` (needed with ``constraints`` or ``fixed``).
+        constraints: ``{name: (mean, sigma)}``.
+        fixed: Names of the parameters held fixed.
+
+    Raises:
+        ShapeMismatchError: ``fisher`` is not square, ``names`` has the wrong length, or a
+            constraint or fixed parameter is not among ``names``.
+
+    Example:
+        >>> f = torch.ones(2, 2, dtype=torch.float64)  # x ~ N(mu + eta, 1): only mu + eta is measured
+        >>> sd = cramer_rao(f, 100, names=["mu", "eta"], constraints={"eta": (0.0, 0.2)})
+        >>> round(sd[0].item() ** 2, 12)  # 1/n + s^2 = 0.01 + 0.04
+        0.05
+        >>> cramer_rao(f, 100, names=["mu", "eta"], fixed=["eta"]).tolist()  # 1/sqrt(n)
+        [0.1, 0.0]
+    """
+    f = torch.as_tensor(fisher, dtype=torch.float64) * n_events
+    if f.dim() != 2 or f.shape[0] != f.shape[1]:
+        raise ShapeMismatchError(f"cramer_rao: fisher must be a square (P, P) matrix, got shape {tuple(f.shape)}.")
+    constraints = dict(constraints or {})
+    if not constraints and not fixed:
+        return torch.sqrt(torch.diagonal(torch.linalg.inv(f)))
+    if names is None or len(names) != f.shape[0]:
+        raise ShapeMismatchError(f"cramer_rao: constraints and fixed need names, one per row of fisher ({f.shape[0]}); got {names!r}.")
+    names = list(names)
+    unknown = sorted((set(constraints) | set(fixed)) - set(names))
+    if unknown:
+        raise ShapeMismatchError(f"cramer_rao: {unknown} are not among the parameter names {names}.")
+    f = f.clone()
+    for name, (_, sigma) in constraints.items():
+        i = names.index(name)
+        f[i, i] += 1.0 / sigma**2
+    free = [i for i, name in enumerate(names) if name not in set(fixed)]
+    sigma = torch.zeros(len(names), dtype=torch.float64)
+    sigma[free] = torch.linalg.inv(f[free][:, free]).diagonal().sqrt()
+    return sigma
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ by quantile regression of :math:`\tau` on θ from toys at many θ, which gives a
 ratio in arXiv:2412.01600.
 
 Toys are batched: ``simulate_toys(theta, n_toys, generator)`` returns all ``n_toys`` datasets at
-one point as a ``(T, N, D)`` tensor and the statistic is evaluated on all of them at once.
+one point as a ``(T, N, D)`` tensor and the statistic is evaluated on all of them at once. Toys of
+padded particle sets come as a pair ``(x (T, N, M, F), mask (T, N, M))``; the statistic then
+receives the mask as ``statistic(x, theta, mask=mask)``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from ..exceptions import FitError, ShapeMismatchError
 
 __all__ = ["NeymanConstruction", "TestStatistic", "ToySimulator"]
 
-TestStatistic = Callable[[Tensor, Tensor], Tensor]
-"""``statistic(x: (T, N, D), theta: (P,)) -> (T,)``; large values disfavour ``theta``."""
+TestStatistic = Callable[..., Tensor]
+"""``statistic(x: (T, N, D), theta: (P,)) -> (T,)`` (for sets also given ``mask=(T, N, M)``); large values disfavour ``theta``."""
 
-ToySimulator = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
-"""``simulate_toys(theta: (P,), n_toys, generator) -> x (n_toys, N, D)``."""
+ToySimulator = Callable[[Tensor, int, "torch.Generator | None"], "Tensor | tuple[Tensor, Tensor]"]
+"""``simulate_toys(theta: (P,), n_toys, generator) -> x (n_toys, N, D)`` or, for sets, ``(x (n_toys, N, M, F), mask (n_toys, N, M))``."""
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
@@ -75,8 +77,13 @@ class NeymanConstruction:
     # ------------------------------------------------------------------ calibration
     def statistics_at(self, theta: Tensor, n_toys: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Statistic of ``n_toys`` toys simulated at ``theta (P,)``, ``(n_toys,)``."""
-        x = self.simulate_toys(theta, n_toys, generator)
-        return torch.as_tensor(self.test_statistic(x, theta), dtype=torch.float64).reshape(-1)
+        toys = self.simulate_toys(theta, n_toys, generator)
+        x, mask = toys if isinstance(toys, tuple) else (toys, None)
+        return self._statistic(x, theta, mask)
+
+    def _statistic(self, x: Tensor, theta: Tensor, mask: Tensor | None) -> Tensor:
+        out = self.test_statistic(x, theta) if mask is None else self.test_statistic(x, theta, mask=mask)
+        return torch.as_tensor(out, dtype=torch.float64).reshape(-1)
 
     def calibrate(self, n_toys: int, *, generator: torch.Generator | None = None, progress: bool = True) -> "NeymanConstruction":
         """Simulate ``n_toys`` toys at every grid point and store their statistics, ``(G, n_toys)``."""
@@ -143,18 +150,22 @@ class NeymanConstruction:
         return k
 
     # ------------------------------------------------------------------ confidence sets
-    def observed_statistics(self, x: Tensor) -> Tensor:
-        """Statistic of observed dataset(s) ``x: (N, D)`` or ``(T, N, D)`` at every grid point, ``(G,)`` or ``(T, G)``."""
-        single = x.dim() == 2
+    def observed_statistics(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        """Statistic of observed dataset(s) ``x: (N, D)`` or ``(T, N, D)`` at every grid point, ``(G,)`` or ``(T, G)``.
+
+        Padded sets ``(N, M, F)`` / ``(T, N, M, F)`` come with ``mask`` ``(N, M)`` / ``(T, N, M)``.
+        """
+        single = x.dim() == 2 if mask is None else mask.dim() == 2
         xs = x.unsqueeze(0) if single else x
-        stats = torch.stack([torch.as_tensor(self.test_statistic(xs, th), dtype=torch.float64).reshape(-1) for th in self.grid], dim=1)
+        ms = None if mask is None else (mask.unsqueeze(0) if single else mask)
+        stats = torch.stack([self._statistic(xs, th, ms) for th in self.grid], dim=1)
         return stats[0] if single else stats
 
-    def confidence_set(self, x: Tensor, cl: float = 0.6826894921370859, *, method: str = "grid") -> Tensor:
+    def confidence_set(self, x: Tensor, cl: float = 0.6826894921370859, *, method: str = "grid", mask: Tensor | None = None) -> Tensor:
         r"""Grid points accepted at confidence level ``cl``: :math:`\tau(x;\theta_g) \le k_\alpha(\theta_g)`.
 
         Args:
-            x: Observed data ``(N, D)``, or several datasets ``(T, N, D)``.
+            x: Observed data ``(N, D)``, or several datasets ``(T, N, D)`` (padded sets with ``mask``).
             method: ``"grid"`` (per-point toy quantiles) or ``"regression"`` (quantile regression).
 
         Returns:
@@ -166,4 +177,4 @@ class NeymanConstruction:
             k = (self._regression.get(float(cl)) or self.fit_quantile_regression(cl))(self.grid)
         else:
             raise FitError(f"method must be 'grid' or 'regression', got {method!r}.")
-        return self.observed_statistics(x) <= k
+        return self.observed_statistics(x, mask=mask) <= k

@@ -14,61 +14,54 @@ enters only when a yield model :math:`\nu(\theta)` is given, the third for nuisa
 ordinary inputs of the estimator (part of its ``theta``). The cost has ``errordef = 1``
 (it is already :math:`-2\log L`), so HESSE/MINOS errors are the usual 68.3% ones.
 
+The likelihood itself is an :class:`~sbilab.stats.model.UnbinnedModel` — the same object
+:func:`~sbilab.stats.fit_toys` evaluates for toys; pass one, or the parts (``log_ratio``,
+``space``, ``yield_model``, ``constraints``, ``limits``) to have it built. Observed events that
+are padded sets reach the log-ratio with their mask (``log_ratio(x, theta, mask=mask)``).
+
 Precision: an ``nn.Module`` estimator is deep-copied and cast to float64 for evaluation
 (the caller's module is untouched), events are cast to float64 and sums are accumulated in
 float64 — Minuit's finite-difference HESSE needs a smooth, noise-free cost, which float32
 sums over thousands of events do not give. θ-gradients are passed to Minuit (``grad=``),
 computed by autograd through the estimator; a callable whose output carries no graph falls
-back to Minuit's numerical derivatives.
+back to Minuit's numerical derivatives. With autograd available, MIGRAD's minimum is polished
+by Newton steps on the autograd Hessian and the covariance is the inverse of that Hessian
+(exact, as :func:`~sbilab.stats.fit_toys` computes it); near a bound, or where the Hessian is
+not positive definite, HESSE's covariance is kept.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from iminuit import Minuit
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..events import Events
 from ..exceptions import FitError, OutOfSupportError
 from ..simulators.space import ParameterSpace
+from .intervals import ONE_SIGMA, profile_intervals
+from .model import LogRatio, UnbinnedModel, YieldModel, as_model
 from .results import FitResult, Profile2DResult, ProfileResult
 
 __all__ = ["UnbinnedLikelihood", "LogRatio", "YieldModel"]
-
-LogRatio = Callable[[Tensor, Tensor], Tensor]
-"""``log_ratio(x: (N, D), theta: (N, P)) -> (N,)``: a RatioEstimator or an exact toy ratio."""
-
-YieldModel = Callable[[Tensor], Tensor]
-"""``yield_model(theta: (P,)) -> ()``: expected number of events ν(θ), differentiable if possible."""
-
-
-def _as_float64(log_ratio: LogRatio) -> LogRatio:
-    """A float64 copy of a module estimator, or of the module behind a bound method such as
-    ``estimator.log_ratio``: a sum over many events in float32 is too coarse for MIGRAD's
-    convergence criterion (EDM ~ 1e-5 in -2 log L)."""
-    owner = getattr(log_ratio, "__self__", None)
-    if isinstance(log_ratio, nn.Module) or isinstance(owner, nn.Module):
-        module = copy.deepcopy(log_ratio if isinstance(log_ratio, nn.Module) else owner).double().eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        return module if isinstance(log_ratio, nn.Module) else getattr(module, log_ratio.__name__)
-    return log_ratio
 
 
 class UnbinnedLikelihood:
     r"""Unbinned (extended) likelihood of observed events under a learned ratio.
 
     Args:
-        log_ratio: ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)``, e.g. a trained
-            ``RatioEstimator`` or ``lambda x, th: sim.log_prob(x, th) - sim.log_prob(x, ref)``.
-        observed: Observed events (``Events.observed(x)``); their weights are used.
+        log_ratio: An :class:`~sbilab.stats.model.UnbinnedModel`, or the per-event log-ratio
+            ``log_ratio(x: (N, D), theta: (N, P)) -> (N,)`` (for padded sets also given
+            ``mask=(N, M)``), e.g. a trained ``RatioEstimator`` or
+            ``lambda x, th: sim.log_prob(x, th) - sim.log_prob(x, ref)``.
+        observed: Observed events (``Events.observed(x)``); their weights (and set mask) are used.
         space: Parameter space of the estimator (names, bounds, reference). Bounds become
             Minuit limits: the estimator is meaningless outside the space it was trained on.
+            Not given with a model (it has its own).
         yield_model: Optional expected yield :math:`\nu(\theta)` for an extended fit.
         constraints: Gaussian constraints ``{name: (mean, sigma)}`` for nuisance parameters.
         fixed: Parameters held fixed, ``{name: value}``.
@@ -77,11 +70,12 @@ class UnbinnedLikelihood:
         batch_size: Events per estimator call.
         tolerance: MIGRAD tolerance (iminuit ``tol``): it stops when the estimated distance
             to the minimum is below ``0.002 * tolerance`` in :math:`-2\log L`, i.e. the best
-            fit is within about ``0.06 * sqrt(tolerance)`` standard deviations of the minimum.
+            fit is within about ``0.06 * sqrt(tolerance)`` standard deviations of the minimum
+            (then polished by Newton steps when autograd gradients are available).
 
     Raises:
         FitError: unknown parameter names, an empty observed dataset, non-positive constraint
-            widths, or a free parameter without finite bounds.
+            widths, a free parameter without finite bounds, or model parts given twice.
         OutOfSupportError: fixed or starting values outside the space.
 
     Example:
@@ -97,9 +91,9 @@ class UnbinnedLikelihood:
 
     def __init__(
         self,
-        log_ratio: LogRatio,
+        log_ratio: LogRatio | UnbinnedModel,
         observed: Events,
-        space: ParameterSpace,
+        space: ParameterSpace | None = None,
         *,
         yield_model: YieldModel | None = None,
         constraints: Mapping[str, tuple[float, float]] | None = None,
@@ -113,28 +107,21 @@ class UnbinnedLikelihood:
             raise FitError(f"observed must be Events (use Events.observed(x)), got {type(observed).__name__}.")
         if len(observed) == 0:
             raise FitError("observed has no events; an unbinned fit needs at least one observed event.")
-        self.space = space
-        self.names = tuple(space.names)
-        self._log_ratio = _as_float64(log_ratio)
-        self._x = observed.x.detach().to(torch.float64)
-        self._w = observed.weights_or_ones().detach().to(device=self._x.device, dtype=torch.float64)
+        self.model = as_model(log_ratio, space, yield_model=yield_model, constraints=constraints, limits=limits)
+        self._model64 = self.model.double()
+        self.space = self.model.space
+        self.names = self.model.names
+        self.yield_model = self.model.yield_model
+        self.constraints = self.model.constraints
+        x = observed.x.detach().to(torch.float64)
+        self._x = x.unsqueeze(0)  # one dataset: (1, N, D) or (1, N, M, F)
+        self._w = observed.weights_or_ones().detach().to(device=x.device, dtype=torch.float64).unsqueeze(0)
+        self._mask = None if observed.mask is None else observed.mask.to(x.device).unsqueeze(0)
         self.n_observed = float(self._w.sum())
-        self.yield_model = yield_model
         self.batch_size = int(batch_size)
         self.tolerance = float(tolerance)
-        self.constraints = {k: (float(m), float(s)) for k, (m, s) in self._check_names(constraints, "constraints").items()}
-        for name, (_, s) in self.constraints.items():
-            if not s > 0:
-                raise FitError(f"constraints[{name!r}] has width {s}; a Gaussian constraint needs sigma > 0.")
         self.fixed = {k: float(v) for k, v in self._check_names(fixed, "fixed").items()}
-        lo, hi = space.low.numpy().copy(), space.high.numpy().copy()
-        for name, (a, b) in self._check_names(limits, "limits").items():
-            i = self.names.index(name)
-            if not (lo[i] <= a < b <= hi[i]):
-                raise FitError(
-                    f"limits[{name!r}] = ({a}, {b}) must be increasing and inside the space's bounds ({lo[i]}, {hi[i]})."
-                )
-            lo[i], hi[i] = a, b
+        lo, hi = self.model.low.numpy().copy(), self.model.high.numpy().copy()
         self.limits = list(zip(lo.tolist(), hi.tolist()))
         for i, name in enumerate(self.names):
             if name not in self.fixed and not (math.isfinite(lo[i]) and math.isfinite(hi[i])):
@@ -142,36 +129,39 @@ class UnbinnedLikelihood:
                     f"parameter {name!r} has no finite bounds ({lo[i]}, {hi[i]}); pass limits={{{name!r}: (lo, hi)}} "
                     "covering the region the estimator was trained on, or fix it with fixed=."
                 )
-        start_point = space.reference.numpy().copy()
+        start_point = self.space.reference.numpy().copy()
         for name, v in self._check_names(start, "start").items():
             start_point[self.names.index(name)] = float(v)
         for name, v in self.fixed.items():
             start_point[self.names.index(name)] = v
-        space.check(torch.as_tensor(start_point).reshape(1, -1), argument="start/fixed values")
+        self.space.check(torch.as_tensor(start_point).reshape(1, -1), argument="start/fixed values")
         self.start = start_point
         self._cache: tuple[bytes, float, np.ndarray | None] | None = None
         self.use_gradient = self._probe_gradient()
 
     # ------------------------------------------------------------------ checks
     def _check_names(self, mapping: Mapping[str, object] | None, argument: str) -> dict[str, object]:
-        mapping = dict(mapping or {})
-        unknown = [k for k in mapping if k not in self.names]
-        if unknown:
-            raise FitError(f"{argument} names unknown parameters {unknown}; the parameters are {list(self.names)}.")
-        return mapping
+        return self.model._check_names(mapping, argument)
 
     def _index(self, name: str) -> int:
-        if name not in self.names:
-            raise FitError(f"unknown parameter {name!r}; the parameters are {list(self.names)}.")
-        return self.names.index(name)
+        return self.model.index(name)
 
     def _probe_gradient(self) -> bool:
-        th = torch.as_tensor(self.start, dtype=torch.float64).requires_grad_(True)
+        th = torch.as_tensor(self.start, dtype=torch.float64).reshape(1, -1).requires_grad_(True)
+        k = min(2, self._x.shape[1])
         with torch.enable_grad():
-            out = self._log_ratio(self._x[:2], th.expand(min(2, len(self._x)), -1))
-        return isinstance(out, Tensor) and out.requires_grad
+            events = self._model64.event_term(th, self._x[:, :k], mask=None if self._mask is None else self._mask[:, :k])
+            extra = self._model64.global_term(th, torch.full((1,), self.n_observed, dtype=torch.float64))
+        has_global = self.yield_model is not None or bool(self.constraints)
+        return bool(events.requires_grad and (extra.requires_grad or not has_global))
 
     # ------------------------------------------------------------------ cost
+    def _derivatives(self, theta: np.ndarray, *, hessian: bool, free: Tensor | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+        th = torch.tensor(np.asarray(theta, dtype=np.float64), device=self._x.device).reshape(1, -1)
+        v, g, h = self._model64.derivatives(th, self._x, weights=self._w, mask=self._mask, free=free, hessian=hessian,
+                                            chunk_events=self.batch_size)
+        return float(v[0]), g[0].cpu().numpy(), None if h is None else h[0].cpu().numpy()
+
     def _evaluate(self, theta: np.ndarray, need_grad: bool) -> tuple[float, np.ndarray | None]:
         key = np.asarray(theta, dtype=np.float64).tobytes()
         if self._cache is not None and self._cache[0] == key and (self._cache[2] is not None or not need_grad):
@@ -179,27 +169,13 @@ class UnbinnedLikelihood:
         need_grad = need_grad and self.use_gradient
         if not np.all(np.isfinite(theta)):  # MINOS can probe NaN points; report them as failed steps
             return math.nan, (np.full(len(self.names), math.nan) if need_grad else None)
-        th = torch.tensor(np.asarray(theta, dtype=np.float64), device=self._x.device).requires_grad_(need_grad)
-        grad = torch.zeros_like(th) if need_grad else None
-        total = torch.zeros((), dtype=torch.float64, device=self._x.device)
-        with torch.set_grad_enabled(need_grad):
-            for start in range(0, len(self._x), self.batch_size):
-                x = self._x[start : start + self.batch_size]
-                w = self._w[start : start + self.batch_size]
-                value = -2.0 * (w * self._log_ratio(x, th.expand(len(x), -1)).to(torch.float64)).sum()
-                if need_grad:
-                    grad = grad + torch.autograd.grad(value, th)[0]
-                total = total + value.detach()
-            extra = torch.zeros((), dtype=torch.float64, device=self._x.device)
-            if self.yield_model is not None:
-                nu = torch.as_tensor(self.yield_model(th), dtype=torch.float64)
-                extra = extra + 2.0 * (nu - self.n_observed * torch.log(nu))
-            for name, (mean, sigma) in self.constraints.items():
-                extra = extra + ((th[self.names.index(name)] - mean) / sigma) ** 2
-            if need_grad and extra.requires_grad:
-                grad = grad + torch.autograd.grad(extra, th)[0]
-        value = float(total + extra.detach())
-        g = None if grad is None else grad.detach().cpu().numpy()
+        if need_grad:
+            value, g, _ = self._derivatives(theta, hessian=False)
+        else:
+            th = torch.tensor(np.asarray(theta, dtype=np.float64), device=self._x.device).reshape(1, -1)
+            with torch.no_grad():
+                value = float(self._model64.twice_nll(th, self._x, weights=self._w, mask=self._mask, chunk_events=self.batch_size)[0])
+            g = None
         self._cache = (key, value, g)
         return value, g
 
@@ -245,13 +221,18 @@ class UnbinnedLikelihood:
             m.migrad()
         return m
 
-    def fit(self, *, minos: bool | Sequence[str] = False, start: Mapping[str, float] | None = None, fixed: Mapping[str, float] | None = None) -> FitResult:
-        r"""Best fit by MIGRAD, errors by HESSE and optionally MINOS.
+    def fit(self, *, minos: bool | Sequence[str] = False, start: Mapping[str, float] | None = None, fixed: Mapping[str, float] | None = None,
+            polish: bool = True) -> FitResult:
+        r"""Best fit by MIGRAD (Newton-polished), errors from the autograd Hessian (else HESSE), optionally MINOS.
 
         Args:
             minos: ``True`` for MINOS intervals of every free parameter, or a list of names.
             start: Starting values overriding those given at construction.
             fixed: Extra parameters to hold fixed for this fit, ``{name: value}``.
+            polish: Newton-polish MIGRAD's minimum and take the covariance from the autograd
+                Hessian (when available). Profile scans pass ``False``: their many points need
+                only MIGRAD's minimum value (within ~1e-5 of the exact one in
+                :math:`-2\log L`), and the Hessians would cost about a third more time.
 
         Returns:
             A :class:`FitResult`; ``valid=False`` with a ``message`` when MIGRAD/HESSE failed
@@ -268,14 +249,17 @@ class UnbinnedLikelihood:
             m.hesse()
         fval = float(m.fval) if free else self(point)
         finite = math.isfinite(fval)
-        valid = bool(m.valid and m.accurate and finite) if free else finite
+        polished = self._polish(np.array(m.values, dtype=np.float64), free) if (polish and free and finite and m.valid) else None
+        if polished is not None:
+            point, fval, exact_cov = polished
+        valid = bool(m.valid and (m.accurate or polished is not None) and finite) if free else finite
         message = ""
         if not finite:
             message = "the cost is NaN or infinite at the minimum (estimator outputs are not finite there)"
         elif free and not m.valid:
             message = f"MIGRAD did not find a valid minimum: {str(m.fmin).splitlines()[0] if m.fmin else 'no minimum'}"
             message = _fmin_reason(m) or message
-        elif free and not m.accurate:
+        elif free and not m.accurate and polished is None:
             message = "HESSE covariance is not accurate (forced positive definite or failed)"
         minos_res: dict[str, tuple[float, float]] = {}
         if minos and free and valid:
@@ -291,11 +275,14 @@ class UnbinnedLikelihood:
                     minos_res[name] = (math.nan, math.nan)
                     message = f"MINOS failed for {name}: {err}"
         cov = np.zeros((len(self.names), len(self.names)))
-        if free and m.covariance is not None:
+        if polished is not None:
+            cov = exact_cov
+        elif free and m.covariance is not None:
             cov = np.array(m.covariance, dtype=float)
+        best = point if polished is not None else np.array(m.values, dtype=np.float64)
         return FitResult(
             names=self.names,
-            best={n: float(m.values[n]) for n in self.names},
+            best={n: float(best[i]) for i, n in enumerate(self.names)},
             # sqrt(diag(cov)), not m.errors: for bounded parameters the latter carries the
             # linearised internal (sine) transformation and is off by ~1e-3 relative.
             errors={n: float(math.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(self.names)},
@@ -308,6 +295,43 @@ class UnbinnedLikelihood:
             n_calls=int(m.nfcn),
             message=message,
         )
+
+    def _polish(self, point: np.ndarray, free: Sequence[str], steps: int = 4) -> tuple[np.ndarray, float, np.ndarray] | None:
+        r"""Newton steps from MIGRAD's minimum on the autograd gradient and Hessian of the model.
+
+        Returns ``(best (P,), -2 log L there, covariance (P, P) = 2 H^{-1} on the free
+        parameters)``, or ``None`` (MIGRAD's point and HESSE kept) when the likelihood has no
+        autograd graph, the Hessian is not positive definite, or a step would leave the limits.
+        """
+        if not self.use_gradient:
+            return None
+        idx = [self.names.index(n) for n in free]
+        mask = torch.zeros(len(self.names), dtype=torch.bool)
+        mask[idx] = True
+        lo, hi = np.array([a for a, _ in self.limits]), np.array([b for _, b in self.limits])
+        theta = point.copy()
+        value, g, h = self._derivatives(theta, hessian=True, free=mask)
+        for _ in range(steps):
+            hf = h[np.ix_(idx, idx)]
+            if not (math.isfinite(value) and np.all(np.isfinite(hf)) and np.all(np.linalg.eigvalsh(hf) > 0)):
+                return None
+            step = -np.linalg.solve(hf, g[idx])
+            if float(-g[idx] @ step) < 1e-12:  # Newton decrement: -2 log L is within 1e-12 of its minimum
+                break
+            trial = theta.copy()
+            trial[idx] += step
+            if np.any(trial < lo) or np.any(trial > hi):
+                return None
+            v_trial, g_trial, h_trial = self._derivatives(trial, hessian=True, free=mask)
+            if not v_trial <= value + 1e-12 * max(1.0, abs(value)):
+                break
+            theta, value, g, h = trial, v_trial, g_trial, h_trial
+        hf = h[np.ix_(idx, idx)]
+        if not np.all(np.linalg.eigvalsh(hf) > 0):
+            return None
+        cov = np.zeros((len(self.names), len(self.names)))
+        cov[np.ix_(idx, idx)] = 2.0 * np.linalg.inv(hf)
+        return theta, value, cov
 
     # ------------------------------------------------------------------ profiles
     def _check_scan(self, name: str, values: Sequence[float]) -> np.ndarray:
@@ -324,6 +348,8 @@ class UnbinnedLikelihood:
     def profile(self, name: str, values: Sequence[float], *, best: FitResult | None = None) -> ProfileResult:
         r"""1-D profile of :math:`-2\Delta\log L` in ``name``, other free parameters re-minimised at each point.
 
+        Each point is a MIGRAD minimum (not Newton-polished: see :meth:`fit`).
+
         Args:
             name: Scanned parameter.
             values: Scan points, ``(K,)``.
@@ -333,7 +359,7 @@ class UnbinnedLikelihood:
         best = best if best is not None else self.fit()
         deltas, valids = [], []
         for v in values:
-            res = self.fit(start=best.best, fixed={name: float(v)})
+            res = self.fit(start=best.best, fixed={name: float(v)}, polish=False)
             deltas.append(res.nll_min - best.nll_min)
             valids.append(res.valid)
         return ProfileResult(name, tuple(values.tolist()), tuple(deltas), tuple(valids), best.best[name], best.nll_min)
@@ -347,46 +373,23 @@ class UnbinnedLikelihood:
         for xv in xs:
             row, row_ok = [], []
             for yv in ys:
-                res = self.fit(start=best.best, fixed={a: float(xv), b: float(yv)})
+                res = self.fit(start=best.best, fixed={a: float(xv), b: float(yv)}, polish=False)
                 row.append(res.nll_min - best.nll_min)
                 row_ok.append(res.valid)
             grid.append(tuple(row))
             ok.append(tuple(row_ok))
         return Profile2DResult((a, b), tuple(xs.tolist()), tuple(ys.tolist()), tuple(grid), tuple(ok), best.nll_min)
 
-    def interval(self, name: str, cl: float = 0.6826894921370859, *, best: FitResult | None = None) -> tuple[float, float]:
+    def interval(self, name: str, cl: float = ONE_SIGMA, *, best: FitResult | None = None) -> tuple[float, float]:
         r"""Profile-likelihood interval of ``name``: where :math:`-2\Delta\log L \le \chi^2_1(\mathrm{cl})`.
 
-        The crossings are found by root finding (Brent) on the profile, nuisances re-minimised
-        at each trial point; an end beyond the parameter's bound is returned as the bound.
+        The ends are found by :func:`~sbilab.stats.intervals.profile_intervals` stepping out from
+        the best fit (Brent root finding on the profile, nuisances re-minimised at each trial
+        point); an end beyond the parameter's bound is returned as the bound. For several
+        levels, a grid scan or the ``at_bound`` flags, call ``profile_intervals`` itself.
         """
-        from scipy.optimize import brentq
-        from scipy.stats import chi2
-
-        i = self._index(name)
-        best = best if best is not None else self.fit()
-        if not best.valid:
-            raise FitError(f"the global fit is not valid ({best.message}); cannot build an interval for {name!r}.")
-        level = float(chi2.ppf(cl, 1))
-        centre = best.best[name]
-        step = best.errors[name] if best.errors[name] > 0 else 0.1 * (self.limits[i][1] - self.limits[i][0])
-
-        def excess(v: float) -> float:
-            return self.fit(start=best.best, fixed={name: v}).nll_min - best.nll_min - level
-
-        ends = []
-        for sign in (-1.0, 1.0):
-            bound = self.limits[i][0] if sign < 0 else self.limits[i][1]
-            inner, outer = centre, centre + sign * step * math.sqrt(level)
-            while (sign * (outer - bound) < 0) and excess(outer) < 0:
-                inner, outer = outer, outer + sign * step
-            if sign * (outer - bound) >= 0:
-                outer = bound
-                if excess(outer) < 0:
-                    ends.append(bound)
-                    continue
-            ends.append(float(brentq(excess, min(inner, outer), max(inner, outer), xtol=1e-6 * max(step, 1e-12))))
-        return ends[0], ends[1]
+        _, (found,) = profile_intervals(self, name, [cl], best=best)
+        return found.lo, found.hi
 
 
 def _fmin_reason(m: Minuit) -> str:

@@ -32,13 +32,13 @@ import torch
 from torch import Tensor
 
 from ..estimators import Classifier, ClassifierWeights, carl_loss, classifier_training_data, classifier_weights
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SbilabWarning
 from ..training import fit
 
 __all__ = ["train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning"]
 
 
-class LowEffectiveSampleSizeWarning(UserWarning):
+class LowEffectiveSampleSizeWarning(SbilabWarning):
     """Refinement weights leave an effective sample size below the threshold (the ESS is in the message)."""
 
 

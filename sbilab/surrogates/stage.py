@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..estimators import Classifier, ConditionalDensity, carl_loss, get_loss
-from ..exceptions import ConfigError, OutOfSupportError, ShapeMismatchError
+from ..exceptions import ConfigError, OutOfSupportError, SbilabWarning, ShapeMismatchError
 from ..nets.flows import FlowSpec
 from ..registry import build_module, module_spec, register_publishable
 from ..simulators.space import ParameterSpace
@@ -37,7 +37,7 @@ from .pairs import check_pairs, efficiency_events, stage_context, stage_events
 __all__ = ["StageSurrogate", "train_stage_surrogate", "TruthRangeWarning"]
 
 
-class TruthRangeWarning(UserWarning):
+class TruthRangeWarning(SbilabWarning):
     """Some events passed the selection with a truth outside the surrogate's truth range (they are left out; counts in the message)."""
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ...events import Events
 from ..base import Simulator
+from ..registry import register_toy
 from ..space import ParameterSpace
 
 __all__ = ["GaussianLatent"]
@@ -30,6 +31,7 @@ def _normal_log_prob(x: Tensor, mean: Tensor, sigma: float | Tensor) -> Tensor:
     return -0.5 * ((x - mean) / sigma) ** 2 - torch.log(sigma) - 0.5 * _LOG_2PI
 
 
+@register_toy("gaussian")
 class GaussianLatent(Simulator):
     r"""One parameter :math:`\theta`, one latent z, one observable x.
 

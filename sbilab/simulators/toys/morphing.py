@@ -34,6 +34,7 @@ from torch import Tensor
 from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator
+from ..registry import register_toy
 from ..space import ParameterSpace
 from ..weighted import MorphingBasis, WeightedEvents
 
@@ -45,6 +46,7 @@ _AMPLITUDES = ((1.0, 0, 40.0), (0.5, 1, 70.0), (0.15, 2, 100.0))
 _BACKGROUND = (0.3, 25.0)  # beta, lambda_b
 
 
+@register_toy("morphing")
 class Morphing(Simulator):
     r"""Quadratic morphing toy with one or two couplings and one observable (pT).
 

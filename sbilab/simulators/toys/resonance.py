@@ -33,6 +33,7 @@ from torch import Tensor
 from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator, autograd_score
+from ..registry import register_toy
 from ..space import ParameterSpace
 
 __all__ = ["Resonance", "faddeeva", "voigt_log_pdf", "draw_in_window"]
@@ -152,6 +153,7 @@ class _Acceptance(torch.autograd.Function):
         return grad_out.unsqueeze(1) * ctx.sim._acceptance_gradient(theta), None
 
 
+@register_toy("resonance")
 class Resonance(Simulator):
     r"""Breit–Wigner resonance with Gaussian detector smearing and a fiducial window.
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from ...events import Events
 from ...exceptions import ParameterSpaceError, SamplingError
 from ..base import Simulator, autograd_score
+from ..registry import register_toy
 from ..space import ParameterSpace
 from .resonance import _Acceptance, _gauss_legendre, draw_in_window, faddeeva, restrict_to_window, voigt_log_pdf
 
@@ -49,6 +50,7 @@ _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
 
 
+@register_toy("resonance_background")
 class ResonanceBackground(Simulator):
     r"""Breit–Wigner signal on an exponential background; parameters θ = (M, Γ, σ_det).
 
@@ -182,6 +184,15 @@ class ResonanceBackground(Simulator):
         log_bkg = (math.log(f) if f > 0 else -math.inf) + self._log_background(x)
         return torch.where(c > 0.5, log_sig, log_bkg).to(theta.dtype)
 
+    def _inputs(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (N, 1)`` as a tensor, its float64 column ``(N,)`` and ``theta`` as float64 ``(N, 3)``."""
+        x = torch.as_tensor(x)
+        theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
+        return x, x[:, 0].to(_F64), theta.to(_F64).reshape(-1, 3).expand(x.shape[0], 3)
+
+    def _log_signal(self, xx: Tensor, th: Tensor) -> Tensor:
+        return voigt_log_pdf(xx - th[:, 0], th[:, 2], th[:, 1] / 2) - torch.log(self.acceptance(th))
+
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact log p(x|θ) (signal Voigt + background mixture); −inf outside the window, ``(N,)``.
 
@@ -189,13 +200,54 @@ class ResonanceBackground(Simulator):
             x: ``(N, 1)``.
             theta: ``(N, 3)`` or ``(3,)``.
         """
-        x = torch.as_tensor(x)
-        theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
-        th = theta.to(_F64).reshape(-1, 3).expand(x.shape[0], 3)
-        xx = x[:, 0].to(_F64)
-        log_sig = voigt_log_pdf(xx - th[:, 0], th[:, 2], th[:, 1] / 2) - torch.log(self.acceptance(th))
-        log_p = self._mix(log_sig, self._log_background(xx))
+        x, xx, th = self._inputs(x, theta)
+        log_p = self._mix(self._log_signal(xx, th), self._log_background(xx))
         return restrict_to_window(log_p, xx, self.window).to(x.dtype)
+
+    # ------------------------------------------------------------------ the two processes
+    def signal_log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        r"""Signal density alone, :math:`\log V(x - M;\sigma,\Gamma/2) - \log A(\theta)`, normalised in the window.
+
+        Args:
+            x: ``(N, 1)``.
+            theta: ``(N, 3)`` or ``(3,)``.
+
+        Returns:
+            ``(N,)`` in the dtype of ``x``; −inf outside the window.
+        """
+        x, xx, th = self._inputs(x, theta)
+        return restrict_to_window(self._log_signal(xx, th), xx, self.window).to(x.dtype)
+
+    def background_log_prob(self, x: Tensor) -> Tensor:
+        r"""Background density alone (the truncated exponential, independent of θ), ``(N,)`` for ``x (N, 1)``; −inf outside the window.
+
+        Example:
+            >>> sim = ResonanceBackground(slope=20.0)
+            >>> x = torch.tensor([[90.0], [110.0], [120.0]], dtype=torch.float64)
+            >>> log_b = sim.background_log_prob(x)
+            >>> round(float(log_b[0] - log_b[1]), 12), float(log_b[2])  # (110 - 90) / 20; outside the window
+            (1.0, -inf)
+        """
+        x = torch.as_tensor(x)
+        xx = x[:, 0].to(_F64)
+        return restrict_to_window(self._log_background(xx), xx, self.window).to(x.dtype)
+
+    @staticmethod
+    def is_signal(events: Events) -> Tensor:
+        """Which events the simulator drew from the signal process (latent label c = 1), bool ``(N,)``."""
+        return events.latent[:, 1] > 0.5
+
+    def with_resolution(self, theta: Tensor, factor: float) -> Tensor:
+        r"""``theta (3,)`` with the detector resolution :math:`\sigma_\mathrm{det}` multiplied by ``factor`` (float64).
+
+        Raises:
+            OutOfSupportError: the new point lies outside the parameter space; the message gives
+                the new :math:`\sigma_\mathrm{det}`.
+        """
+        shifted = torch.as_tensor(theta).to(_F64).reshape(-1).clone()
+        shifted[2] = shifted[2] * factor
+        self.space.check(shifted.reshape(1, -1), argument=f"theta with sigma_det = {float(shifted[2]):.3f}")
+        return shifted
 
     def score(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Exact score :math:`\nabla_\theta \log p(x|\theta)`, ``(N, 3)``, by autograd of :meth:`log_prob`."""

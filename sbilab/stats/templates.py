@@ -1,4 +1,7 @@
-r"""Morphed histogram templates: binned likelihoods of any observable for quadratic (EFT) models.
+r"""Histogram templates and binning: equal-population bin edges, histograms, morphed templates.
+
+:func:`quantile_edges` and :func:`histogram` bin any observable (binned searches, SALLINO);
+:class:`MorphedHistogram` gives binned likelihoods of any observable for quadratic (EFT) models.
 
 For a cross section quadratic in the couplings, :math:`d\sigma(x|\theta) = \sum_c m_c(\theta) f_c(x)`,
 the expected count in bin b of any observable :math:`h(x)` is
@@ -120,7 +123,7 @@ class MorphedHistogram(nn.Module):
 
     def likelihood(self, counts: Tensor, **options: Mapping) -> "object":
         """The extended binned Poisson likelihood of ``counts (B,)`` as an :class:`~sbilab.stats.UnbinnedLikelihood`."""
-        from ..stats import UnbinnedLikelihood
+        from .unbinned import UnbinnedLikelihood
 
         x = torch.arange(self.n_bins, dtype=torch.float64).unsqueeze(1)
         keep = counts > 0

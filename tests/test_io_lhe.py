@@ -1,6 +1,7 @@
 """LHE reader against the real files in ../shared/data/lhe (skipped when that folder is absent)."""
 
 import gzip
+import importlib.util
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from sbilab.exceptions import InvalidEventsError, StoreError
-from sbilab.simulators.lhe import iter_lhe_chunks, read_lhe, read_lhe_header
+from sbilab.io import iter_lhe_chunks, read_lhe, read_lhe_header
 
 DATA = Path(__file__).parents[2] / "shared" / "data" / "lhe"
 FILES = ["madgraph-2.0.0-wbj.lhe", "powheg-box-v2-W.lhe", "madgraph5-3.5.8-pp_to_jj.lhe.gz", "pythia-8.3.14-weakbosons.lhe"]
@@ -88,10 +89,13 @@ def test_named_weights_feed_weighted_events():
     x, _ = data.particle([1, 2, 3, 4, 5, 21], features=("pt",))
     weighted = data.to_weighted_events(x, bench, ids)
     w = data.weights_for(ids)
+    # IDWTUP = -4 with event_norm = average: each event carries 1/N of its weight, in pb
     for b in range(3):
-        np.testing.assert_allclose(weighted.weights_at(torch.tensor(bench[b])).numpy(), w[:, b], rtol=1e-10)
-    assert weighted.event_norm == "average"
+        np.testing.assert_allclose(weighted.weights_at(torch.tensor(bench[b])).numpy(), w[:, b] / len(data), rtol=1e-10)
+    assert weighted.event_norm == "sum"
     assert weighted.cross_section(torch.tensor([0.0])).item() == pytest.approx(w[:, 1].mean(), rel=1e-10)
+    raw = data.to_weighted_events(x, bench, ids, normalise=False)
+    assert raw.event_norm == "average" and raw.cross_section(torch.tensor([0.0])).item() == pytest.approx(w[:, 1].mean(), rel=1e-10)
     with pytest.raises(InvalidEventsError, match="not declared"):
         data.weights_for(["no-such-weight"])
 
@@ -109,3 +113,37 @@ def test_malformed_files_are_refused(tmp_path):
         read_lhe(other)
     with pytest.raises(StoreError, match="does not exist"):
         read_lhe(tmp_path / "missing.lhe")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pylhe") is None, reason="pylhe not installed (optional: pip install 'sbilab[lhe]')")
+@pytest.mark.parametrize("name", FILES)
+def test_agrees_with_pylhe(name):
+    """scikit-hep's pylhe (an XML parser) reads the same numbers; sbilab keeps what it keeps and more."""
+    import pylhe
+
+    ours = read_lhe(DATA / name)
+    theirs = pylhe.LHEFile.fromfile(str(DATA / name), generator=False)
+    events = theirs.events
+    assert len(events) == len(ours)
+    info = theirs.init.initInfo
+    assert ours.header.idwtup == info.weightingStrategy and ours.header.pdf_sets == (info.PDFsetA, info.PDFsetB)
+    assert [g["name"] for g in ours.header.generators] == [g.name for g in theirs.init.generators]
+    np.testing.assert_array_equal(ours.weight, [e.eventinfo.weight for e in events])
+    np.testing.assert_array_equal(ours.process_id, [e.eventinfo.pid for e in events])
+    for i in (0, len(ours) // 2, len(ours) - 1):
+        particles = events[i].particles
+        n = len(particles)
+        assert ours.mask[i].sum() == n
+        np.testing.assert_array_equal(ours.pid[i, :n], [p.id for p in particles])
+        np.testing.assert_array_equal(ours.status[i, :n], [p.status for p in particles])
+        np.testing.assert_array_equal(ours.momenta[i, :n], [[p.px, p.py, p.pz, p.e] for p in particles])
+        np.testing.assert_array_equal(ours.mass[i, :n], [p.m for p in particles])
+        assert {k: ours.named_weights[i, j] for j, k in enumerate(ours.header.weight_ids)} == events[i].weights
+        assert {k: v[i] for k, v in ours.scales.items() if not np.isnan(v[i])} == events[i].scales
+        assert {k: v[i] for k, v in ours.attributes.items() if v[i]} == events[i].attributes
+        assert [c for c in ours.comments[i].split("\n") if c] + (["#pdf"] if not np.isnan(ours.pdf[i, 0]) else []) == [
+            c if not c.startswith("#pdf") else "#pdf" for c in events[i].optional]
+    if theirs.header is not None:
+        groups = [g for g in theirs.header.initrwgt.entries if hasattr(g, "weights")]
+        assert [(g.name, g.combine, tuple(g.ids)) for g in ours.header.weight_groups] == [
+            (e.attributes.get("name", e.attributes.get("type")), e.attributes.get("combine"), tuple(w.id for w in e.weights)) for e in groups]
