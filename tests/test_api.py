@@ -49,7 +49,7 @@ PUBLIC = {
     },
     "sbilab.surrogates": {
         "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
-        "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
+        "paired_arrays", "to_paired_events", "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
         "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
         "train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning",
         "AucResult", "HistogramComparison", "ValidationReport", "auc_error_estimate", "two_sample_auc", "compare_histograms",

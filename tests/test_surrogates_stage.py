@@ -7,8 +7,10 @@ import torch
 from scipy.stats import norm
 
 from sbilab import publish
-from sbilab.exceptions import OutOfSupportError, ShapeMismatchError
+from sbilab.events import Events
+from sbilab.exceptions import ConfigError, InvalidEventsError, OutOfSupportError, ShapeMismatchError
 from sbilab.nets.flows import FlowSpec
+from sbilab.paired import PairedEvents
 from sbilab.simulators.toys import Resonance
 from sbilab.surrogates import (
     Composition,
@@ -16,7 +18,9 @@ from sbilab.surrogates import (
     ResonanceTruth,
     StageSurrogate,
     TruthRangeWarning,
+    paired_arrays,
     simulate_pairs,
+    to_paired_events,
     train_stage_surrogate,
 )
 
@@ -98,3 +102,35 @@ def test_a_truth_range_that_cuts_passing_events_is_announced(pairs):
                                       **{**SMALL, "epochs": 1, "efficiency_epochs": 1})
     assert small.training_record["left_out_passing"] > 0
     assert math.isclose(float(small.truth_box[0][0]), 90.0)
+
+
+def test_paired_events_train_the_same_stage_as_the_arrays(pairs):
+    z, x, passed = (a[:1500] for a in pairs)
+    theta = TOY.space.sample(1500, generator=torch.Generator().manual_seed(5))
+    paired = to_paired_events(z, x, passed, theta)
+    assert paired.misses.sum() == (~passed).sum() and not paired.fakes.any()
+    back = paired_arrays(paired)
+    assert torch.equal(back[0], z) and torch.equal(back[2], passed) and torch.equal(back[3], theta)
+    assert torch.equal(back[1][passed], x[passed]) and bool((back[1][~passed] == 0).all())
+    tiny = {**SMALL, "epochs": 1, "efficiency_epochs": 1}
+    box = dict(truth_low=[70.0], truth_high=[130.0], reco_low=[85.0], reco_high=[115.0])
+    a = train_stage_surrogate(z, x, passed, **box, **tiny)
+    b = train_stage_surrogate(to_paired_events(z, x, passed), **box, **tiny)
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ConfigError, match="come from the pairs"):
+        train_stage_surrogate(paired, x, **box, **tiny)
+    with pytest.raises(ConfigError, match="reco is missing"):
+        train_stage_surrogate(z, **box, **tiny)
+
+
+def test_paired_events_a_stage_cannot_learn_from_are_refused():
+    gen, reco = Events.observed(torch.tensor([[1.0], [2.0]])), Events.observed(torch.tensor([[1.1], [2.2]]))
+    with pytest.raises(InvalidEventsError, match="1 of 2 events fail the gen-level selection"):
+        paired_arrays(PairedEvents(gen, reco, pass_gen=torch.tensor([True, False])))
+    with pytest.raises(InvalidEventsError, match="event weights"):
+        paired_arrays(PairedEvents(gen, reco, weights=torch.tensor([1.0, 2.0])))
+    with pytest.raises(InvalidEventsError, match="particle sets"):
+        paired_arrays(PairedEvents(gen, Events.observed(torch.zeros(2, 3, 1))))
+    with pytest.raises(InvalidEventsError, match="expected PairedEvents"):
+        paired_arrays((gen.x, reco.x))
+    assert paired_arrays(PairedEvents(gen, reco, weights=torch.ones(2)))[3] is None

@@ -27,7 +27,7 @@ A surrogate of the detector stage of the resonance toy, end to end::
 
 from .amplification import AmplificationResult, histogram_amplification, mean_amplification
 from .inference import InferenceComparison, LikelihoodModel, compare_inference
-from .pairs import check_pairs, efficiency_events, simulator_events, stage_context, stage_events, stage_features
+from .pairs import check_pairs, efficiency_events, paired_arrays, simulator_events, stage_context, stage_events, stage_features, to_paired_events
 from .refine import LowEffectiveSampleSizeWarning, log_weight, ratio_agreement, refinement_weights, stage_log_ratio, train_refinement
 from .resonance import ResonanceDetector, ResonanceTruth
 from .simulator import SimulatorSurrogate, train_simulator_surrogate
@@ -47,7 +47,7 @@ from .validation import (
 __all__ = [
     # paired data and stages
     "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
-    "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
+    "paired_arrays", "to_paired_events", "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
     # surrogates
     "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
     # refinement

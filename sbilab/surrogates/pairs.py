@@ -16,9 +16,9 @@ view                        Events                                              
 ==========================  ====================================================  ==================
 
 Shapes: ``N`` events, ``L`` truth variables, ``D`` reco observables, ``P`` parameters.
-Every function here checks that the paired arrays have one row per event. When the core's
-paired event type lands, these views are its ``conditional(target="reco")`` and its pass masks;
-only this module changes.
+Every function here checks that the paired arrays have one row per event. The core's paired
+event type, :class:`~sbilab.paired.PairedEvents` (``gen`` = truth, ``reco``, ``pass_reco``), converts
+to and from these arrays with :func:`paired_arrays` and :func:`to_paired_events`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from torch import Tensor
 
 from ..events import Events
 from ..exceptions import InvalidEventsError, ShapeMismatchError
+from ..paired import PairedEvents
 
-__all__ = ["check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features"]
+__all__ = ["check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
+           "paired_arrays", "to_paired_events"]
 
 
 def _matrix(value: Any, name: str) -> Tensor:
@@ -140,3 +142,52 @@ def stage_features(truth: Any, reco: Any, theta: Any = None) -> Tensor:
     """
     t, r, _, th = check_pairs(truth, reco, None, theta)
     return torch.cat([stage_context(t, th), r.to(t.dtype)], dim=1)
+
+
+def paired_arrays(pairs: PairedEvents) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    r"""The arrays of a stage's paired simulation held in the core's :class:`~sbilab.paired.PairedEvents`.
+
+    ``gen`` is the truth level, ``reco`` the stage's output, ``pass_reco`` the stage's selection;
+    θ is ``gen.theta`` (``None`` when it has no columns).
+
+    Returns:
+        ``truth (N, L)``, ``reco (N, D)``, ``passed (N,)`` bool, ``theta (N, P)`` or ``None``, checked by :func:`check_pairs`.
+
+    Raises:
+        InvalidEventsError: ``pairs`` is not a PairedEvents; a level is a particle set; some events fail the
+            gen-level selection (fakes: a stage maps every truth event, so there are none); the pairs carry
+            weights other than one (a stage surrogate trains on unweighted simulation); gen and reco θ differ.
+
+    Example:
+        >>> pairs = to_paired_events(torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [0.0]]), torch.tensor([True, False]))
+        >>> [a.tolist() if a is not None else None for a in paired_arrays(pairs)]
+        [[[1.0], [2.0]], [[1.5], [0.0]], [True, False], None]
+    """
+    if not isinstance(pairs, PairedEvents):
+        raise InvalidEventsError(f"paired_arrays: expected PairedEvents, got {type(pairs).__name__}; "
+                                 "give the arrays (truth, reco, passed) to check_pairs instead.")
+    if pairs.gen.is_set or pairs.reco.is_set:
+        raise InvalidEventsError("paired_arrays: a level holds particle sets; a stage surrogate models vectors (N, L) -> (N, D).")
+    fakes = int((~pairs.pass_gen).sum())
+    if fakes:
+        raise InvalidEventsError(f"paired_arrays: {fakes} of {len(pairs)} events fail the gen-level selection (fakes); "
+                                 "a stage is simulated from every truth event, so keep pass_gen all true.")
+    if pairs.weights is not None and not bool((pairs.weights == 1).all()):
+        raise InvalidEventsError("paired_arrays: the pairs carry event weights; a stage surrogate trains on unweighted "
+                                 "paired simulation (unweight them, or drop the weights if they are a normalisation).")
+    theta = pairs.gen.theta if pairs.gen.n_parameters else None
+    if theta is not None and pairs.reco.n_parameters and not torch.equal(pairs.reco.theta, theta):
+        raise InvalidEventsError("paired_arrays: gen.theta and reco.theta differ; the two levels of an event share its θ.")
+    return check_pairs(pairs.gen.x, pairs.reco.x, pairs.pass_reco, theta)
+
+
+def to_paired_events(truth: Any, reco: Any, passed: Any = None, theta: Any = None) -> PairedEvents:
+    """Paired arrays (checked by :func:`check_pairs`) as :class:`~sbilab.paired.PairedEvents`: ``gen`` = truth
+    (with ``theta``, if given), ``reco`` (with the same θ), ``pass_reco`` = ``passed``."""
+    t, r, p, th = check_pairs(truth, reco, passed, theta)
+    r = torch.where(p[:, None], r, torch.zeros((), dtype=r.dtype))  # failed rows: finite placeholders
+    if th is None:
+        gen, rec = Events.observed(t), Events.observed(r)
+    else:
+        gen, rec = Events(x=t, theta=th.to(t.dtype)), Events(x=r, theta=th.to(r.dtype))
+    return PairedEvents(gen, rec, pass_reco=p)

@@ -32,7 +32,8 @@ from ..nets.flows import FlowSpec
 from ..registry import build_module, module_spec, register_publishable
 from ..simulators.space import ParameterSpace
 from ..training import fit
-from .pairs import check_pairs, efficiency_events, stage_context, stage_events
+from ..paired import PairedEvents
+from .pairs import check_pairs, efficiency_events, paired_arrays, stage_context, stage_events
 
 __all__ = ["StageSurrogate", "train_stage_surrogate", "TruthRangeWarning"]
 
@@ -166,7 +167,7 @@ def _default_box(truth: Tensor, passed: Tensor, margin: float) -> tuple[Tensor, 
 
 def train_stage_surrogate(
     truth: Any,
-    reco: Any,
+    reco: Any = None,
     passed: Any = None,
     *,
     theta: Any = None,
@@ -191,7 +192,10 @@ def train_stage_surrogate(
     r"""Train a :class:`StageSurrogate` from paired simulation (truth, reco, passed).
 
     Args:
-        truth: ``(N, L)`` truth of every simulated event (failed ones included).
+        truth: ``(N, L)`` truth of every simulated event (failed ones included), or the whole paired
+            simulation as :class:`~sbilab.paired.PairedEvents` (``gen`` = truth with θ, ``reco``,
+            ``pass_reco``; see :func:`~sbilab.surrogates.pairs.paired_arrays`): then ``reco``,
+            ``passed`` and ``theta`` come from it and must not be given.
         reco: ``(N, D)`` their reconstructed values (placeholders where they failed).
         passed: ``(N,)`` bool, the selection (default: all passed, efficiency 1).
         theta: ``(N, P)`` parameters, for a θ-dependent stage (then give ``space``).
@@ -212,6 +216,13 @@ def train_stage_surrogate(
         ConfigError: θ given without ``space``, or a malformed range.
         OutOfSupportError: θ outside ``space``.
     """
+    if isinstance(truth, PairedEvents):
+        if reco is not None or passed is not None or theta is not None:
+            raise ConfigError("train_stage_surrogate: with PairedEvents, reco, passed and theta come from the pairs; "
+                              "do not pass them as well.")
+        truth, reco, passed, theta = paired_arrays(truth)
+    elif reco is None:
+        raise ConfigError("train_stage_surrogate: reco is missing; give truth and reco arrays, or one PairedEvents.")
     t, r, p, th = check_pairs(truth, reco, passed, theta)
     if th is not None:
         if space is None:

@@ -111,6 +111,8 @@ def simulate_pairs(truth_level: TruthLevel, stage: Stage, theta: Tensor, *, gene
     """Paired simulation: truth ``(N, L)``, reco ``(N, D)``, passed ``(N,)`` for every row of ``theta (N, P)``.
 
     Failed events are kept (``passed`` False): the efficiency is learned from them.
+    :func:`~sbilab.surrogates.pairs.to_paired_events` holds them as the core's
+    :class:`~sbilab.paired.PairedEvents`.
     """
     truth = truth_level.sample_truth(theta, generator=generator)
     reco, passed = stage.sample(truth, theta if _takes_theta(stage) else None, generator=generator)
