@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from sbilab.analysis.splittings_inference import (
-    ALPHA, SetLogRatio, TrainOptions, fit_parameters, hessian_widths, joint_fisher, train_ratio, train_sally, without_history,
+    ALPHA, SetLogRatio, TrainOptions, fit_parameters, hessian_widths, joint_fisher, train_sally, train_splitting_ratio, without_history,
 )
 from sbilab.simulators import joint_score
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
@@ -123,7 +123,7 @@ def toy_study(args) -> dict[str, Any]:
         mse[method] = {}
         for budget in args.toy_budgets:
             options = TrainOptions(hidden=(64, 64), epochs=args.epochs, embedding=TOY_SETS, seed=0)
-            est, cpu, _ = timed(train_ratio, toy, method, budget // 2, options)
+            est, cpu, _ = timed(train_splitting_ratio, toy, method, budget // 2, options)
             with torch.no_grad():
                 pred = torch.cat([SetLogRatio(est)(test.x[i:i + 8192], test.theta[i:i + 8192]) for i in range(0, len(test), 8192)])
             key = budget_key(budget)
@@ -152,7 +152,7 @@ def shower_study(args) -> dict[str, Any]:
     low, high = shower.space.low.tolist(), shower.space.high.tolist()
     for method in args.shower_methods:
         options = TrainOptions(epochs=args.epochs, seed=0, progress=False)
-        est, cpu, _ = timed(train_ratio, shower, method, args.shower_budget, options)
+        est, cpu, _ = timed(train_splitting_ratio, shower, method, args.shower_budget, options)
         at_truth[method] = dict(zip(NAMES, hessian_widths(est, observed.x, sm).tolist()))
         res = fit_parameters(est, observed, shower.space)
         fits[method] = {"best": res.best, "errors": res.errors, "valid": res.valid}

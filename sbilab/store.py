@@ -67,6 +67,8 @@ from .store_format import (
     STORE_SCHEMA,
     STORE_SCHEMA_VERSION,
     acquire_lock,
+    chunk_path,
+    is_own_temporary,
     open_h5,
     read_manifest,
     read_packed_manifest,
@@ -171,9 +173,17 @@ class SimulationStore:
             text = json.dumps(manifest, indent=1)
         except (TypeError, ValueError) as err:
             raise StoreError(f"SimulationStore.create: metadata for {path} is not JSON-serialisable ({err}).") from err
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the store directory {path} ({err.strerror or err}); choose a writable location.") from err
         lock = acquire_lock(path)
-        atomic_write_text(path / MANIFEST, text, fsync=fsync)
+        try:
+            atomic_write_text(path / MANIFEST, text, fsync=fsync)
+        except OSError as err:
+            if lock is not None:
+                lock.close()
+            raise StoreError(f"cannot write {path / MANIFEST} ({err.strerror or err}); choose a writable location.") from err
         return cls(path, manifest, packed=False, lock=lock)
 
     @classmethod
@@ -198,9 +208,9 @@ class SimulationStore:
         lock = None
         if mode == "a":
             lock = acquire_lock(path)
-            listed = {c["file"] for c in chunks}
-            for orphan in path.iterdir():  # chunks and temp files of a killed writer
-                if orphan.name.startswith(("chunk-", f".{MANIFEST}.tmp")) and orphan.name not in listed:
+            listed = [c["file"] for c in chunks]
+            for orphan in path.iterdir():  # temporaries of a killed writer: only names the store writes, never listed ones
+                if orphan.is_file() and not orphan.is_symlink() and is_own_temporary(orphan.name, listed):
                     orphan.unlink()
         return cls(path, manifest, packed=False, lock=lock)
 
@@ -294,14 +304,19 @@ class SimulationStore:
         name = f"chunk-{index:06d}.h5"
         final, tmp = self.path / name, self.path / f"{name}.tmp-{os.getpid()}"
         rows = len(next(iter(arrays.values())))
-        with h5py.File(tmp, "w") as f:
-            f.attrs["sbilab_schema"] = STORE_SCHEMA
-            f.attrs["sbilab_schema_version"] = schema_version_for(kind, {k: {"shape": list(a.shape[1:])} for k, a in arrays.items()})
-            f.attrs["rows"] = rows
-            for key, a in arrays.items():
-                f.create_dataset(key, data=a, compression=self._manifest["compression"])
-        size, digest = fsync_and_hash(tmp, fsync=self._fsync)
-        os.replace(tmp, final)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["sbilab_schema"] = STORE_SCHEMA
+                f.attrs["sbilab_schema_version"] = schema_version_for(kind, {k: {"shape": list(a.shape[1:])} for k, a in arrays.items()})
+                f.attrs["rows"] = rows
+                for key, a in arrays.items():
+                    f.create_dataset(key, data=a, compression=self._manifest["compression"])
+            size, digest = fsync_and_hash(tmp, fsync=self._fsync)
+            os.replace(tmp, final)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write a chunk to {self.path} ({err.strerror or err}); the directory must be writable with "
+                             "free space. Nothing was committed: the store still holds its previous rows.") from err
         manifest = dict(self._manifest)
         if not manifest["fields"]:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
@@ -309,7 +324,11 @@ class SimulationStore:
             manifest["schema_version"] = schema_version_for(kind, manifest["fields"])
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
-        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        try:
+            atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        except OSError as err:
+            raise StoreError(f"cannot write {self.path / MANIFEST} ({err.strerror or err}); the chunk was not committed. "
+                             "Make the store directory writable and append again.") from err
         self._manifest = manifest
         self._segments.append((final, 0, rows, size))
 
@@ -340,7 +359,7 @@ class SimulationStore:
         if self._packed:
             n = len(self)
             return [(self.path, s, min(SEGMENT_ROWS, n - s), None) for s in range(0, n, SEGMENT_ROWS)]
-        return [(self.path / c["file"], 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
+        return [(chunk_path(self.path, c["file"]), 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
 
     def _file(self, path: Path, expected_bytes: int | None, rows: int) -> h5py.File:
         if self._handle is not None and self._handle[0] == path:
@@ -433,7 +452,7 @@ class SimulationStore:
         if self._packed:
             return verify_packed(self.path, self._manifest["fields"], len(self))
         for c in tqdm(self._manifest["chunks"], desc="verify", disable=not progress):
-            path = self.path / c["file"]
+            path = chunk_path(self.path, c["file"])
             if not path.is_file():
                 raise StoreError(f"{path} is missing: the manifest lists it as a committed chunk.")
             size, digest = fsync_and_hash(path, fsync=False)
@@ -453,5 +472,8 @@ class SimulationStore:
             raise StoreError(f"{self.path} is empty; nothing to pack.")
         manifest = {k: v for k, v in self._manifest.items() if k != "chunks"}
         segments = (self._read_segment(k) for k in tqdm(range(len(self._segments)), desc="pack", disable=not progress))
-        write_packed(path, manifest, segments)
+        try:
+            write_packed(path, manifest, segments)
+        except OSError as err:
+            raise StoreError(f"cannot write the packed store {path} ({err.strerror or err}); choose a writable location.") from err
         return path

@@ -85,12 +85,12 @@ def test_set_log_ratio_reads_the_mask_off_zero_padding():
 
 
 def test_gold_ratio_on_particle_sets_plugs_into_the_unbinned_fit():
-    from sbilab.analysis.splittings_inference import TrainOptions, fit_parameters, train_ratio
+    from sbilab.analysis.splittings_inference import TrainOptions, fit_parameters, train_splitting_ratio
     from sbilab.simulators.shower import PartonShower
 
     shower = PartonShower(output="particles")
     options = TrainOptions(hidden=(16,), epochs=1, embedding={"kind": "deepsets", "out_features": 8, "hidden": [16], "latent": 8})
-    est = train_ratio(shower, "alices", 150, options)
+    est = train_splitting_ratio(shower, "alices", 150, options)
     assert est.is_set
     observed = shower.simulate(100, theta=torch.tensor([1.0, 1.0, 0.0]), generator=torch.Generator().manual_seed(1))
     result = fit_parameters(est, observed, shower.space)

@@ -1,6 +1,8 @@
 """A learned detector stage of the resonance toy: efficiency and response against the exact detector, support, publishing."""
 
+import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -8,7 +10,8 @@ from scipy.stats import norm
 
 from sbilab import publish
 from sbilab.events import Events
-from sbilab.exceptions import ConfigError, InvalidEventsError, OutOfSupportError, ShapeMismatchError
+from sbilab.estimators.support import TrainingSupport
+from sbilab.exceptions import ConfigError, ExtrapolationWarning, InvalidEventsError, OutOfSupportError, ShapeMismatchError
 from sbilab.nets.flows import FlowSpec
 from sbilab.paired import PairedEvents
 from sbilab.simulators.toys import Resonance
@@ -134,3 +137,18 @@ def test_paired_events_a_stage_cannot_learn_from_are_refused():
     with pytest.raises(InvalidEventsError, match="expected PairedEvents"):
         paired_arrays((gen.x, reco.x))
     assert paired_arrays(PairedEvents(gen, reco, weights=torch.ones(2)))[3] is None
+
+
+def test_a_grid_leaning_on_an_extrapolated_density_is_announced(stage):
+    # the trained stage: grid nodes outside the passing events' truth have a learned efficiency below 5 %: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtrapolationWarning)
+        Composition(TRUTH, stage).log_acceptance(torch.tensor([100.0, 5.0]))
+        reco, passed = stage.sample(torch.tensor([[70.5], [100.0]]), generator=torch.Generator().manual_seed(3))
+    assert reco.shape == (2, 1) and (reco[~passed] == 0).all()
+    # the same stage whose density saw truth only in [98, 102]: nodes at efficiency ~1 are extrapolated
+    narrow = copy.deepcopy(stage)
+    narrow.density.training_support = TrainingSupport(low=(98.0,), high=(102.0,), n_events=100, margin=0.0)
+    assert narrow.density_extrapolates(torch.tensor([[97.0], [100.0], [103.0]])).tolist() == [True, False, True]
+    with pytest.warns(ExtrapolationWarning, match=r"224 of 240 truth-grid nodes .* efficiency up to (0\.9\d\d|1\.000)"):
+        Composition(TRUTH, narrow).log_acceptance(torch.tensor([100.0, 5.0]))

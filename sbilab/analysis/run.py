@@ -95,8 +95,14 @@ def run_analysis(config: "AnalysisConfig", *, out: Path, quick: bool = False, de
         quick: Apply the ``[quick]`` overrides (a smoke run of seconds to a minute).
         device: Training device (``"auto"``, ``"cpu"``, ``"cuda"``).
         progress: Print progress messages and bars.
+
+    Raises:
+        ConfigError: ``out`` is an existing file.
     """
-    return PIPELINES[config.kind].run(config, out=Path(out), quick=quick, device=device, progress=progress)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out = {out} is an existing file; the analysis writes several files into a folder. Give a folder path.")
+    return PIPELINES[config.kind].run(config, out=out, quick=quick, device=device, progress=progress)
 
 
 def _split(value: Any, key: str, arrays: dict[str, list]) -> Any:

@@ -38,7 +38,7 @@ from .estimation import truth_point
 from .run import register_pipeline
 from .splittings_inference import (
     ALPHA, SetLogRatio, TrainOptions, calibrate_posterior, dataset_events, fit_parameters, hessian_widths, joint_fisher,
-    train_posterior, train_ratio, train_sally, without_history,
+    train_posterior, train_sally, train_splitting_ratio, without_history,
 )
 
 __all__ = ["run_qcd_splittings", "SET_SIZE"]
@@ -85,7 +85,7 @@ def _toy(cfg: AnalysisConfig, truth: torch.Tensor, methods: tuple[str, ...], log
                            "var_log_r": float(exact.var()), "methods": {}}
     predictions = {"exact": exact}
     for method in methods:
-        est = train_ratio(toy, method, cfg.estimator.n_simulations // 2, _options(cfg, embedding=TOY_EMBEDDING))
+        est = train_splitting_ratio(toy, method, cfg.estimator.n_simulations // 2, _options(cfg, embedding=TOY_EMBEDDING))
         with torch.no_grad():
             predictions[method] = SetLogRatio(est)(test.x, test.theta)
         out["methods"][method] = {"mse": float(((predictions[method] - exact) ** 2).mean()),
@@ -104,9 +104,9 @@ def _shower(cfg: AnalysisConfig, shower: PartonShower, truth: torch.Tensor, meth
                            "methods": {}}
     gold = None
     for method in methods:
-        est = train_ratio(shower, method, cfg.estimator.n_simulations // 2, _options(cfg))
+        est = train_splitting_ratio(shower, method, cfg.estimator.n_simulations // 2, _options(cfg))
         res = fit_parameters(est, observed, shower.space)
-        out["methods"][method] = {"best": res.best, "errors": res.errors, "valid": res.valid,
+        out["methods"][method] = {"best": res.best, "errors": res.errors, "valid": res.valid, "reason": res.reason, "notes": list(res.notes),
                                   "widths": _widths(hessian_widths(est, observed.x, truth)),
                                   "widths_1000_events": _widths(hessian_widths(est, observed.x[:1000], truth))}
         log(f"shower {method}: fit {res.best} (valid {res.valid}), widths {out['methods'][method]['widths']}")

@@ -6,7 +6,7 @@ Every network is a core estimator trained by :func:`sbilab.training.fit`; every 
 (:class:`~sbilab.simulators.shower.PartonShower`, :class:`~sbilab.simulators.shower.PrimaryEmissions`).
 
 * learned ratios without gold (CARL, arXiv:1506.02169) and with the history's joint ratio and
-  score (RASCAL, ALICES; arXiv:1805.00020, 1808.00973): :func:`train_ratio`, summed over a data
+  score (RASCAL, ALICES; arXiv:1805.00020, 1808.00973): :func:`train_splitting_ratio`, summed over a data
   set and fitted: :func:`fit_parameters`;
 * SALLY's Fisher information (arXiv:1805.00013) against the joint Fisher information of the
   histories, which bounds it: :func:`train_sally`, :func:`joint_fisher`;
@@ -31,14 +31,14 @@ from ..estimators import PosteriorEstimator, RatioEstimator, ScoreEstimator, get
 from ..events import Events
 from ..simulators import ratio_training_data, score_training_data
 from ..simulators.augment import joint_score
-from ..simulators.base import Simulator
+from ..simulators.base import Simulator, checked_sample
 from ..stats import UnbinnedLikelihood
 from ..stats.diagnostics import UniformityResult, expected_coverage, sbc
 from ..stats.fisher import fisher_from_scores
 from ..stats.results import FitResult as StatsFit
 from ..training import fit
 
-__all__ = ["ALPHA", "TrainOptions", "SetLogRatio", "without_history", "train_ratio", "fit_parameters", "hessian_widths", "joint_fisher",
+__all__ = ["ALPHA", "TrainOptions", "SetLogRatio", "without_history", "train_splitting_ratio", "fit_parameters", "hessian_widths", "joint_fisher",
            "train_sally", "dataset_events", "train_posterior", "calibrate_posterior"]
 
 ALPHA = {"carl": None, "rascal": 1.0, "alices": 0.1}
@@ -93,7 +93,7 @@ def _training_data(simulator: Simulator, n: int, *, augmented: bool, chunk: int,
     return parts[0] if len(parts) == 1 else Events.concatenate(parts)
 
 
-def train_ratio(simulator: Simulator, method: str, n: int, options: TrainOptions = TrainOptions()) -> RatioEstimator:
+def train_splitting_ratio(simulator: Simulator, method: str, n: int, options: TrainOptions = TrainOptions()) -> RatioEstimator:
     r"""A :class:`~sbilab.estimators.RatioEstimator` of :math:`\log r(x|\theta)` against the reference.
 
     Args:
@@ -165,7 +165,7 @@ def dataset_events(simulator: Simulator, n_sets: int, set_size: int, *, generato
     The simulator must return vector observables ``(N, D)`` (e.g. ``PartonShower(output="observables")``).
     """
     theta = simulator.space.sample(n_sets, generator=generator) if theta is None else theta
-    events = simulator.sample(theta.repeat_interleave(set_size, dim=0), generator=generator)
+    events = checked_sample(simulator, theta.repeat_interleave(set_size, dim=0), generator=generator)
     x = events.x.reshape(n_sets, set_size, -1)
     return Events(x=x, theta=theta, mask=torch.ones(n_sets, set_size, dtype=torch.bool))
 

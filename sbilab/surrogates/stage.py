@@ -136,10 +136,28 @@ class StageSurrogate(nn.Module):
 
     @torch.no_grad()
     def sample(self, truth: Any, theta: Any = None, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Reco ``(N, D)`` and passed ``(N,)`` bool, ``passed ~ Bernoulli(ε̂)``; reco drawn for every row."""
+        """Reco ``(N, D)`` and passed ``(N,)`` bool, ``passed ~ Bernoulli(ε̂)``; reco drawn for the passing rows
+        only (failing rows hold zeros), so the density is not asked about truth where no event passed in training."""
         p = self.log_efficiency(truth, theta).exp()
         u = torch.rand(p.shape[0], generator=generator, dtype=torch.float64, device="cpu" if generator is None else generator.device)
-        return self.sample_reco(truth, theta, generator=generator), u.to(p.device) < p.double()
+        passed = u.to(p.device) < p.double()
+        reco = torch.zeros(p.shape[0], len(self.reco_names), dtype=self.density.low.dtype, device=p.device)
+        if bool(passed.any()):
+            z = torch.as_tensor(truth)
+            z = z.reshape(-1, 1) if z.dim() == 1 and len(self.truth_names) == 1 else z
+            t = None if theta is None else torch.as_tensor(theta)
+            t = t if t is None or t.dim() <= 1 else t[passed]
+            reco[passed] = self.sample_reco(z[passed], t, generator=generator).to(reco.dtype)
+        return reco, passed
+
+    def density_extrapolates(self, truth: Any, theta: Any = None) -> Tensor:
+        """Which rows of ``truth (N, L)`` (with θ) lie outside the contexts the density was trained on, ``(N,)`` bool
+        (the passing events' truth: narrower than :attr:`truth_box`, where the efficiency was trained)."""
+        c = self._context(truth, theta)
+        support = self.density.training_support
+        if support is None:
+            return torch.zeros(c.shape[0], dtype=torch.bool, device=c.device)
+        return support.outside(c.detach().to(self.density.low.dtype))
 
     # ------------------------------------------------------------------ publishing
     def spec(self) -> dict[str, Any]:

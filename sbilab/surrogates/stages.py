@@ -37,14 +37,16 @@ the selection, in sampling and in the grid alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Protocol, runtime_checkable
+import warnings
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from ..events import Events
-from ..exceptions import ConfigError, SamplingError
+from ..exceptions import ConfigError, ExtrapolationWarning, SamplingError
 from ..simulators.base import Simulator, autograd_score
 from ..simulators.space import ParameterSpace
 from .grid import FeatureTable, grid_log_likelihood
@@ -117,6 +119,18 @@ def simulate_pairs(truth_level: TruthLevel, stage: Stage, theta: Tensor, *, gene
     truth = truth_level.sample_truth(theta, generator=generator)
     reco, passed = stage.sample(truth, theta if _takes_theta(stage) else None, generator=generator)
     return truth, reco, passed
+
+
+_EXTRAPOLATED_EFFICIENCY = 0.05
+
+
+@contextlib.contextmanager
+def _grid_extrapolation() -> Iterator[None]:
+    """The truth grid reaches truth values where no event passed in training; the density's own
+    :class:`~sbilab.exceptions.ExtrapolationWarning` is replaced there by :meth:`Composition._check_grid`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        yield
 
 
 def _takes_theta(stage: Any) -> bool:
@@ -236,7 +250,8 @@ class Composition(Simulator):
         g = torch.Generator().manual_seed(self.normaliser_seed)
         z = truth.repeat_interleave(s, 0)
         th = None if theta is None else theta.repeat_interleave(s, 0)
-        x = self.stage.sample_reco(z, th, generator=g)
+        with _grid_extrapolation():
+            x = self.stage.sample_reco(z, th, generator=g)
         lw = self._log_weight(z, x, th).reshape(-1, s)
         return torch.logsumexp(lw, 1) - math.log(s)
 
@@ -261,9 +276,29 @@ class Composition(Simulator):
                 e = torch.zeros_like(log_w)
             else:
                 with torch.no_grad():
+                    self._check_grid(nodes)
                     e = self.stage.log_efficiency(nodes, None).double() + self._log_normaliser(nodes, None)
             self._grid_cache = (nodes, log_w, e)
         return self._grid_cache
+
+    @torch.no_grad()
+    def _check_grid(self, nodes: Tensor) -> None:
+        """Warn (:class:`~sbilab.exceptions.ExtrapolationWarning`) when truth-grid nodes outside the stage density's
+        training contexts carry a learned efficiency above 5 %: there the likelihood leans on an extrapolated density."""
+        outside_fn = getattr(self.stage, "density_extrapolates", None)
+        if outside_fn is None:
+            return
+        outside = outside_fn(nodes, None)
+        if not bool(outside.any()):
+            return
+        eff = self.stage.log_efficiency(nodes[outside], None).double().exp()
+        if float(eff.max()) > _EXTRAPOLATED_EFFICIENCY:
+            worst = int(eff.argmax())
+            warnings.warn(
+                f"Composition: {int(outside.sum())} of {nodes.shape[0]} truth-grid nodes lie outside the truth the stage density "
+                f"was trained on, with a learned efficiency up to {float(eff.max()):.3f} (at truth {nodes[outside][worst].tolist()}); "
+                "the likelihood there uses an extrapolated density. Train the stage on paired simulation whose passing events "
+                "cover the truth range.", ExtrapolationWarning, stacklevel=3)
 
     def _check_theta_free(self, what: str) -> None:
         if _takes_theta(self.stage):
@@ -302,13 +337,14 @@ class Composition(Simulator):
         log_eff = self.stage.log_efficiency(nodes, None).double()
         rows = max(1, self.chunk // k)
         out = []
-        for s in range(0, x.shape[0], rows):
-            xs = x[s:s + rows]
-            b = xs.shape[0]
-            z = nodes.repeat(b, 1)
-            xr = xs.repeat_interleave(k, 0)
-            lp = self.stage.log_prob(xr, z, None).double() + self._log_weight(z, xr, None)
-            out.append(lp.reshape(b, k) + log_eff)
+        with _grid_extrapolation():
+            for s in range(0, x.shape[0], rows):
+                xs = x[s:s + rows]
+                b = xs.shape[0]
+                z = nodes.repeat(b, 1)
+                xr = xs.repeat_interleave(k, 0)
+                lp = self.stage.log_prob(xr, z, None).double() + self._log_weight(z, xr, None)
+                out.append(lp.reshape(b, k) + log_eff)
         return torch.cat(out)
 
     def feature_table(self, low: float, high: float, points: int = 2001) -> FeatureTable:
@@ -350,8 +386,9 @@ class Composition(Simulator):
         nodes, log_w, _ = self._grid()
         n, k = x.shape[0], nodes.shape[0]
         z, th, xr = nodes.repeat(n, 1), theta.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
-        f = (self.stage.log_efficiency(z, th).double() + self.stage.log_prob(xr, z, th).double()
-             + self._log_weight(z, xr, th)).reshape(n, k)
+        with _grid_extrapolation():
+            f = (self.stage.log_efficiency(z, th).double() + self.stage.log_prob(xr, z, th).double()
+                 + self._log_weight(z, xr, th)).reshape(n, k)
         lp = self._grid_truth_log_prob(nodes, theta) + log_w
         return (torch.logsumexp(f + lp, 1) - self.log_acceptance(theta)).to(x.dtype)
 
