@@ -70,6 +70,7 @@ def test_inference_comparison_on_the_gaussian_toy():
     assert cmp.width_ratio("copy") == {"theta": pytest.approx(1.0)}
     assert cmp.coverage["original"][0.683] == pytest.approx(0.683, abs=3 * cmp.coverage_error(0.683))
     assert cmp.observed["original"]["best"]["theta"] == pytest.approx(float(toys[0].mean()), abs=1e-4)
+    assert cmp.observed["original"]["valid"] and cmp.observed["original"]["reason"] == "" and cmp.observed["copy"]["at_bound"] == []
     assert cmp.shift["copy"]["theta"] == 0.0
     # one parameter: the profile interval is the joint region
     assert cmp.coverage_by_parameter["original"]["theta"] == cmp.coverage["original"]

@@ -191,5 +191,8 @@ def _summary(cfg: AnalysisConfig, doc: dict[str, Any], inference: Any, out: Path
                  + f"; coverage at {level:.3f} (profile, per parameter): "
                  + "; ".join(f"{m} " + ", ".join(f"{p} {c[level]:.3f}" for p, c in inference.coverage_by_parameter[m].items())
                              for m in ("original", "surrogate", "refined")))
+    invalid = {m: f["reason"] or "not valid" for m, f in doc["observed_fits"].items() if not f["valid"]}
+    if invalid:
+        lines.insert(0, "FIT NOT VALID on the observed events: " + "; ".join(f"{m}: {r}" for m, r in invalid.items()))
     lines.append(f"wrote {out / 'results.json'}, results.h5, stage_surrogate.h5, refinement.h5 and the validation reports in {out}")
     return "\n".join(lines)

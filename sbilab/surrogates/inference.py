@@ -77,7 +77,8 @@ class InferenceComparison:
         levels: Confidence levels of the coverage.
         n_toys, n_events: Toy datasets and events per toy.
         reference: The model the others are compared to.
-        observed: ``{model: {"best": {p: v}, "errors": {p: e}, "valid": bool}}`` (if observed data were given).
+        observed: ``{model: {"best": {p: v}, "errors": {p: e}, "valid": bool, "reason": str, "at_bound": [p]}}``
+            (if observed data were given; ``reason`` is empty for a valid fit).
         widths: ``{model: {p: mean width}}``.
         coverage: ``{model: {level: fraction of toys whose joint region covers the truth}}``.
         coverage_by_parameter: ``{model: {p: {level: fraction whose profile interval of p covers it}}}``.
@@ -190,7 +191,8 @@ def compare_inference(
         if observed is not None:
             fit = UnbinnedLikelihood(model.log_prob, Events.observed(model.featurize(observed)), space,
                                      start=dict(zip(names, truth_t.tolist()))).fit()
-            observed_fits[label] = {"best": fit.best, "errors": fit.errors, "valid": fit.valid}
+            observed_fits[label] = {"best": fit.best, "errors": fit.errors, "valid": fit.valid, "reason": fit.reason,
+                                    "at_bound": list(fit.at_bound)}
     widths, coverage, by_parameter, shift, shift_error, converged = {}, {}, {}, {}, {}, {}
     for label, (theta_hat, t, conv, cov, t_p) in per_model.items():
         sigma = cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
