@@ -33,10 +33,12 @@ PUBLIC = {
     },
     "sbilab.unfolding": {
         "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
-        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
+        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "ToyData",
         "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
         "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
-        "UnfoldedResult", "HistogramBand", "read_pandas_table",
+        "UnfoldedResult", "HistogramBand", "read_pandas_table", "weighted_moments", "distances_to_truth", "omnifold",
+        "OmniFoldSettings", "OmniFoldResult", "ClassifierSettings", "StepDiagnostics", "Replicas", "ReplicaLayout",
+        "generative_unfold", "GenerativeSettings", "GenerativeResult",
     },
     "sbilab.io": {
         "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",

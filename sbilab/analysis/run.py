@@ -23,6 +23,10 @@ kind                 pipeline
 ``"surrogate"``      :func:`sbilab.analysis.surrogate.run_surrogate`: the resonance measurement
                      with its detector stage replaced by a learned surrogate, validated,
                      refined, and fitted against the original
+``"unfolding"``      :func:`sbilab.analysis.unfolding.run_unfolding`: OmniFold with ensembles,
+                     bootstraps and a detector systematic on a Gaussian toy with efficiency,
+                     fakes and background, against the ideal iterations, IBU and generative
+                     unfolding; the published per-event result
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays
