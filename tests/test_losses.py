@@ -260,7 +260,8 @@ def test_registered_needs_are_exactly_what_the_loss_reads(batch: Events, name: s
 def test_loss_registry_metadata_and_options() -> None:
     assert {n: L.loss_info(n).estimator for n in L.LOSSES} == {
         "carl": "ratio", "rolr": "ratio", "rascal": "ratio", "alice": "ratio", "alices": "ratio", "cascal": "ratio",
-        "sally": "score", "nde": "likelihood", "scandal": "likelihood", "npe": "posterior", "density": "density"}
+        "sally": "score", "nde": "likelihood", "scandal": "likelihood", "npe": "posterior", "density": "density",
+        "integrand_variance": "density"}
     assert L.loss_info("ALICES").options == ("alpha",) and L.loss_info("rolr").options == ("clip",)
     assert L.loss_info("sally").needs == ("score_joint",) and L.loss_info("carl").augmented is False
     with pytest.raises(ConfigError, match=r"no option\(s\) \['alpha'\]; its options are \[\]"):
