@@ -30,6 +30,7 @@ from .mappings import cauchy_map, normal_map, truncated_normal_map
 from .model import HardProcess, MatrixElement
 from .noise import CommonNoise, event_keys
 from .proposals import BoxProposal, MultiChannel, Proposal
+from .remapped import RemappedChannels, fit_channel_flows
 from .transfer import GaussianTransfer, TransferFunction, check_normalisation
 from .vegas import VegasProposal, adapt_vegas
 
@@ -63,6 +64,8 @@ __all__ = [
     "Anchor",
     "fit_proposal",
     "fit_sampler",
+    "RemappedChannels",
+    "fit_channel_flows",
     "PROPOSAL_TRAINING",
     "SAMPLER_TRAINING",
     "LearnedTransfer",
