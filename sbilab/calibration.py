@@ -13,6 +13,11 @@ estimated by histograms of :math:`\hat s` or by isotonic regression of the label
 :math:`\hat s`. The closure test (1506.02169, sec. 5; used throughout MadMiner/OmniFold)
 trains a fresh classifier between the reference sample reweighted by :math:`\hat r` and the
 target sample: if :math:`\hat r` is right the two are indistinguishable and the AUC is 0.5.
+The classifier sees the reweighted reference rescaled to the target's total, so the AUC tests
+the *shape* only; the normalisation :math:`E_\mathrm{ref}[\hat r] = 1` is tested separately
+(the plain mean over the reference sample, or, given :math:`\log\hat r` on the target events too,
+the bridge estimate of :func:`sbilab.simulators.checks.bridge_test`, robust to heavy tails) and
+a mis-normalised ratio fails the test.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .exceptions import ShapeMismatchError
+from .exceptions import ConfigError, ShapeMismatchError
+from .simulators.checks import bridge_test, mean_test
 
 __all__ = ["HistogramCalibrator", "IsotonicCalibrator", "weighted_auc", "ClosureResult", "closure_test"]
 
@@ -139,15 +145,21 @@ class ClosureResult:
     Attributes:
         auc: Weighted AUC of the fresh classifier on held-out events (0.5 = perfect closure).
         auc_error: Its statistical error (standard deviation over bootstrap replicas).
-        passed: ``|auc - 0.5| <= tolerance_sigmas * auc_error + tolerance`` (a test of the shape;
-            the normalisation is reported separately).
-        tolerance: The systematic allowance used.
-        normalisation: :math:`\sum_i w_i \hat r_i / \sum_i w_i` over the reference sample, which
-            estimates :math:`E_\mathrm{ref}[\hat r] = 1` for a correctly normalised ratio (the
-            test itself rescales the reweighted reference to the target's total, so a
-            mis-normalised :math:`\hat r` can pass the AUC test: read this number).
+        passed: The shape passed and the normalisation did not fail (``shape_passed and
+            normalisation_passed is not False``).
+        tolerance: The systematic allowance on the AUC.
+        normalisation: Estimate of :math:`E_\mathrm{ref}[\hat r]` (1 for a normalised ratio): the
+            plain mean :math:`\sum_i w_i \hat r_i / \sum_i w_i` over the reference sample, or the
+            bridge estimate when ``log_ratio_target`` was given (``normalisation_method``).
         normalisation_error: Its statistical error.
         effective_sample_size: Kish's :math:`(\sum w)^2/\sum w^2` of the reweighted reference.
+        shape_passed: ``|auc - 0.5| <= tolerance_sigmas * auc_error + tolerance``.
+        normalisation_passed: ``|normalisation - 1| <= tolerance_sigmas * normalisation_error +
+            normalisation_tolerance``; ``None`` when not judged (``normalised=False``, or a plain
+            mean whose terms have a tail index >= 0.5, see :mod:`sbilab.simulators.checks`).
+        normalisation_tolerance: The systematic allowance on the normalisation.
+        normalisation_method: ``"bridge"``, ``"mean"`` or ``"none"`` (not tested).
+        normalisation_tail_index: Hill tail index of the plain mean's terms.
     """
 
     auc: float
@@ -157,11 +169,14 @@ class ClosureResult:
     normalisation: float = math.nan
     normalisation_error: float = math.nan
     effective_sample_size: float = math.nan
+    shape_passed: bool = True
+    normalisation_passed: bool | None = None
+    normalisation_tolerance: float = math.nan
+    normalisation_method: str = "none"
+    normalisation_tail_index: float = math.nan
 
-    def to_dict(self) -> dict[str, float | bool]:
-        return {"auc": self.auc, "auc_error": self.auc_error, "passed": self.passed, "tolerance": self.tolerance,
-                "normalisation": self.normalisation, "normalisation_error": self.normalisation_error,
-                "effective_sample_size": self.effective_sample_size}
+    def to_dict(self) -> dict[str, float | bool | str | None]:
+        return dict(self.__dict__)
 
 
 def closure_test(
@@ -177,6 +192,9 @@ def closure_test(
     n_bootstrap: int = 200,
     tolerance: float = 0.01,
     tolerance_sigmas: float = 3.0,
+    normalised: bool = True,
+    normalisation_tolerance: float = 0.02,
+    log_ratio_target: Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> ClosureResult:
@@ -191,6 +209,13 @@ def closure_test(
         n_bootstrap: Bootstrap replicas of the held-out AUC for its statistical error.
         tolerance: Systematic allowance on :math:`|AUC - 0.5|` added to ``tolerance_sigmas``
             times the statistical error.
+        normalised: Whether :math:`\hat r` is a normalised density ratio, :math:`E_\mathrm{ref}[\hat r] = 1`
+            (``False`` for weights with an arbitrary total, e.g. unfolded weights: not tested).
+        normalisation_tolerance: Systematic allowance on :math:`|E_\mathrm{ref}[\hat r] - 1|`, added
+            to ``tolerance_sigmas`` times its statistical error.
+        log_ratio_target: :math:`\log\hat r(x|\theta)` of every target event, ``(N1,)``; with it the
+            normalisation is the bridge estimate, whose error holds however heavy the tail of
+            :math:`\hat r` (the plain mean over the reference misses rare large ratios).
 
     The reference is reweighted by :func:`~sbilab.estimators.classifier_weights` (the one path
     from a classifier or log-ratio to weights) and the fresh classifier is a
@@ -199,12 +224,15 @@ def closure_test(
     Returns:
         :class:`ClosureResult`; AUC 0.5 means the reweighted reference is indistinguishable
         in shape from the target; ``normalisation`` (1 for a normalised ratio) says whether
-        :math:`\hat r` also has the right total, which the AUC cannot see.
+        :math:`\hat r` also has the right total, which the AUC cannot see; ``passed`` needs both.
 
     Raises:
-        ShapeMismatchError: samples of different widths, or ``log_ratio`` not one value per
-            reference event, or non-finite ``log_ratio``.
+        ShapeMismatchError: samples of different widths, or ``log_ratio`` (``log_ratio_target``)
+            not one value per reference (target) event, or non-finite values.
+        ConfigError: a negative ``normalisation_tolerance``.
     """
+    if not normalisation_tolerance >= 0:
+        raise ConfigError(f"closure_test: normalisation_tolerance = {normalisation_tolerance}; give a non-negative allowance, e.g. 0.02.")
     from .estimators import Classifier, carl_loss, classifier_training_data, classifier_weights
     from .training import fit
 
@@ -220,6 +248,7 @@ def closure_test(
     w0 = torch.ones(len(x0), dtype=torch.float64) if weights_reference is None else torch.as_tensor(_np(weights_reference, "weights_reference"))
     w1 = torch.ones(len(x1), dtype=torch.float64) if weights_target is None else torch.as_tensor(_np(weights_target, "weights_target"))
     reweighted = classifier_weights(lr, base_weights=w0)  # the one classifier/ratio -> weights path; reports the normalisation
+    norm = _normalisation(lr, w0, w1, log_ratio_target, len(x1), normalised, tolerance_sigmas, normalisation_tolerance)
     w0 = reweighted.weights * (w1.sum() / reweighted.weights.sum())
     g = torch.Generator().manual_seed(seed)
     p0, p1 = torch.randperm(len(x0), generator=g), torch.randperm(len(x1), generator=g)
@@ -238,5 +267,24 @@ def closure_test(
         i1, i0 = rng.integers(0, len(s1), len(s1)), rng.integers(0, len(s0), len(s0))
         replicas.append(weighted_auc(s1[i1], s0[i0], weights_pos=tw1[i1], weights_neg=tw0[i0]))
     error = float(np.std(replicas))
-    return ClosureResult(auc, error, abs(auc - 0.5) <= tolerance_sigmas * error + tolerance, tolerance,
-                         reweighted.normalisation, reweighted.normalisation_error, reweighted.effective_sample_size)
+    shape_passed = abs(auc - 0.5) <= tolerance_sigmas * error + tolerance
+    return ClosureResult(auc=auc, auc_error=error, passed=shape_passed and norm["normalisation_passed"] is not False,
+                         tolerance=tolerance, effective_sample_size=reweighted.effective_sample_size, shape_passed=shape_passed,
+                         normalisation_tolerance=normalisation_tolerance, **norm)
+
+
+def _normalisation(log_r: Tensor, w0: Tensor, w1: Tensor, log_r_target: Tensor | None, n_target: int, normalised: bool,
+                   sigmas: float, tolerance: float) -> dict:
+    """The normalisation fields of :class:`ClosureResult` (plain mean, or bridge estimate with ``log_r_target``)."""
+    plain = mean_test(log_r.exp(), expected=1.0, weights=w0)
+    test = plain
+    if log_r_target is not None:
+        lt = torch.as_tensor(_np(log_r_target, "log_ratio_target"))
+        if lt.numel() != n_target:
+            raise ShapeMismatchError(f"closure_test: log_ratio_target has {lt.numel()} values for {n_target} target events.")
+        test = bridge_test(log_r, lt, weights_reference=w0, weights_theta=w1)
+    judged = normalised and test.judged
+    verdict = (abs(test.mean - 1.0) <= sigmas * test.error + tolerance) if judged else None
+    method = "none" if not normalised else ("bridge" if log_r_target is not None else "mean")
+    return {"normalisation": test.mean, "normalisation_error": test.error, "normalisation_passed": verdict,
+            "normalisation_method": method, "normalisation_tail_index": plain.tail_index}

@@ -3,7 +3,8 @@ r"""Named exceptions for user mistakes.
 Every error a user can provoke with bad input derives from :class:`SbilabError`; the
 message says which argument was wrong, what was wrong with it and how to fix it. Internal
 invariants use ``assert``. Most classes also derive from the matching builtin
-(``ValueError``, ``KeyError``, ...) so that generic handlers keep working.
+(``ValueError``, ``KeyError``, ...) so that generic handlers keep working. Warnings (a result
+that may be wrong but is still returned) derive from :class:`SbilabWarning`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ __all__ = [
     "NegativeKernelError",
     "HistoryVersionError",
     "IntegrandError",
+    "RegionError",
+    "IdentityCheckError",
+    "SbilabWarning",
+    "IdentityCheckWarning",
 ]
 
 
@@ -117,3 +122,22 @@ class HistoryVersionError(InvalidEventsError):
 class IntegrandError(SbilabError, ValueError):
     """A per-event integral is ill-posed: a cross section that is negative or NaN, a transfer
     function that does not normalise, a proposal that misses the integrand, zero acceptance."""
+
+
+class RegionError(SbilabError, ValueError):
+    """An analysis region (ABCD region, signal region, sideband) is empty, too small or outside the data's range."""
+
+
+class IdentityCheckError(SbilabError, ValueError):
+    """An identity every correct simulator satisfies fails its statistical test: the mean joint
+    score is not zero or the mean joint ratio not one (see :mod:`sbilab.simulators.checks`), which
+    means ``joint_log_prob`` misses a θ-dependent term such as an acceptance."""
+
+
+class SbilabWarning(UserWarning):
+    """Base class of the warnings sbilab issues about results that may be wrong (they are still returned)."""
+
+
+class IdentityCheckWarning(SbilabWarning):
+    """An identity check failed (augmented data, or the normalisation of a learned ratio,
+    :func:`sbilab.stats.ratio_normalisation`) and the caller asked for a warning instead of an error."""

@@ -76,7 +76,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"\[training\] patience must be a positive integer, got 0"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace('toy = "gaussian"', 'toy = "gauss"'))
-    with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \['gaussian', 'morphing', 'resonance', 'resonance_background'(, '\w+')*\]"):
+    with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \[('\w+', )*'gaussian', ('\w+', )*'resonance'"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))
     from sbilab.analysis import build_simulator
@@ -112,7 +112,9 @@ def test_shipped_analyses_parse():
         if (folder / "analysis.toml").is_file():
             cfg = load_config(folder)
             assert cfg.quick_version().estimator.n_simulations <= cfg.estimator.n_simulations
-            assert cfg.training.patience is None and cfg.training.learning_rate == 2e-3  # the settings of the measured runs
+            assert cfg.training.patience is None  # the settings of the measured runs
+            if cfg.kind in ("measurement", "eft_limits", "search"):
+                assert cfg.training.learning_rate == 2e-3
 
 
 def test_a_new_pipeline_registers_where_defined_with_its_own_section(tmp_path):
@@ -144,7 +146,7 @@ def test_a_new_pipeline_registers_where_defined_with_its_own_section(tmp_path):
             register_pipeline("test_counting")(lambda config, **options: "")
     finally:
         del PIPELINES["test_counting"]
-    with pytest.raises(ConfigError, match=r"kind = 'test_counting'; choose one of \['eft_limits', 'measurement'(, '\w+')*\]"):
+    with pytest.raises(ConfigError, match=r"kind = 'test_counting'; choose one of \[('\w+', )*'eft_limits', 'measurement'"):
         load_config(write(tmp_path, text))
 
 

@@ -22,7 +22,8 @@ PUBLIC = {
         "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator", "PosteriorEstimator", "PosteriorMixture", "FLOWS", "ConditionalDensity", "carl_loss",
         "Classifier", "classifier_training_data", "classifier_weights", "ClassifierWeights", "WeightClippingWarning",
         "rolr_loss", "rascal_loss", "alice_loss", "alices_loss", "cascal_loss", "sally_loss", "nde_loss",
-        "scandal_loss", "npe_loss", "density_loss", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
+        "scandal_loss", "npe_loss", "density_loss", "disco_loss", "double_disco_loss", "distance_correlation", "distance_covariance",
+        "check_spectator_not_input", "ClassifierPair", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
     "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
@@ -67,9 +68,12 @@ def test_every_all_name_exists_in_every_package():
 
 
 def test_exceptions_form_one_hierarchy():
+    # errors derive from SbilabError, warnings from SbilabWarning (a UserWarning, never an error)
     for name in exceptions.__all__:
         cls = getattr(exceptions, name)
-        assert inspect.isclass(cls) and issubclass(cls, exceptions.SbilabError)
+        base = exceptions.SbilabWarning if name.endswith("Warning") else exceptions.SbilabError
+        assert inspect.isclass(cls) and issubclass(cls, base)
+        assert issubclass(cls, Warning) == name.endswith("Warning")
         assert cls.__doc__, f"{name} needs a docstring saying when it is raised"
 
 

@@ -51,13 +51,18 @@ def test_closure_passes_with_exact_ratio_and_fails_without():
 
 
 def test_closure_reports_a_mis_normalised_ratio():
-    # log r shifted by log 2: the shape is right (the AUC test passes, it rescales to the target's
-    # total) but E_ref[r] = 2 is reported, with its statistical error, instead of hidden
+    # log r shifted by log 2: the shape is right (the AUC is the same, it rescales to the target's
+    # total) but E_ref[r] = 2 is reported, with its statistical error, and fails the test
     x1, x0 = gaussian_samples(4000, 0.6, seed=3)
     exact = torch.as_tensor(0.6 * x0 - 0.18)
     good = closure_test(x0, x1, exact, epochs=4, seed=1, n_bootstrap=20)
     doubled = closure_test(x0, x1, exact + math.log(2.0), epochs=4, seed=1, n_bootstrap=20)
-    assert doubled.auc == pytest.approx(good.auc, abs=1e-9) and doubled.passed == good.passed
+    assert doubled.auc == pytest.approx(good.auc, abs=1e-9) and doubled.shape_passed == good.shape_passed
+    assert good.passed and good.normalisation_passed is True and good.normalisation_method == "mean"
+    assert not doubled.passed and doubled.normalisation_passed is False
+    # not a density ratio (e.g. unfolded weights): the normalisation is reported, not judged
+    total = closure_test(x0, x1, exact + math.log(2.0), epochs=4, seed=1, n_bootstrap=20, normalised=False)
+    assert total.passed and total.normalisation_passed is None and total.normalisation == pytest.approx(doubled.normalisation)
     # E_0[e^{0.6x - 0.18}] = 1 exactly; its sample estimate and error from the weights
     r = np.exp(0.6 * x0 - 0.18)
     assert good.normalisation == pytest.approx(r.mean(), rel=1e-12)

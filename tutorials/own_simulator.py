@@ -72,7 +72,10 @@ def exact_log_ratio(x, theta):
 # ## 2. Augmented training data
 # `ratio_training_data` draws θ from the proposal (uniform in the box), events at θ (label 1)
 # and at the reference (label 0), and attaches the joint log-ratio and joint score by autograd
-# of `joint_log_prob`.
+# of `joint_log_prob`. It also checks them (`sbilab.simulators.checks`): the joint score must
+# average to zero and the joint ratio to one within groups of θ. Had this simulator kept only
+# decays before a cut t < T without putting −log A(τ), A = 1 − e^{−T/τ}, into `joint_log_prob`,
+# it would stop here with an `IdentityCheckError` naming the mean, its error and pull.
 
 # %%
 gen = torch.Generator().manual_seed(1)

@@ -17,7 +17,9 @@ whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are 
 
 Unbinned fits use the closed-form yield :math:`\nu(\theta) = L\sigma(\theta)`; binned ones the
 morphed templates of :class:`~sbilab.stats.templates.MorphedHistogram`. The options are the
-``[eft]`` section (:class:`EftSection`), registered with the pipeline.
+``[eft]`` section (:class:`EftSection`), registered with the pipeline. The learned ratio's
+normalisation is checked after training (:func:`~sbilab.analysis.estimation.check_normalisation`;
+``checks`` in the results, a failure heads the printed summary).
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ from ..exceptions import ConfigError
 from ..stats.templates import MorphedHistogram, quantile_edges
 from ..stats import profile_intervals
 from .config import AnalysisConfig
-from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, train_score, truth_point
+from .estimation import (
+    build_simulator,
+    check_lines,
+    check_normalisation,
+    exact_log_ratio,
+    learned_log_ratio,
+    train_ratio,
+    train_score,
+    truth_point,
+)
 from .plots import plot_profiles
 from .run import register_pipeline, write_results
 
@@ -174,6 +185,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     log(f"{cfg.name}: L = {lumi} /pb, expected {nu_true:.1f} events at {dict(zip(names, truth.tolist()))}, observed {n_obs}")
 
     ratio = train_ratio(cfg, sim, device=device, progress=progress, log=log)
+    checks = {"ratio_normalisation": check_normalisation(ratio, sim, cfg, truth, log=log)}
     score = train_score(cfg, sim, cfg.eft.score_simulations, device=device, progress=progress, log=log)
     hists, observables, directions = _templates(sim, cfg, score.model)
     fns = {"unbinned_learned": learned_log_ratio(ratio, sim), "unbinned_exact": exact_log_ratio(sim)}
@@ -218,6 +230,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
         "methods": results, "sallino_directions": directions,
         "bins": {k: h.edges.tolist() for k, h in hists.items()},
         "training": {"ratio": {"method": cfg.estimator.method, **ratio.record()}, "sally": score.record()},
+        "checks": checks, "checks_passed": all(c["passed"] for c in checks.values()),
         "seconds": time.perf_counter() - started,
     }
     write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
@@ -231,7 +244,9 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
 
 def _summary(cfg: AnalysisConfig, results: dict, names: list[str], doc: dict, out: Path, plotted: bool) -> str:
     cls = [f"{c:g}" for c in cfg.eft.cls]
-    lines = [f"{cfg.name}: L = {doc['luminosity']:g} /pb, {doc['expected_events']:.1f} expected and {doc['n_observed']} observed events "
+    notes = check_lines(doc["checks"])
+    lines = [n for n in notes if n.startswith("!!!")]
+    lines += [f"{cfg.name}: L = {doc['luminosity']:g} /pb, {doc['expected_events']:.1f} expected and {doc['n_observed']} observed events "
              f"at {doc['truth']}; intervals at CL {', '.join(cls)}"]
     for name in names:
         lines.append(f"{name}: {'method':<17} {'data':>8} {'best':>7}  " + "  ".join(f"{c + ' CL':^17}" for c in cls) + f"  {'width/exact':>11}")
@@ -242,6 +257,7 @@ def _summary(cfg: AnalysisConfig, results: dict, names: list[str], doc: dict, ou
                 ivs = "  ".join(f"[{p['intervals'][c]['lo']:+.3f}, {p['intervals'][c]['hi']:+.3f}]" for c in cls)
                 ratio = (p["intervals"][cls[0]]["hi"] - p["intervals"][cls[0]]["lo"]) / (exact["hi"] - exact["lo"])
                 lines.append(f"{'':>{len(name) + 2}}{method:<17} {data_label:>8} {p['best']:+7.3f}  {ivs}  {ratio:11.3f}")
+    lines += notes
     lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out / 'estimator.h5'}, {out / 'score_estimator.h5'}"
                  + (f", {out / 'limits.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

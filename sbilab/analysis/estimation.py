@@ -6,19 +6,23 @@ of :func:`~sbilab.simulators.ratio_training_data`, a likelihood estimator on aug
 their own θ); :func:`train_score` trains a SALLY :class:`~sbilab.estimators.ScoreEstimator` on
 events at the reference point (:func:`~sbilab.simulators.augment.score_training_data`). Both go
 through :func:`sbilab.training.fit` with the ``[training]`` options, the one training loop;
-ensembles are reduced by :class:`~sbilab.estimators.EnsembleMean`.
+ensembles are reduced by :class:`~sbilab.estimators.EnsembleMean`. The training data are checked
+on the way (:mod:`sbilab.simulators.checks`: a simulator whose joint likelihood misses a
+θ-dependent normalisation stops the analysis), and :func:`check_normalisation` tests the trained
+ratio's normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`, which every pipeline reports.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, IdentityCheckWarning
 from ..simulators import augment, ratio_training_data
 from ..simulators.augment import score_training_data
 from ..simulators.base import Simulator
@@ -27,7 +31,14 @@ from ..simulators.registry import build_toy
 from ..training.config import TrainingConfig
 from .config import AnalysisConfig
 
-__all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio"]
+__all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio",
+           "check_normalisation", "check_lines", "CHECK_POINTS", "CHECK_EVENTS"]
+
+CHECK_POINTS = 8
+"""Points of the learned-ratio normalisation check: the truth and ``CHECK_POINTS - 1`` proposal draws."""
+
+CHECK_EVENTS = 20_000
+"""Events per sample of that check (at the reference and at each point), at most ``n_simulations // 4``."""
 
 
 def build_simulator(config: AnalysisConfig) -> Simulator:
@@ -141,3 +152,43 @@ def learned_log_ratio(trained: Trained, sim: Simulator) -> nn.Module:
 def exact_log_ratio(sim: Simulator) -> Callable[[Tensor, Tensor], Tensor]:
     r"""The toy's exact :math:`\log p(x|\theta) - \log p(x|\theta_\mathrm{ref})` (:class:`~sbilab.simulators.exact.ExactLogRatio`)."""
     return ExactLogRatio(sim)
+
+
+def check_normalisation(trained: Trained, sim: Simulator, config: AnalysisConfig, truth: Tensor, *,
+                        log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    r"""Test the trained ratio's :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1` (:func:`~sbilab.stats.ratio_normalisation`).
+
+    Fresh samples (seeded from ``[training] seed``) are drawn at the reference and at the
+    :data:`CHECK_POINTS` points (the truth and draws from the proposal), and the normalisation is
+    the bridge estimate, with the default threshold (5σ) and tolerance (0.02). A failure is
+    logged and warned about (:class:`~sbilab.exceptions.IdentityCheckWarning`); the pipelines put
+    the returned summary in their results (``checks.ratio_normalisation``) and their printed summary.
+
+    Returns:
+        :meth:`~sbilab.stats.NormalisationCheck.to_dict` of the check.
+    """
+    from ..stats import ratio_normalisation
+
+    n = max(1000, min(CHECK_EVENTS, config.estimator.n_simulations // 4))
+    generator = torch.Generator().manual_seed(config.training.seed + 7919)
+    points = torch.cat([truth.reshape(1, -1).to(torch.float64), sim.space.sample(CHECK_POINTS - 1, generator=generator).to(torch.float64)])
+    reference = sim.simulate(n, theta=sim.space.reference, generator=generator)
+    samples = [sim.simulate(n, theta=p, generator=generator) for p in points]
+    check = ratio_normalisation(learned_log_ratio(trained, sim), reference, points, samples=samples, names=sim.space.names)
+    if check.passed:
+        log(check.message())
+    else:
+        log(f"WARNING: {check.message()}")
+        warnings.warn(f"{config.name}: {check.message()}", IdentityCheckWarning, stacklevel=2)
+    return check.to_dict()
+
+
+def check_lines(checks: dict[str, dict[str, Any]]) -> list[str]:
+    """Summary lines of the checks: a loud banner for each failed one, a short line for each passed one."""
+    lines = []
+    for name, result in checks.items():
+        if result["passed"]:
+            lines.append(f"check {name}: passed ({result['message']})")
+        else:
+            lines.append(f"!!! CHECK FAILED, DO NOT TRUST THE LEARNED RESULT — {name}: {result['message']}")
+    return lines

@@ -2,7 +2,10 @@ r"""The measurement pipeline (``[analysis] kind = "measurement"``): simulate, tr
 
 1. Build the toy simulator named in the configuration and draw the "observed" sample at the
    true parameters (a fixed seed: the same observed data for every method).
-2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`).
+2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`) and check
+   its normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`
+   (:func:`~sbilab.analysis.estimation.check_normalisation`; reported under ``checks``, with
+   ``checks_passed``, and a failure heads the printed summary).
 3. Fit the observed events with an unbinned likelihood (iminuit) under the learned ratio and
    under the exact likelihood of the toy; profile every parameter. Nuisance parameters
    (``[nuisances]``) are re-minimised at every profile point and pay their Gaussian constraint
@@ -28,7 +31,7 @@ import torch
 
 from ..events import Events
 from .config import AnalysisConfig
-from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
+from .estimation import build_simulator, check_lines, check_normalisation, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
 from ..stats import Interval, profile_intervals
 from .plots import plot_profiles
 from .run import register_pipeline, write_results
@@ -82,6 +85,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
         + (f"; nuisances {cfg.nuisances}" if cfg.nuisances else ""))
 
     trained = train_ratio(cfg, sim, device=device, progress=progress, log=log)
+    checks = {"ratio_normalisation": check_normalisation(trained, sim, cfg, truth, log=log)}
     functions = {"learned": learned_log_ratio(trained, sim), "exact": exact_log_ratio(sim)}
     nominal = {k: m for k, (m, _) in cfg.nuisances.items()}
     fits, fixed_fits = {}, {}
@@ -137,6 +141,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
         "nuisances": {k: {"mean": m, "sigma": s} for k, (m, s) in cfg.nuisances.items()},
         "n_observed": len(observed), "method": cfg.estimator.method, "n_simulations": cfg.estimator.n_simulations,
         "training": trained.record(),
+        "checks": checks, "checks_passed": all(c["passed"] for c in checks.values()),
         "fit_valid": {label: best.valid for label, (_, best) in fits.items()},
         "profiles": {label: dump(p) for label, p in profiles.items()},
         "profiles_fixed_nuisances": {label: dump(p) for label, p in fixed_profiles.items()},
@@ -150,11 +155,13 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
                 curves[n].append((fixed_profiles[label][n], style, f"{label}, nuisances fixed"))
     plotted = plot_profiles(out / "profiles.png", curves, [float(chi2.ppf(cfg.fit.cl, 1))],
                             f"{cfg.name}: {cfg.estimator.method.upper()} vs exact")
-    return _summary(cfg, results, len(observed), out, plotted)
+    return _summary(cfg, results, len(observed), out, plotted, checks)
 
 
-def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool) -> str:
-    lines = [f"{cfg.name}: {cfg.estimator.method.upper()} from {cfg.estimator.n_simulations} simulations, {n_observed} observed events",
+def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool, checks: dict[str, Any]) -> str:
+    notes = check_lines(checks)
+    lines = [n for n in notes if n.startswith("!!!")]
+    lines += [f"{cfg.name}: {cfg.estimator.method.upper()} from {cfg.estimator.n_simulations} simulations, {n_observed} observed events",
              f"{'param':>10} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
     for n, r in results.items():
         lines.append(f"{n:>10} {r['truth']:9.3f} {r['best']:10.3f} [{r['lo']:.3f}, {r['hi']:.3f}]".ljust(52)
@@ -168,6 +175,7 @@ def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out:
             lines.append(f"{n:>10} {f['best']:9.3f} [{f['lo']:.3f}, {f['hi']:.3f}]".ljust(35)
                          + f" {f['exact_best']:9.3f} [{f['exact_lo']:.3f}, {f['exact_hi']:.3f}]".ljust(25)
                          + f" {r['widening']:18.3f} {r['exact_widening']:8.3f} {r.get('fisher_widening', math.nan):9.3f}")
+    lines += notes
     lines.append(f"wrote {out / 'results.json'}, {out / 'results.h5'}, {out / 'estimator.h5'}"
                  + (f", {out / 'profiles.png'}" if plotted else " (no matplotlib: no plot)"))
     return "\n".join(lines)

@@ -113,7 +113,8 @@ def _ml_mem(cfg: AnalysisConfig, sim, mem: MemSection, log) -> tuple[Any, dict[s
 
     def build(seed: int):
         return resonance_likelihood(sim, model=model, proposal=proposal, samples=mem.learned_samples, sequence="random", draws=1,
-                                    fiducial_samples=2**16, seed=seed, coverage=peak_channel(sim))
+                                    fiducial_samples=2**16, seed=seed, coverage=peak_channel(sim),
+                                    coverage_events=mem.coverage_events)
 
     return build, {"model": model, "training_cpu_seconds": {"transfer_and_acceptance": t_detector, "proposal": t_proposal}}
 

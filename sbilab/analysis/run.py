@@ -20,6 +20,8 @@ kind                 pipeline
                      the history's gold, a set posterior, the exact primary-emission toy
 ``"mem_resonance"``  :func:`sbilab.analysis.mem_resonance.run_mem_resonance`: (M, Γ) of toy 1 by
                      the matrix-element method (analytic and ML-accelerated) vs ALICES vs exact
+``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
+                     with pyhf, SIC of weakly supervised classifiers, a bump hunt
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays

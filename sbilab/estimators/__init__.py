@@ -1,6 +1,14 @@
 """Estimators (nn.Modules returning log-quantities) and every training loss."""
 
 from .classifier import Classifier, classifier_training_data
+from .decorrelation import (
+    ClassifierPair,
+    check_spectator_not_input,
+    disco_loss,
+    distance_correlation,
+    distance_covariance,
+    double_disco_loss,
+)
 from .density import ConditionalDensity
 from .ensembles import EnsembleMean, ensemble_log_prob, ensemble_log_ratio, ensemble_score, member_spread
 from .likelihood import DensityRatio, LikelihoodEstimator
@@ -51,6 +59,12 @@ __all__ = [
     "scandal_loss",
     "npe_loss",
     "density_loss",
+    "disco_loss",
+    "double_disco_loss",
+    "distance_correlation",
+    "distance_covariance",
+    "check_spectator_not_input",
+    "ClassifierPair",
     "get_loss",
     "LOSSES",
     "LossInfo",

@@ -68,7 +68,7 @@ __all__ = [
     "register_loss",
 ]
 
-Need = Literal["label", "log_r_joint", "score_joint"]
+Need = Literal["label", "log_r_joint", "score_joint", "spectator"]
 """An :class:`~sbilab.events.Events` field that a loss reads from every batch."""
 EstimatorKind = Literal["ratio", "score", "likelihood", "posterior", "density", "classifier"]
 """What a loss trains: ``"ratio"`` — ``forward(x, theta) -> log r̂`` (RatioEstimator); ``"score"`` —
@@ -150,6 +150,8 @@ _HOW: dict[Need, str] = {
                    "or use a loss without augmented data (CARL, NDE).",
     "score_joint": "Attach it with sbilab.simulators.augment(sim, events) (needs the simulator's joint_log_prob), "
                    "or set alpha=0 / use a loss without a score term.",
+    "spectator": "Give the events a spectator (N, S): the variable to decorrelate from (e.g. the mass), "
+                 "not a classifier input; sbilab.anomaly.decorrelation_training_data builds such events.",
 }
 
 

@@ -6,7 +6,7 @@ from .external import CallableSimulator, from_sbi
 from .registry import TOYS, build_toy, register_toy
 from .shower import PartonShower, PrimaryEmissions
 from .space import ParameterSpace
-from .toys import GaussianLatent, Morphing, Resonance, ResonanceBackground
+from .toys import GaussianLatent, Lifetime, Morphing, Resonance, ResonanceBackground
 from .weighted import MorphingBasis, WeightedEvents
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ResonanceBackground",
     "PartonShower",
     "PrimaryEmissions",
+    "Lifetime",
     "MorphingBasis",
     "WeightedEvents",
     "CallableSimulator",

@@ -7,8 +7,8 @@ no second table of names. The built-in toys register when :mod:`sbilab.simulator
 (which importing any of its modules does first).
 
 Example:
-    >>> sorted(TOYS)
-    ['gaussian', 'morphing', 'resonance', 'resonance_background']
+    >>> {"gaussian", "lifetime", "morphing", "resonance", "resonance_background"} <= set(TOYS)
+    True
     >>> type(build_toy("resonance", {"sigma_det": 1.5})).__name__
     'Resonance'
 """

@@ -46,6 +46,7 @@ from .fisher import (
 from .intervals import ONE_SIGMA, Interval, profile_intervals
 from .model import UnbinnedModel
 from .neyman import NeymanConstruction
+from .normalisation import NormalisationCheck, ratio_normalisation
 from .results import FitResult, HypotestResult, Profile2DResult, ProfileResult, UpperLimitResult
 from .templates import MorphedHistogram, histogram, quantile_edges
 from .toys import fit_toys, profile_likelihood_ratio, toy_log_likelihood
@@ -80,6 +81,9 @@ __all__ = [
     "upper_limit",
     # Neyman
     "NeymanConstruction",
+    # normalisation of a learned ratio
+    "ratio_normalisation",
+    "NormalisationCheck",
     # Fisher
     "fisher_from_scores",
     "exact_fisher",

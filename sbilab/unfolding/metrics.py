@@ -221,7 +221,8 @@ def classifier_auc(unfolded: Tensor, truth: Tensor, *, weights: Tensor | None = 
         weights: Unfolded weights ``(N,)``, positive (default ones).
         weights_truth: Weights of the truth events ``(M,)``.
         seed: Seed of the split, initialisation and bootstrap.
-        options: Passed to :func:`~sbilab.calibration.closure_test` (``epochs``, ``hidden``, ...).
+        options: Passed to :func:`~sbilab.calibration.closure_test` (``epochs``, ``hidden``, ...); the
+            normalisation is not tested (``normalised=False``) unless asked for.
 
     Returns:
         :class:`~sbilab.calibration.ClosureResult` (``auc``, ``auc_error``, ``passed``).
@@ -233,4 +234,5 @@ def classifier_auc(unfolded: Tensor, truth: Tensor, *, weights: Tensor | None = 
     w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
         raise InvalidEventsError("classifier_auc: weights must be positive and finite (drop zero-weight events first).")
+    options.setdefault("normalised", False)  # unfolded weights carry the data's total, not a density ratio's
     return closure_test(x, truth, torch.log(w), weights_target=weights_truth, seed=seed, **options)

@@ -127,13 +127,15 @@ def resonance_likelihood(
     draws: int = 32,
     seed: int = 0,
     coverage: Proposal | None = None,
+    coverage_events: int = 16,
 ) -> MatrixElementLikelihood:
     """The MEM likelihood of toy 1 over the simulator's space (M, Γ), ready for ``UnbinnedLikelihood``.
 
     ``model`` and ``proposal`` default to the analytic ones (:func:`resonance_model`,
     :func:`resonance_proposal`); pass learned ones (:func:`learned_resonance_model`, a
     :class:`~sbilab.mem.flows.FlowProposal`) to build the ML-MEM on the same footing.
-    ``coverage`` is the broad proposal of the likelihood's coverage check (e.g. :func:`peak_channel`);
+    ``coverage`` is the broad proposal of the likelihood's coverage check (e.g. :func:`peak_channel`)
+    on its first ``coverage_events`` events;
     ``draws`` detector draws per fiducial point smooth the window's edges (each costs a transfer
     function draw: few for a learned one).
     """
@@ -141,7 +143,8 @@ def resonance_likelihood(
     model = model or resonance_model(sim)
     fid = FiducialCrossSection(model, peak_channel(sim), samples=fiducial_samples, sequence="sobol", seed=seed, draws=draws)
     return MatrixElementLikelihood(model, proposal or resonance_proposal(sim), sim.space, fiducial=fid, samples=samples,
-                                   sequence=sequence, replicas=replicas, seed=seed, coverage=coverage)
+                                   sequence=sequence, replicas=replicas, seed=seed, coverage=coverage,
+                                   coverage_events=coverage_events)
 
 
 def peak_channel(simulator: Resonance | None = None) -> PeakChannel:
