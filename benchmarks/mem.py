@@ -33,7 +33,9 @@ In one run:
   M at Γ = 2.1 (W) from 200 events at 2048 samples per event, refitted with three integration
   seeds, with the analytic proposal and with the best learned sampler of each case.
 
-Usage: ``python benchmarks/mem.py [--quick] [--json] [--events N] [--toys T] [--seed S]``.
+Usage: ``python benchmarks/mem.py [--quick] [--json] [--events N] [--toys T] [--seed S]
+[--sim-events N] [--epochs E] [--variance-events N] [--variance-epochs E]`` (the last four size
+the learned samplers' training).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _median(t: torch.Tensor) -> float:
 LEARNED = ("learned_proposal", "flow")
 
 
-def train_samplers(case: str, sim, model, quick: bool, seed: int) -> tuple[dict, dict]:
+def train_samplers(case: str, sim, model, sizes: dict, seed: int) -> tuple[dict, dict]:
     """The learned samplers of a case, trained once (no per-event training), and what training cost.
 
     ``learned_proposal``: a conditional flow q(z|x) fitted by maximum likelihood to simulated
@@ -82,10 +84,12 @@ def train_samplers(case: str, sim, model, quick: bool, seed: int) -> tuple[dict,
     with the process at the reference (defensive). ``flow``: trained on the integrand's variance
     (toy 2: the learned proposal refined by :func:`fit_sampler`, defensive mixture again; W: one
     flow per physics channel in its noise space, :func:`fit_channel_flows`, MadNIS).
+    ``sizes``: ``sim_events``, ``epochs`` (maximum likelihood) and ``variance_events``,
+    ``variance_epochs`` (variance training).
     """
     ref = sim.space.reference
-    n_sim, epochs = (4000, 3) if quick else (40000, 15)
-    n_var, var_epochs = (256, 1) if quick else (4000, 6)
+    n_sim, epochs = sizes["sim_events"], sizes["epochs"]
+    n_var, var_epochs = sizes["variance_events"], sizes["variance_epochs"]
     info: dict = {}
     t0 = time.perf_counter()
     events = sim.simulate(n_sim, theta=ref.float(), generator=torch.Generator().manual_seed(seed + 30))
@@ -266,6 +270,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object of figures on stdout")
     parser.add_argument("--events", type=int, default=None, help="events per case for the calls table (default 100, quick 12)")
     parser.add_argument("--toys", type=int, default=None, help="toy-1 datasets of 1000 events (default 50, quick 3)")
+    parser.add_argument("--sim-events", type=int, default=None, help="simulated events of the learned proposal (default 40000, quick 4000)")
+    parser.add_argument("--epochs", type=int, default=None, help="its maximum-likelihood epochs (default 15, quick 3)")
+    parser.add_argument("--variance-events", type=int, default=None, help="events of the variance training (default 4000, quick 256)")
+    parser.add_argument("--variance-epochs", type=int, default=None, help="its epochs (default 6, quick 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -275,11 +283,15 @@ def main() -> None:
     start = time.perf_counter()
     result: dict = {"quick": args.quick, "events": n_events, "threads": args.threads}
     learned_samples = 512 if args.quick else 2048
+    defaults = (4000, 3, 256, 1) if args.quick else (40000, 15, 4000, 6)
+    given = (args.sim_events, args.epochs, args.variance_events, args.variance_epochs)
+    sizes = {k: v if v is not None else d for k, v, d in zip(("sim_events", "epochs", "variance_events", "variance_epochs"), given, defaults)}
+    result["training_sizes"] = sizes
 
     sim2 = TwoBody()
     model2 = two_body_model(sim2.process)
     log("toy 2: training the learned samplers")
-    samplers2, training2 = train_samplers("toy2", sim2, model2, args.quick, args.seed)
+    samplers2, training2 = train_samplers("toy2", sim2, model2, sizes, args.seed)
     log("toy 2: calls to 1 %")
     x2 = sim2.simulate(n_events, theta=torch.tensor([100.0, 5.0]), generator=torch.Generator().manual_seed(args.seed)).x.double()
     table2 = calls_table(model2, two_body_proposal(sim2.process), x2, torch.tensor([100.0, 5.0]),
@@ -288,7 +300,7 @@ def main() -> None:
                          learned=samplers2, learned_samples=learned_samples)
     sim_w = WToLeptonNeutrino()
     log("W -> l nu: training the learned samplers")
-    samplers_w, training_w = train_samplers("physics", sim_w, sim_w.model, args.quick, args.seed)
+    samplers_w, training_w = train_samplers("physics", sim_w, sim_w.model, sizes, args.seed)
     log("W -> l nu: calls to 1 %")
     xw = sim_w.simulate(n_events, theta=torch.tensor([80.4, 2.1]), generator=torch.Generator().manual_seed(args.seed + 1)).x.double()
     table_w = calls_table(sim_w.model, w_proposal(sim_w.model), xw, torch.tensor([80.4, 2.1]), plain_samples=None,
