@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ...events import Events
-from ...exceptions import SamplingError
+from ...exceptions import ConfigError, SamplingError
 from ...simulators.base import Simulator
 from ...simulators.space import ParameterSpace
 from ..mappings import cauchy_log_prob, cauchy_map, normal_log_prob, normal_map, truncated_normal_log_prob, truncated_normal_map
@@ -277,7 +277,9 @@ u}`, scaled by their half distance (at
 
     def __init__(self, model: MatrixElement, *, mass: float = 80.4, pz_floor: float = 20.0) -> None:
         transfer = model.transfer
-        assert isinstance(transfer, GaussianTransfer)
+        if not isinstance(transfer, GaussianTransfer):
+            raise ConfigError(f"WAnchor: model.transfer must be the W model's GaussianTransfer (its widths set the frame), "
+                              f"got {type(transfer).__name__}; build the model with w_model().")
         self.rel_pt = float(transfer.relative[0])
         self.angles = (float(transfer.absolute[1]), float(transfer.absolute[2]))
         self.sigma_met = float(transfer.absolute[3])
