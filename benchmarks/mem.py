@@ -34,8 +34,8 @@ In one run:
   seeds, with the analytic proposal and with the best learned sampler of each case.
 
 Usage: ``python benchmarks/mem.py [--quick] [--json] [--events N] [--toys T] [--seed S]
-[--sim-events N] [--epochs E] [--variance-events N] [--variance-epochs E]`` (the last four size
-the learned samplers' training).
+[--sim-events N] [--epochs E] [--variance-events N] [--variance-epochs E] [--no-refits]`` (the
+four size the learned samplers' training; ``--no-refits`` skips the 200-event fits).
 """
 
 from __future__ import annotations
@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="its maximum-likelihood epochs (default 15, quick 3)")
     parser.add_argument("--variance-events", type=int, default=None, help="events of the variance training (default 4000, quick 256)")
     parser.add_argument("--variance-epochs", type=int, default=None, help="its epochs (default 6, quick 1)")
+    parser.add_argument("--no-refits", action="store_true", help="skip the 200-event fits with three integration seeds (full run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -321,7 +322,7 @@ def main() -> None:
     log("toy 1: likelihood, fits, widths")
     result.update(toy1(args.quick, n_toys, args.seed))
     result["seconds_per_event"] = {"toy1": result["toy1_seconds_per_event"], **seconds}
-    if not args.quick:
+    if not (args.quick or args.no_refits):
         result["fit_integration_noise"] = fit_noise(200, 2048, (0, 1, 2), args.seed,
                                                     {"toy2": {"learned_proposal": samplers2["learned_proposal"]},
                                                      "physics": {"flow": samplers_w["flow"]}})
