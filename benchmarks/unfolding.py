@@ -51,7 +51,7 @@ from sbilab.unfolding import (
     unfold_each_observable,
 )
 from sbilab.unfolding.baseline import ObservableUnfolding
-from sbilab.unfolding.binning import bin_index, histogram
+from sbilab.unfolding.binning import bin_index, bin_sums
 
 try:
     import pyunfold
@@ -97,7 +97,7 @@ def stat_error_mc(replicas: int, n: int) -> list[float]:
     counts = []
     for _ in range(replicas):
         data = toy.data(n, generator=g)
-        counts.append(histogram(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), bins))
+        counts.append(bin_sums(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), bins))
     u = iterative_unfold(torch.stack(counts), response, iterations=4, covariance=False, response_covariance=False).final
     c = 0.5 * (edges[1:] + edges[:-1])
     mean = (u * c).sum(-1) / u.sum(-1)
@@ -138,7 +138,7 @@ def timing(sizes: list[int], repeat: int, replicas: int) -> dict[str, Any]:
 
         def ours() -> torch.Tensor:
             resp = Response.from_events(gen, reco, gen_edges=edges, reco_edges=edges)
-            counts = histogram(bin_index(x, edges), torch.ones(len(x), dtype=torch.float64), bins)
+            counts = bin_sums(bin_index(x, edges), torch.ones(len(x), dtype=torch.float64), bins)
             return iterative_unfold(counts, resp, iterations=4).final
 
         row: dict[str, Any] = {"sbilab_s": _timed(ours, repeat)}
@@ -165,7 +165,7 @@ def timing(sizes: list[int], repeat: int, replicas: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(4)
     sim, data = toy.simulation(100_000, generator=g), toy.data(100_000, generator=g)
     resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges)
-    counts = histogram(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), bins)
+    counts = bin_sums(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), bins)
     reps = torch.poisson(counts.expand(replicas, -1), generator=g)
     rep: dict[str, Any] = {"replicas": replicas,
                            "sbilab_batched_s": _timed(lambda: iterative_unfold(reps, resp, iterations=4, covariance=False,

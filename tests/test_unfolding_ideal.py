@@ -17,7 +17,7 @@ from sbilab.unfolding import (
     iterative_unfold,
     minimal_toy,
 )
-from sbilab.unfolding.binning import bin_index, histogram
+from sbilab.unfolding.binning import bin_index, bin_sums
 
 
 def test_minimal_toy_ideal_iterations_match_the_issue():
@@ -77,9 +77,9 @@ def _binned_moments(toy: GaussianUnfoldingToy, n: int, seed: int) -> torch.Tenso
     edges = torch.linspace(-6, 6, 121, dtype=torch.float64)
     resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
                                 pass_reco=sim.pass_reco, weights=sim.weights)
-    counts = histogram(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), 120)
+    counts = bin_sums(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), 120)
     x_bkg, w_bkg = toy.background(n, data_rows=n, generator=g)
-    background = histogram(bin_index(x_bkg[:, 0], edges), w_bkg, 120)
+    background = bin_sums(bin_index(x_bkg[:, 0], edges), w_bkg, 120)
     u = iterative_unfold(counts, resp, iterations=4, background=background, covariance=False, response_covariance=False).unfolded
     c = 0.5 * (edges[1:] + edges[:-1])
     mean = (u * c).sum(-1) / u.sum(-1)

@@ -22,6 +22,9 @@ kind                 pipeline
                      the matrix-element method (analytic and ML-accelerated) vs ALICES vs exact
 ``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
                      with pyhf, SIC of weakly supervised classifiers, a bump hunt
+``"surrogate"``      :func:`sbilab.analysis.surrogate.run_surrogate`: the resonance measurement
+                     with its detector stage replaced by a learned surrogate, validated,
+                     refined, and fitted against the original
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays
@@ -94,8 +97,14 @@ def run_analysis(config: "AnalysisConfig", *, out: Path, quick: bool = False, de
         quick: Apply the ``[quick]`` overrides (a smoke run of seconds to a minute).
         device: Training device (``"auto"``, ``"cpu"``, ``"cuda"``).
         progress: Print progress messages and bars.
+
+    Raises:
+        ConfigError: ``out`` is an existing file.
     """
-    return PIPELINES[config.kind].run(config, out=Path(out), quick=quick, device=device, progress=progress)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out = {out} is an existing file; the analysis writes several files into a folder. Give a folder path.")
+    return PIPELINES[config.kind].run(config, out=out, quick=quick, device=device, progress=progress)
 
 
 def _split(value: Any, key: str, arrays: dict[str, list]) -> Any:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..exceptions import ConfigError, ShapeMismatchError
-from .binning import bin_index, histogram
+from .binning import bin_index, bin_sums
 from .ibu import IBUResult, iterative_unfold
 from .metrics import triangular_discriminator_binned, wasserstein_1d
 from .response import Response
@@ -83,7 +83,7 @@ def unfold_each_observable(sim: PairedSample, data: Tensor, *, bins: int = 30, i
         edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
         response = Response.from_events(sim.gen[:, d], sim.reco[:, d], gen_edges=edges, reco_edges=edges,
                                         pass_gen=sim.pass_gen, pass_reco=sim.pass_reco, weights=sim.weights)
-        counts = histogram(bin_index(x[:, d], edges), torch.ones(len(x), dtype=torch.float64), bins)
+        counts = bin_sums(bin_index(x[:, d], edges), torch.ones(len(x), dtype=torch.float64), bins)
         result = iterative_unfold(counts, response, iterations=iterations)
         weights = response.event_weights(result.final, sim.gen[:, d], pass_gen=sim.pass_gen, weights=sim.weights)
         out.append(ObservableUnfolding(d, edges, response, result, weights))
@@ -107,7 +107,7 @@ def compare_to_truth(unfoldings: list[ObservableUnfolding], sim: PairedSample, t
     for u in unfoldings:
         values = t[:, u.index]
         idx = bin_index(values, u.edges)
-        truth_hist = histogram(idx, torch.ones_like(values), len(u.edges) - 1)
+        truth_hist = bin_sums(idx, torch.ones_like(values), len(u.edges) - 1)
         delta.append(1e3 * float(triangular_discriminator_binned(u.result.final.clamp_min(0), truth_hist)))
         gen = sim.gen[:, u.index].to(torch.float64)
         keep = u.weights != 0
