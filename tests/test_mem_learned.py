@@ -83,7 +83,7 @@ def test_learned_mem_is_a_normalised_likelihood_close_to_the_exact_one(sim, lear
         # the truncation of W_acc at the window's edges is the hard part for a small flow
         assert float(dev[bulk].abs().max()) < 0.15 and float(dev.abs().max()) < 0.8, (theta, dev)
     # the learned density and acceptance are normalised: ∫ p(x|θ) dx over the window is one
-    t, w = torch.tensor(__import__("numpy").polynomial.legendre.leggauss(40), dtype=torch.float64)
+    t, w = torch.tensor(__import__("numpy").stack(__import__("numpy").polynomial.legendre.leggauss(40)), dtype=torch.float64)
     nodes, weights = (100.0 + 15.0 * t).reshape(-1, 1), 15.0 * w
     assert abs(float((mem.log_prob(nodes, REF).exp() * weights).sum()) - 1) < 0.01
 

@@ -47,9 +47,9 @@ from .config import AnalysisConfig
 from .estimation import build_simulator, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
 from .run import register_pipeline, write_results
 
-__all__ = ["run_mem_resonance", "MemSection", "METHODS"]
+__all__ = ["run_mem_resonance", "MemSection", "MEM_METHODS"]
 
-METHODS = ("exact", "mem", "ml_mem", "alices")
+MEM_METHODS = ("exact", "mem", "ml_mem", "alices")
 NAMES = ("M", "Gamma")
 
 
@@ -163,7 +163,7 @@ def run_mem_resonance(config: AnalysisConfig, *, out: Path, quick: bool = False,
     results: dict[str, Any] = {}
     compare = torch.tensor(list(mem.compare_at), dtype=torch.float64)
     exact_first = None
-    for method in METHODS:
+    for method in MEM_METHODS:
         fn = ratios[method]
         with torch.no_grad():
             values, first = _timed(lambda: fn(data[0], compare.expand(n, 2)).detach().double())
@@ -185,7 +185,7 @@ def run_mem_resonance(config: AnalysisConfig, *, out: Path, quick: bool = False,
     write_results(out, doc, kind=cfg.kind, metadata={"analysis": cfg.name})
     plotted = _plots(out, sim, data[0], compare, ratios, info["model"], results, truth)
     lines = [f"{cfg.name}: (M, Gamma) from {mem.toys} datasets of {n} events at {doc['truth']}, Cramér–Rao {dict(zip(NAMES, cr.tolist()))}"]
-    for method in METHODS:
+    for method in MEM_METHODS:
         r = doc["methods"][method]
         lines.append(f"  {method:>7}: " + "; ".join(f"{k} width {_fmt(r[k]['width'])} ({_fmt(r[k]['width_vs_cramer_rao'], 3)} CR), bias "
                                                    f"{_fmt(r[k]['bias'], sign=True)} ± {_fmt(r[k]['bias_error'])}" for k in NAMES)
@@ -212,9 +212,9 @@ def _plots(out: Path, sim, x: Tensor, compare: Tensor, ratios: dict, model, resu
 
     x = x[:2000]
     with torch.no_grad():
-        values = {m: ratios[m](x, compare.expand(x.shape[0], 2)).detach().double() for m in METHODS}
+        values = {m: ratios[m](x, compare.expand(x.shape[0], 2)).detach().double() for m in MEM_METHODS}
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    for method in METHODS[1:]:
+    for method in MEM_METHODS[1:]:
         ax.plot(values["exact"].numpy(), values[method].numpy(), ".", ms=2, label=method)
     lim = (float(values["exact"].min()), float(values["exact"].max()))
     ax.plot(lim, lim, "k-", lw=0.8)
@@ -225,7 +225,7 @@ def _plots(out: Path, sim, x: Tensor, compare: Tensor, ratios: dict, model, resu
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (ax, name) in enumerate(zip(axes, NAMES)):
-        for method in METHODS:
+        for method in MEM_METHODS:
             best = torch.tensor(results[method]["best_per_toy"])[:, i]
             ax.hist(best.numpy(), bins=15, histtype="step", label=method)
         ax.axvline(float(truth[i]), color="k", ls="--")
