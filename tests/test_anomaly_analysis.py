@@ -28,6 +28,7 @@ sic_test_events = 5000
 sic_efficiency = 0.01
 selection_efficiency = 0.05
 abcd_scan_points = 9
+flow_epochs = 3
 """
 
 
@@ -49,7 +50,7 @@ def test_tiny_run_writes_every_result_and_figure(tmp_path):
         abcd = doc["abcd"][lam]
         assert abcd["limit"]["observed"] == pytest.approx(abcd["limit_iminuit"]["observed"], rel=5e-3)
         assert sum(abcd["signal"]) == pytest.approx(40.0, rel=1e-9)  # all signal, contamination of B, C, D included
-    assert set(doc["sic"]["fraction_of_optimal"]) == {"supervised", "idealised", "cwola"}
+    assert set(doc["sic"]["fraction_of_optimal"]) == {"supervised", "idealised", "cwola", "cathode"}
     hunt = doc["bump_hunt"]
     assert hunt["observed"] == hunt["true_background"] + hunt["true_signal"]
     assert json.loads((tmp_path / "out" / "abcd_workspace.json").read_text())["channels"][0]["name"] == "A"
@@ -64,7 +65,10 @@ def test_tiny_run_writes_every_result_and_figure(tmp_path):
     (("lambdas = [0.0, 1.0, 3.0, 10.0, 30.0]", "lambdas = [0.0, -1.0]"), r"lambdas = \(0.0, -1.0\) must be >= 0"),
     (("abcd_lambda = 30.0", "abcd_lambda = 5.0"), "abcd_lambda = 5.0 is not among lambdas"),
     (('toy = "anomaly"', 'toy = "gaussian"'), "kind = 'anomaly' needs \\[simulator\\] toy = 'anomaly'"),
-    (('search_method = "cwola"', 'search_method = "cathode"'), "choose 'cwola' or 'idealised'"),
+    (('search_method = "cwola"', 'search_method = "bumps"'), "choose 'cwola', 'cathode' or 'idealised'"),
+    (('sic_methods = ["supervised", "idealised", "cwola", "cathode"]', 'sic_methods = ["cwola", "flows"]'),
+     r"sic_methods = \['cwola', 'flows'\]: choose a non-empty list among"),
+    (("flow_epochs = 40", "flow_epochs = 0"), "flow_epochs = 0 must be positive"),
     (("selection_efficiency = 0.01", "selection_efficiency = 1.5"), r"selection_efficiency = 1.5 must lie in \(0, 1\)"),
 ])
 def test_configuration_errors_are_named(tmp_path, change, message):
@@ -73,9 +77,8 @@ def test_configuration_errors_are_named(tmp_path, change, message):
 
 
 def test_bad_toy_options_and_truth_are_refused(tmp_path):
-    cfg = _config(tmp_path, SHIPPED.replace("noise_features = 4", "noise_feature = 4"))
-    with pytest.raises(ConfigError, match="do not fit the anomaly toy"):
-        run_analysis(cfg, out=tmp_path / "out", quick=True, progress=False)
+    with pytest.raises(ConfigError, match="do not fit the 'anomaly' toy"):  # refused at load (issue 11)
+        _config(tmp_path, SHIPPED.replace("noise_features = 4", "noise_feature = 4"))
     cfg = _config(tmp_path, SHIPPED.replace("signal_fraction = 0.01", "mu = 1.0"))
     with pytest.raises(ConfigError, match="signal_fraction"):
         run_analysis(cfg, out=tmp_path / "out", quick=True, progress=False)

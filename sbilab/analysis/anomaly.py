@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..anomaly import (AnomalyToy, DecorrelationToy, MassWindow, Training, abcd_bounds, abcd_inference, abcd_workspace, bump_hunt,
-                       decorrelation_scan, sic_study)
+from ..anomaly import (AnomalyToy, BackgroundFlow, DecorrelationToy, MassWindow, Training, abcd_bounds, abcd_inference, abcd_workspace,
+                       bump_hunt, decorrelation_scan, fit_background_model, sic_study)
+from ..anomaly.studies import METHODS as SIC_METHODS
 from ..exceptions import ConfigError
 from ..stats.binned import to_json
 from .anomaly_plots import plot_bump, plot_closure, plot_cls, plot_sculpting, plot_sic
@@ -66,7 +67,9 @@ class AnomalySection:
         data_events: Background events of the data over the whole mass range (SIC study and search).
         sic_test_events: Signal-region background test events of the SIC curves.
         sic_efficiency: Background efficiency at which SICs are compared.
-        search_method: ``"cwola"`` or ``"idealised"``: the classifier of the bump hunt.
+        sic_methods: Classifiers of the SIC study (of supervised, idealised, cwola, cathode).
+        flow_epochs: Epochs of CATHODE's background flow (:class:`~sbilab.anomaly.BackgroundFlow`).
+        search_method: ``"cwola"``, ``"cathode"`` or ``"idealised"``: the classifier of the bump hunt.
         selection_efficiency: Fraction of signal-region events kept by the anomaly cut.
     """
 
@@ -84,6 +87,8 @@ class AnomalySection:
     data_events: int = 200_000
     sic_test_events: int = 100_000
     sic_efficiency: float = 1e-3
+    sic_methods: tuple[str, ...] = ("supervised", "idealised", "cwola", "cathode")
+    flow_epochs: int = 40
     search_method: str = "cwola"
     selection_efficiency: float = 0.01
     nonnegative: ClassVar[tuple[str, ...]] = ("lambdas", "abcd_lambda", "abcd_injected")
@@ -93,8 +98,11 @@ class AnomalySection:
         for key in ("decorrelation_rho", "abcd_efficiency", "sic_efficiency", "selection_efficiency"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ConfigError(f"{where} {key} = {getattr(self, key)!r} must lie in (0, 1).")
-        if self.search_method not in ("cwola", "idealised"):
-            raise ConfigError(f"{where} search_method = {self.search_method!r}; choose 'cwola' or 'idealised'.")
+        if self.search_method not in ("cwola", "cathode", "idealised"):
+            raise ConfigError(f"{where} search_method = {self.search_method!r}; choose 'cwola', 'cathode' or 'idealised'.")
+        unknown = sorted(set(self.sic_methods) - set(SIC_METHODS))
+        if unknown or not self.sic_methods:
+            raise ConfigError(f"{where} sic_methods = {list(self.sic_methods)}: choose a non-empty list among {list(SIC_METHODS)}.")
         if where.endswith("[anomaly]") and self.abcd_lambda not in self.lambdas:
             raise ConfigError(f"{where} abcd_lambda = {self.abcd_lambda} is not among lambdas = {list(self.lambdas)}.")
 
@@ -176,9 +184,11 @@ def run_anomaly(config: AnalysisConfig, *, out: Path, quick: bool = False, devic
             to_json(abcd_workspace(observed, signal), out / "abcd_workspace.json")
 
     log(f"SIC study at signal fractions {list(an.signal_fractions)}")
-    study = sic_study(toy, an.signal_fractions, n_background=an.data_events, n_test_background=an.sic_test_events,
+    flow = BackgroundFlow(epochs=an.flow_epochs, seed=tr.seed, device=device)
+    study = sic_study(toy, an.signal_fractions, methods=an.sic_methods, n_background=an.data_events, n_test_background=an.sic_test_events,
                       n_test_signal=max(an.sic_test_events // 10, 1000), n_supervised=an.decorrelation_events,
-                      background_efficiency=an.sic_efficiency, training=training, seed=cfg.observed.seed + 1, progress=progress)
+                      background_efficiency=an.sic_efficiency, training=training, seed=cfg.observed.seed + 1, progress=progress,
+                      background_model=lambda sidebands: fit_background_model(sidebands, flow))
     doc["sic"] = {"background_efficiency": an.sic_efficiency, "floor": study.optimal.min_background_efficiency,
                   "at": {m: {str(f): v for f, v in per.items()} for m, per in study.at().items()},
                   "fraction_of_optimal": {m: {str(f): v for f, v in per.items()} for m, per in study.fraction_of_optimal().items()},
@@ -189,7 +199,7 @@ def run_anomaly(config: AnalysisConfig, *, out: Path, quick: bool = False, devic
     data = toy.dataset(an.data_events, fraction, generator=g)
     background = toy.background(an.data_events, generator=g) if an.search_method == "idealised" else None
     hunt = bump_hunt(data, toy.window, method=an.search_method, background=background, selection_efficiency=an.selection_efficiency,
-                     training=training.options(), seed=cfg.observed.seed)
+                     training=training.options(), background_flow=flow, seed=cfg.observed.seed)
     doc["bump_hunt"] = hunt.to_dict()
     doc["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=float))

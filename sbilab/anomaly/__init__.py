@@ -10,6 +10,7 @@ Built from the core: classifiers are :class:`~sbilab.estimators.Classifier` s tr
 * :mod:`~sbilab.anomaly.sculpting` — mass sculpting (Jensen–Shannon divergence);
 * :mod:`~sbilab.anomaly.regions`, :mod:`~sbilab.anomaly.weak` — mass windows; CWoLa, CATHODE,
   idealised and supervised training data;
+* :mod:`~sbilab.anomaly.cathode` — CATHODE's background flow q(x | m) trained in the sidebands;
 * :mod:`~sbilab.anomaly.background` — sideband fit or ABCD after the anomaly cut, pyhf significance;
 * :mod:`~sbilab.anomaly.search` — the bump hunt: train on one half, cut, estimate, test;
 * :mod:`~sbilab.anomaly.studies` — the DisCo λ scan and the SIC study of the exact toys;
@@ -19,6 +20,7 @@ Built from the core: classifiers are :class:`~sbilab.estimators.Classifier` s tr
 from ..estimators.decorrelation import ClassifierPair, disco_loss, distance_correlation, double_disco_loss
 from .abcd import REGIONS, AbcdCounts, AbcdEstimate, abcd_counts, abcd_estimate, abcd_regions, threshold_at_efficiency
 from .abcd_model import AbcdCountingModel, AbcdFit, AbcdInference, abcd_bounds, abcd_inference, abcd_workspace
+from .cathode import BackgroundFlow, FlowBackground, fit_background_model
 from .background import SidebandFit, Significance, abcd_after_cut, excess_significance, sideband_fit
 from .references import (
     AbcdProbabilities,
@@ -54,7 +56,7 @@ __all__ = [
     "sic_curve", "SicCurve", "rejection_at", "js_divergence", "js_divergence_floor", "mass_sculpting",
     # weak supervision
     "MassWindow", "BackgroundModel", "cwola_training_data", "idealised_training_data", "supervised_training_data",
-    "cathode_training_data", "sideband_events", "labelled_events", "train_classifier", "classifier_score",
+    "cathode_training_data", "sideband_events", "BackgroundFlow", "FlowBackground", "fit_background_model", "labelled_events", "train_classifier", "classifier_score",
     # background after the cut
     "sideband_fit", "SidebandFit", "excess_significance", "Significance", "abcd_after_cut",
     # the search and the studies of the toys

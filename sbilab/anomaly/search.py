@@ -1,8 +1,8 @@
 r"""A weakly supervised bump hunt: anomaly classifier, cut, background estimate in the signal region, significance.
 
 :func:`bump_hunt` splits the data in two halves by a seeded permutation; a classifier
-(CWoLa: SR against sidebands; idealised: SR against a simulated background sample; or any
-labelled training set from the caller) is trained on one half and scores the other, so no event is
+(CWoLa: SR against sidebands; CATHODE: SR against samples of a flow q(x | m) trained in the
+training half's sidebands; idealised: SR against a simulated background sample) is trained on one half and scores the other, so no event is
 judged by a classifier that saw it. The cut keeps a fraction ``selection_efficiency`` of the
 signal-region events of the scored half. The background under the passing SR events is estimated
 (i) by the exponential sideband fit of the passing events' masses and (ii) by ABCD with (score,
@@ -26,7 +26,8 @@ from .abcd import AbcdEstimate, threshold_at_efficiency
 from .background import SidebandFit, Significance, abcd_after_cut, excess_significance, sideband_fit
 from .regions import MassWindow
 from .training import classifier_score, train_classifier
-from .weak import cwola_training_data, idealised_training_data
+from .cathode import BackgroundFlow, fit_background_model
+from .weak import cathode_training_data, cwola_training_data, idealised_training_data, sideband_events
 
 __all__ = ["BumpHunt", "bump_hunt"]
 
@@ -60,26 +61,31 @@ class BumpHunt(NestedResult):
     mass_passing: tuple[float, ...]
 
 
-def bump_hunt(data: Events, window: MassWindow, *, method: Literal["cwola", "idealised"] = "cwola", background: Events | None = None,
-              selection_efficiency: float = 0.01, training: dict[str, Any] | None = None, seed: int = 0, bins: int = 24) -> BumpHunt:
+def bump_hunt(data: Events, window: MassWindow, *, method: Literal["cwola", "cathode", "idealised"] = "cwola",
+              background: Events | None = None, selection_efficiency: float = 0.01, training: dict[str, Any] | None = None,
+              background_flow: BackgroundFlow | None = None, seed: int = 0, bins: int = 24) -> BumpHunt:
     r"""Train on one half, cut on the other, estimate the SR background, test the excess (see the module docstring).
 
     Args:
         data: Events with the mass as spectator; ``latent[:, 0]`` the truth if known.
         window: Signal region and sidebands (``sideband_width`` must be set).
-        method: ``"cwola"`` or ``"idealised"`` (then give ``background``, simulated background events).
+        method: ``"cwola"``, ``"cathode"`` (a background flow trained on the training half's sidebands,
+            :func:`~sbilab.anomaly.cathode.fit_background_model`) or ``"idealised"`` (then give
+            ``background``, simulated background events).
         background: Background simulation for the idealised classifier.
         selection_efficiency: Fraction of the scored half's SR events the cut keeps.
         training: Keyword options of :func:`~sbilab.anomaly.training.train_classifier`.
-        seed: Seed of the split.
+        background_flow: CATHODE's flow options (default ``BackgroundFlow(seed=seed)``).
+        seed: Seed of the split (and of CATHODE's samples).
 
     Raises:
         ConfigError: an unknown method, idealised without background, no sideband width, or an
             efficiency outside (0, 1).
         RegionError: the window lies outside the data, or a region is empty after the cut.
     """
-    if method not in ("cwola", "idealised") or (method == "idealised" and background is None):
-        raise ConfigError(f"bump_hunt: method = {method!r}; use 'cwola', or 'idealised' with background=simulated background events.")
+    if method not in ("cwola", "cathode", "idealised") or (method == "idealised" and background is None):
+        raise ConfigError(f"bump_hunt: method = {method!r}; use 'cwola', 'cathode', or 'idealised' with background=simulated "
+                          "background events.")
     if window.sideband_width is None:
         raise ConfigError("bump_hunt: the window needs a sideband_width (the sideband fit is done in two finite sidebands).")
     if not 0.0 < selection_efficiency < 1.0:
@@ -88,7 +94,13 @@ def bump_hunt(data: Events, window: MassWindow, *, method: Literal["cwola", "ide
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     half = len(data) // 2
     train_half, test_half = data[perm[:half]], data[perm[half:]]
-    train = cwola_training_data(train_half, window) if method == "cwola" else idealised_training_data(train_half, background, window)
+    if method == "cwola":
+        train = cwola_training_data(train_half, window)
+    elif method == "cathode":
+        flow = fit_background_model(sideband_events(train_half, window), background_flow or BackgroundFlow(seed=seed))
+        train = cathode_training_data(train_half, window, flow, generator=torch.Generator().manual_seed(seed + 1))
+    else:
+        train = idealised_training_data(train_half, background, window)
     model = train_classifier(train, **(training or {}))
     score = classifier_score(model, test_half.x).numpy()
     m = window.mass(test_half).double().numpy()

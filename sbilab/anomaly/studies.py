@@ -33,6 +33,7 @@ from .sculpting import js_divergence_floor, mass_sculpting
 from .sic import SicCurve, rejection_at, sic_curve
 from .toys import AnomalyToy, DecorrelationToy
 from .training import classifier_score, labelled_events, train_classifier
+from .cathode import BackgroundFlow, fit_background_model
 from .weak import cathode_training_data, cwola_training_data, idealised_training_data, sideband_events, supervised_training_data
 
 __all__ = ["Training", "DecorrelationPoint", "DecorrelationScan", "decorrelation_scan", "SicStudy", "sic_study", "METHODS"]
@@ -188,14 +189,18 @@ def sic_study(toy: AnomalyToy, signal_fractions: Sequence[float], *, methods: Se
         n_supervised: Events per class of the supervised reference.
         background_efficiency: Where the curves are compared (must lie above their floor).
         training: Classifier options (``ensemble=K`` trains K members with ``fit``).
-        background_model: ``factory(sideband_events) -> model`` with ``sample``/``log_prob`` (CATHODE).
+        background_model: ``factory(sideband_events) -> model`` with ``sample``/``log_prob`` (CATHODE);
+            default: :func:`~sbilab.anomaly.cathode.fit_background_model` with ``BackgroundFlow(seed=training.seed)``.
 
     Raises:
-        ConfigError: an unknown method, or CATHODE without a background model.
+        ConfigError: an unknown method.
     """
     unknown = sorted(set(methods) - set(METHODS))
-    if unknown or ("cathode" in methods and background_model is None):
-        raise ConfigError(f"sic_study: methods {list(methods)}: choose among {list(METHODS)}; 'cathode' needs background_model=factory.")
+    if unknown:
+        raise ConfigError(f"sic_study: methods {list(methods)}: choose among {list(METHODS)}.")
+    if background_model is None:
+        flow = BackgroundFlow(seed=training.seed, device=training.device)
+        background_model = functools.partial(fit_background_model, options=flow)
     g = torch.Generator().manual_seed(seed)
     lo, hi = toy.window.lo, toy.window.hi
     test_b = toy.background(n_test_background, generator=g, lo=lo, hi=hi)
