@@ -1,4 +1,6 @@
-"""Command line: ``sbilab run ANALYSIS``, ``sbilab info FILE``, ``sbilab export FILE --onnx`` and ``sbilab reinterpret BKG PATCHES``."""
+"""Command line: ``sbilab run ANALYSIS``, ``sbilab info FILE``, ``sbilab export FILE --onnx``,
+``sbilab reinterpret BKG PATCHES``, ``sbilab simulate SIMULATOR N --out STORE`` (fan-out into a
+store) and ``sbilab launch --nproc W TARGET`` (data-parallel training processes)."""
 
 from __future__ import annotations
 
@@ -33,8 +35,49 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="output path (default: FILE with suffix .onnx)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check on random inputs")
+    simulate = sub.add_parser("simulate", help="simulate N events in chunks on worker processes or Dask into a store")
+    simulate.add_argument("simulator", help="a registered toy (e.g. gaussian) or an importable 'package.module:attr'")
+    simulate.add_argument("n", type=int, help="number of events (per class for ratio_training_data)")
+    simulate.add_argument("--out", required=True, help="the store directory to write (e.g. run.sbistore)")
+    simulate.add_argument("--options", default="{}", help="JSON keyword options of the toy or factory")
+    simulate.add_argument("--task", default="simulate", choices=["simulate", "augment", "ratio_training_data", "score_training_data"])
+    simulate.add_argument("--theta", type=float, nargs="+", default=None, help="fixed parameter point (simulate, augment)")
+    simulate.add_argument("--chunk-size", type=int, default=10_000, help="events per chunk (one task, one commit)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--engine", default="processes", choices=["processes", "dask", "serial"])
+    simulate.add_argument("--workers", type=int, default=2, help="worker processes started here")
+    simulate.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per worker")
+    simulate.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    simulate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the scheduler")
+    simulate.add_argument("--check", default="raise", choices=["raise", "warn", "off"], help="identity checks of augmented data, per chunk")
+    simulate.add_argument("--resume", action="store_true", help="continue a store an interrupted run left")
+    simulate.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    simulate.add_argument("--no-progress", action="store_true", help="silence the progress bar")
+    launch = sub.add_parser("launch", help="run a training script or function in W data-parallel processes (like torchrun)")
+    launch.add_argument("target", help="a script path.py, or 'package.module:function'")
+    launch.add_argument("args", nargs="*", help="arguments of the script (sys.argv) or function (strings)")
+    launch.add_argument("--nproc", type=int, default=2, help="number of processes (default 2)")
+    launch.add_argument("--timeout", type=float, default=86400.0, help="seconds until every rank still running is ended")
+    launch.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per process")
     _reinterpret_parser(sub)
     return parser
+
+
+def _simulate(args: argparse.Namespace) -> dict:
+    from .distributed import simulate_to_store
+    from .exceptions import ConfigError
+
+    try:
+        options = json.loads(args.options)
+    except ValueError as err:
+        raise ConfigError(f"sbilab simulate: --options is not JSON ({err}); e.g. --options '{{\"sigma_x\": 0.5}}'.") from None
+    res = simulate_to_store(args.simulator, args.n, args.out, options=options, task=args.task, theta=args.theta,
+                            chunk_size=args.chunk_size, seed=args.seed, engine=args.engine, workers=args.workers,
+                            threads=args.threads, scheduler=args.scheduler, timeout=args.timeout, check=args.check,
+                            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    return {"store": str(res.path), "rows": res.rows, "chunks": res.chunks, "committed": res.committed, "redone": list(res.redone),
+            "seconds": round(res.seconds, 3), "worker_cpu_seconds": round(res.worker_cpu_seconds, 3), "engine": res.engine,
+            "workers": res.workers}
 
 
 def _reinterpret_parser(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +177,26 @@ def _describe(path: str) -> dict:
                 "fields": store.fields, "metadata": store.metadata}
 
 
+def _output_folder(out: str | None, name: str) -> Path:
+    """The folder ``sbilab run`` writes to (``--out``, or ``out/<name>`` confined to ``out/``), created.
+
+    Raises:
+        ConfigError: ``--out`` is an existing file, or the folder cannot be created.
+    """
+    from .analysis.config import output_folder
+    from .exceptions import ConfigError
+
+    folder = Path(out) if out else output_folder("out", name)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is an existing file; the analysis writes several files into a folder. "
+                          "Give a folder path (new or existing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {folder} ({err.strerror or err}); give a writable --out folder.") from None
+    return folder
+
+
 def _export(args: argparse.Namespace) -> dict:
     from . import estimators  # noqa: F401 - registers the estimator kinds publish.load rebuilds
     from .io.onnx import export_onnx, verify_onnx
@@ -156,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .analysis import load_config, run_analysis
 
             config = load_config(args.analysis)
-            out = Path(args.out) if args.out else Path("out") / config.name
+            out = _output_folder(args.out, config.name)
             summary = run_analysis(config, out=out, quick=args.quick, device=args.device, progress=not args.no_progress)
             print(summary)
             return 0
@@ -165,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "export":
             print(json.dumps(_export(args), indent=2, sort_keys=True))
+            return 0
+        if args.command == "simulate":
+            print(json.dumps(_simulate(args), indent=2, sort_keys=True))
+            return 0
+        if args.command == "launch":
+            from .distributed import launch
+
+            launch(args.target, args.nproc, args=args.args, timeout=args.timeout, threads=args.threads)
             return 0
         if args.command == "reinterpret":
             summary = _reinterpret(args)

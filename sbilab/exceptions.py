@@ -25,6 +25,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "InsufficientEventsError",
     "FileFormatError",
     "ExportError",
     "OverestimateError",
@@ -33,8 +34,13 @@ __all__ = [
     "IntegrandError",
     "RegionError",
     "IdentityCheckError",
+    "DistributedError",
+    "WorkerError",
+    "SchedulerTimeoutError",
     "SbilabWarning",
     "IdentityCheckWarning",
+    "ExtrapolationWarning",
+    "OneSidedIntervalWarning",
 ]
 
 
@@ -98,6 +104,9 @@ class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
 
 
+class InsufficientEventsError(SbilabError, ValueError):
+    """Too few events for the statistical precision a test needs (e.g. a two-sample AUC whose
+    error would exceed the requested resolution); the message says how many are needed."""
 class FileFormatError(StoreError, ValueError):
     """An external file (LHE, ROOT, ONNX) is truncated, malformed, or lacks what was asked of it
     (an unknown weighting strategy, a branch that does not exist)."""
@@ -134,6 +143,26 @@ class IdentityCheckError(SbilabError, ValueError):
     means ``joint_log_prob`` misses a θ-dependent term such as an acceptance."""
 
 
+class DistributedError(SbilabError, RuntimeError):
+    """A run spread over processes or machines failed (see the subclasses); what was committed is kept."""
+
+
+class WorkerError(DistributedError):
+    """A worker process raised, died more often than allowed, or did not finish in time.
+
+    Attributes:
+        chunk: Index of the simulation chunk (fan-out) or ``None``.
+        rank: Rank of the training process (data-parallel launch) or ``None``.
+    """
+
+    chunk: int | None = None
+    rank: int | None = None
+
+
+class SchedulerTimeoutError(DistributedError, TimeoutError):
+    """A Dask scheduler address did not answer within the timeout."""
+
+
 class SbilabWarning(UserWarning):
     """Base class of the warnings sbilab issues about results that may be wrong (they are still returned)."""
 
@@ -141,3 +170,13 @@ class SbilabWarning(UserWarning):
 class IdentityCheckWarning(SbilabWarning):
     """An identity check failed (augmented data, or the normalisation of a learned ratio,
     :func:`sbilab.stats.ratio_normalisation`) and the caller asked for a warning instead of an error."""
+
+
+class ExtrapolationWarning(SbilabWarning):
+    """A learned estimator was evaluated on inputs outside the range of its training data
+    (see :mod:`sbilab.estimators.support`); its output there is an unconstrained extrapolation."""
+
+
+class OneSidedIntervalWarning(SbilabWarning):
+    """A profile-likelihood interval runs into a bound of the parameter range: one end is the
+    bound, not a crossing, so the interval is one-sided (quote a limit, or widen the range)."""

@@ -24,7 +24,8 @@ import pyhf
 
 from ..exceptions import FitError, WorkspaceError
 from . import asymptotic
-from .histfactory import Channel, Sample, apply_patch, build_workspace, load_workspace, numpy_minuit, pyhf_backend, pyhf_errors, to_json
+from .histfactory import (Channel, Sample, apply_patch, build_workspace, check_observations, load_workspace, numpy_minuit, pyhf_backend,
+                          pyhf_errors, to_json)
 from .results import HypotestResult, UpperLimitResult
 
 __all__ = [
@@ -83,6 +84,7 @@ class PyhfModel:
                 self.model = workspace.model(measurement_name=measurement, validate=validate)
             except pyhf.exceptions.InvalidMeasurement as err:
                 raise WorkspaceError(f"measurement {measurement!r} not found: {err}") from err
+            check_observations(workspace, self.model)
             self.observed = np.asarray(workspace.data(self.model), dtype=float)
         config = self.model.config
         self.poi_index = int(config.poi_index)
@@ -111,9 +113,24 @@ class PyhfModel:
         config = self.model.config
         return {name: np.asarray(values, dtype=float)[config.par_slice(name)].tolist() for name in self.names}
 
+    def _data(self, data: Any) -> np.ndarray:
+        """``data`` as float64 ``(B + A,)``, or WorkspaceError naming the channels when its length is wrong."""
+        values = np.asarray(data, dtype=float)
+        if values.shape != self.observed.shape:
+            raise WorkspaceError(
+                f"data has shape {values.shape}; this model needs ({self.observed.size},): the main bins of channels "
+                f"{dict(self.model.config.channel_nbins)} followed by {self.model.config.nauxdata} auxiliary data."
+            )
+        return values
+
     def fit(self, data: Any, poi: float | None = None) -> tuple[float, np.ndarray, bool]:
-        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed (remembered)."""
-        key = (np.asarray(data, dtype=float).tobytes(), None if poi is None else float(poi))
+        """``(-2 log L_min, parameters, converged)`` with the POI free (``None``) or fixed (remembered).
+
+        Raises:
+            WorkspaceError: ``data`` does not have the model's length (main bins plus auxiliary data).
+        """
+        data = self._data(data)
+        key = (data.tobytes(), None if poi is None else float(poi))
         if key not in self._fits:
             self._fits[key] = self._fit(data, poi)
         twice_nll, pars, ok = self._fits[key]
@@ -157,8 +174,15 @@ class PyhfModel:
             return float(tensorlib.to_numpy(twice_nll)), np.asarray(tensorlib.to_numpy(pars), dtype=float), True
 
     def asimov(self, parameters: np.ndarray) -> np.ndarray:
-        """Expected main + auxiliary data at ``parameters``; their free fit is known exactly (the parameters)."""
+        """Expected main + auxiliary data at ``parameters`` ``(npars,)``; their free fit is known exactly (the parameters).
+
+        Raises:
+            WorkspaceError: ``parameters`` does not have one entry per model parameter.
+        """
         pars = np.asarray(parameters, dtype=float)
+        if pars.shape != (self.model.config.npars,):
+            raise WorkspaceError(f"parameters has shape {pars.shape}; this model has {self.model.config.npars} parameters "
+                                 f"{self.model.config.par_names}.")
         with self._pyhf():
             tensorlib = pyhf.tensorlib
             data = np.asarray(tensorlib.to_numpy(self.model.expected_data(tensorlib.astensor(pars))), dtype=float)

@@ -350,8 +350,13 @@ def pyhf_errors(workspace: Any) -> Iterator[None]:
 def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
     """A validated pyhf workspace from a JSON dict or a JSON file path.
 
+    Validated means: it passes pyhf's schema, pyhf builds its model (sample and modifier bin
+    counts; the POI is checked where a model is built for fits, since a background-only
+    workspace has none until patched), and every observation has as many bins as its channel.
+
     Raises:
-        WorkspaceError: the file is unreadable or the specification fails pyhf's schema.
+        WorkspaceError: the file is unreadable, the specification fails pyhf's schema, or the
+            model or observations are inconsistent (pyhf's reason with the channel and sample names).
     """
     if isinstance(spec, (str, Path)):
         try:
@@ -359,11 +364,12 @@ def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
         except (OSError, json.JSONDecodeError) as err:
             raise WorkspaceError(f"cannot read workspace JSON {str(spec)!r}: {err}") from err
     try:
-        return pyhf.Workspace(copy.deepcopy(dict(spec)))
+        workspace = pyhf.Workspace(copy.deepcopy(dict(spec)))
     except pyhf.exceptions.InvalidSpecification as err:
         raise WorkspaceError(f"workspace fails pyhf's schema validation: {err}. Fix the specification.") from err
     except (pyhf.exceptions.InvalidWorkspaceOperation, KeyError, TypeError) as err:
         raise WorkspaceError(f"workspace specification is inconsistent: {err}") from err
+    return _with_model(workspace, poi=False)
 
 
 def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
@@ -398,11 +404,26 @@ def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
     return _with_model(load_workspace(patched))
 
 
-def _with_model(workspace: pyhf.Workspace) -> pyhf.Workspace:
-    """``workspace`` after checking that pyhf can build its model (bin counts, modifiers, POI)."""
+def _with_model(workspace: pyhf.Workspace, *, poi: bool = True) -> pyhf.Workspace:
+    """``workspace`` after checking that pyhf can build its model (bin counts, modifiers, the POI if ``poi``) and that its
+    observations fit it."""
     with numpy_minuit(), pyhf_errors(workspace):
-        workspace.model()
+        model = workspace.model() if poi else workspace.model(poi_name=None)
+    check_observations(workspace, model)
     return workspace
+
+
+def check_observations(workspace: Any, model: Any) -> None:
+    """WorkspaceError unless every channel of ``model`` has an observation with one count per bin."""
+    observed = {o.get("name"): o.get("data") for o in workspace.get("observations", []) if isinstance(o, Mapping)}
+    for channel, n_bins in model.config.channel_nbins.items():
+        data = observed.get(channel)
+        if data is None or len(data) != n_bins:
+            raise WorkspaceError(
+                f"the observation of channel {channel!r} has {None if data is None else len(data)} bins but the channel has "
+                f"{n_bins} (samples {[s['name'] for c in workspace['channels'] if c['name'] == channel for s in c['samples']]}); "
+                "give one observed count per bin."
+            )
 
 
 def to_json(workspace: pyhf.Workspace, path: str | Path | None = None) -> str:
