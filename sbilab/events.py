@@ -103,7 +103,7 @@ class Events:
 
     Raises:
         InvalidEventsError: a field has the wrong dimensionality, a length different from
-            ``x``, or NaN/inf entries. The message names the field, how many rows are bad
+            ``x``, complex values, or NaN/inf entries. The message names the field, how many rows are bad
             and the first one.
         OutOfSupportError: ``space`` is given and some ``theta`` lie outside it.
 
@@ -128,6 +128,11 @@ class Events:
     def __post_init__(self) -> None:
         for name in TENSOR_FIELDS:
             value = _as_tensor(name, getattr(self, name))
+            if value is not None and value.is_complex():
+                raise InvalidEventsError(
+                    f"Events.{name} is complex ({value.dtype}); events hold real numbers and converting would drop the "
+                    f"imaginary part. Store real and imaginary parts as separate columns, or pass {name}.real if that is meant."
+                )
             if value is not None and name not in MASK_FIELDS and not value.is_floating_point():
                 value = value.to(torch.get_default_dtype())
             object.__setattr__(self, name, value)

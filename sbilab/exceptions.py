@@ -25,6 +25,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "InsufficientEventsError",
     "FileFormatError",
     "ExportError",
     "OverestimateError",
@@ -38,6 +39,8 @@ __all__ = [
     "SchedulerTimeoutError",
     "SbilabWarning",
     "IdentityCheckWarning",
+    "ExtrapolationWarning",
+    "OneSidedIntervalWarning",
 ]
 
 
@@ -101,6 +104,9 @@ class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
 
 
+class InsufficientEventsError(SbilabError, ValueError):
+    """Too few events for the statistical precision a test needs (e.g. a two-sample AUC whose
+    error would exceed the requested resolution); the message says how many are needed."""
 class FileFormatError(StoreError, ValueError):
     """An external file (LHE, ROOT, ONNX) is truncated, malformed, or lacks what was asked of it
     (an unknown weighting strategy, a branch that does not exist)."""
@@ -164,3 +170,13 @@ class SbilabWarning(UserWarning):
 class IdentityCheckWarning(SbilabWarning):
     """An identity check failed (augmented data, or the normalisation of a learned ratio,
     :func:`sbilab.stats.ratio_normalisation`) and the caller asked for a warning instead of an error."""
+
+
+class ExtrapolationWarning(SbilabWarning):
+    """A learned estimator was evaluated on inputs outside the range of its training data
+    (see :mod:`sbilab.estimators.support`); its output there is an unconstrained extrapolation."""
+
+
+class OneSidedIntervalWarning(SbilabWarning):
+    """A profile-likelihood interval runs into a bound of the parameter range: one end is the
+    bound, not a crossing, so the interval is one-sided (quote a limit, or widen the range)."""

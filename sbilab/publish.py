@@ -17,7 +17,15 @@ kind (:func:`sbilab.registry.register_publishable`; the class's module must alre
 JSON spec; then the schema version, the spec checksum, every tensor's checksum, dtype and
 shape, and the exact set of tensor names are checked before ``load_state_dict(strict=True)``.
 The checksums detect corruption and accidental edits; they are not signatures, so they do
-not authenticate the author.
+not authenticate the author. A file is therefore treated as untrusted input:
+
+* it must hold its data itself: HDF5 external links, soft links, datasets with external raw
+  storage and virtual datasets (which would pull bytes from other files on disk into a
+  model) are refused before any dataset is read;
+* the module its spec describes is first built *without memory* (every tensor larger than
+  4096 entries on torch's ``meta`` device) and its tensor shapes compared with the stored
+  ones, so a small file whose (re-hashed) spec asks for a huge network is refused before
+  anything large is allocated.
 
 Files are written to a temporary name and atomically renamed, so a failed or killed save
 never replaces a good file with a half-written one.
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -53,7 +62,16 @@ from torch import Tensor, nn
 from ._version import __version__
 from .durable import atomic_write
 from .exceptions import PublishError
-from .registry import build_module, jsonable, module_spec, publishable_kinds, register_publishable, registered_class
+from .registry import (
+    build_module,
+    jsonable,
+    module_spec,
+    publishable_kinds,
+    register_publishable,
+    registered_class,
+    state_shapes_without_memory,
+)
+from .store_format import check_self_contained
 
 __all__ = [
     "PUBLISH_SCHEMA",
@@ -158,13 +176,43 @@ def _read_header(path: Path, f: h5py.File) -> dict[str, Any]:
 
 
 def _open(path: str | os.PathLike) -> tuple[Path, h5py.File]:
+    """``path`` opened read-only, after checking that it holds all its data itself (no links to other files)."""
     path = Path(path)
     if not path.is_file():
         raise PublishError(f"{path} does not exist or is not a file.")
     try:
-        return path, h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise PublishError(f"{path} is not a readable HDF5 file (truncated, corrupt or another format): {err}") from err
+    try:
+        check_self_contained(f, path, error=PublishError)
+    except BaseException:
+        f.close()
+        raise
+    return path, f
+
+
+def _probe_shapes(path: Path, header: dict[str, Any]) -> None:
+    """Refuse a spec whose module's tensor shapes differ from the stored ones, before building it for real.
+
+    The probe build allocates only small tensors (large ones live on the meta device); a spec
+    that cannot be built that way (a module computing with its large tensors in ``__init__``)
+    is left to the real build, whose shapes are checked again.
+    """
+    listed = {name: tuple(info["shape"]) for name, info in header.get("tensors", {}).items()}
+    shapes = state_shapes_without_memory(header)
+    if shapes is None:  # not probe-able without memory: the real build checks the shapes
+        return
+    wrong = sorted(set(shapes) ^ set(listed)) or [n for n in shapes if shapes[n] != listed[n]]
+    if wrong:
+        want = sum(math.prod(s) for s in shapes.values())
+        have = sum(math.prod(s) for s in listed.values())
+        first = wrong[0]
+        raise PublishError(
+            f"{path}: its spec describes a {header.get('kind')} of {want} numbers but the file stores {have}; tensor {first!r} "
+            f"is {shapes.get(first, 'absent')} by the spec and {listed.get(first, 'absent')} in the file. The spec was altered "
+            "or does not belong to these tensors; refused before building anything."
+        )
 
 
 def _read_tensors(path: Path, f: h5py.File, header: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -234,7 +282,9 @@ def load(path: str | os.PathLike, *, expected_kind: str | None = None) -> Any:
 
     Raises:
         PublishError: the file is not a valid publication, fails a checksum, holds an
-            unknown or unexpected kind, or its tensors do not fit the module its spec builds.
+            unknown or unexpected kind, reaches outside itself (external links or storage,
+            virtual datasets), or its tensors do not fit the module its spec builds (checked
+            before the module is built).
     """
     path, f = _open(path)
     with f:
@@ -246,6 +296,7 @@ def load(path: str | os.PathLike, *, expected_kind: str | None = None) -> Any:
             raise PublishError(f"{path} holds a {kind!r}, not the expected {expected_kind!r}.")
         if registered_class(kind) is None:  # before reading any tensor, and without importing anything
             build_module(header)
+        _probe_shapes(path, header)  # before reading any tensor or allocating the module
         arrays = _read_tensors(path, f, header)
     module = build_module(header)
     own = module.state_dict()

@@ -22,11 +22,16 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.overrides import TorchFunctionMode
 
 from .exceptions import PublishError
 
-__all__ = ["register_publishable", "publishable_kinds", "registered_class", "kind_of", "module_spec", "build_module", "jsonable"]
+__all__ = ["register_publishable", "publishable_kinds", "registered_class", "kind_of", "module_spec", "build_module", "jsonable",
+           "state_shapes_without_memory"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -116,3 +121,44 @@ def build_module(entry: Mapping[str, Any]) -> Any:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of from_spec means the spec does not fit the class
         raise PublishError(f"{kind}.from_spec failed on the published spec: {type(err).__name__}: {err}") from err
+
+
+_FACTORIES: set[Callable[..., Any]] = {torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full}
+_PROBE_NUMEL = 4096  # tensors larger than this are created on the meta device while probing a spec
+
+
+class _LargeTensorsOnMeta(TorchFunctionMode):
+    """Create every tensor of more than :data:`_PROBE_NUMEL` entries (without an explicit device) on ``meta``: no memory."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get("device") is None:
+            size = args[0] if args and isinstance(args[0], (tuple, list, torch.Size)) else args
+            if func is torch.full:
+                size = args[0] if args else kwargs.get("size", ())
+            try:
+                numel = math.prod(int(n) for n in size)
+            except (TypeError, ValueError):
+                numel = 0
+            if numel > _PROBE_NUMEL:
+                kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def state_shapes_without_memory(entry: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the ``state_dict`` of the module :func:`build_module` would build from ``entry``, without allocating it.
+
+    The module is built with every tensor of more than 4096 entries on torch's ``meta``
+    device (no storage), so a spec asking for a huge network costs nothing here. Returns
+    ``None`` when the module cannot be built that way (its ``__init__`` computes with a large
+    tensor) or its spec is rejected; the caller then checks the shapes after the real build.
+    """
+    cls = registered_class(entry.get("kind") if isinstance(entry, Mapping) else None)
+    if cls is None:
+        return None  # the real build names the unknown kind
+    try:
+        with _LargeTensorsOnMeta():
+            probe = cls.from_spec(entry.get("spec"))
+        return {name: tuple(t.shape) for name, t in probe.state_dict().items()}
+    except Exception:  # noqa: BLE001 - not buildable without memory, or a bad spec: the real build reports it
+        return None

@@ -26,8 +26,11 @@ refused on read, corrupted ones by :meth:`SimulationStore.verify`.
 
 A store holds either :class:`~sbilab.events.Events` or :class:`~sbilab.paired.PairedEvents`
 (two levels of the same events, stored as datasets ``gen/x``, ``reco/x``, ..., ``pass_gen``,
-``pass_reco``, ``weights``), through the same commit mechanism. Padded sets shorter than the
-store's are padded to its length on append (mask false in the new entries).
+``pass_reco``, ``weights``), through the same commit mechanism. Padded sets (``x`` with
+``mask``, ``latent`` with ``latent_mask``) may differ in length between appends: shorter ones
+are padded to the store's length on append, a longer one raises the store's length (recorded
+with the commit that brings it), and chunks written before are padded on read (mask false in
+the new entries).
 
 A store can also be packed into a single HDF5 file (:meth:`SimulationStore.pack`) for
 sharing; :meth:`SimulationStore.open` reads both forms and streams either chunk by chunk.
@@ -67,6 +70,8 @@ from .store_format import (
     STORE_SCHEMA,
     STORE_SCHEMA_VERSION,
     acquire_lock,
+    chunk_path,
+    is_own_temporary,
     open_h5,
     read_manifest,
     read_packed_manifest,
@@ -171,9 +176,17 @@ class SimulationStore:
             text = json.dumps(manifest, indent=1)
         except (TypeError, ValueError) as err:
             raise StoreError(f"SimulationStore.create: metadata for {path} is not JSON-serialisable ({err}).") from err
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the store directory {path} ({err.strerror or err}); choose a writable location.") from err
         lock = acquire_lock(path)
-        atomic_write_text(path / MANIFEST, text, fsync=fsync)
+        try:
+            atomic_write_text(path / MANIFEST, text, fsync=fsync)
+        except OSError as err:
+            if lock is not None:
+                lock.close()
+            raise StoreError(f"cannot write {path / MANIFEST} ({err.strerror or err}); choose a writable location.") from err
         return cls(path, manifest, packed=False, lock=lock)
 
     @classmethod
@@ -198,9 +211,9 @@ class SimulationStore:
         lock = None
         if mode == "a":
             lock = acquire_lock(path)
-            listed = {c["file"] for c in chunks}
-            for orphan in path.iterdir():  # chunks and temp files of a killed writer
-                if orphan.name.startswith(("chunk-", f".{MANIFEST}.tmp")) and orphan.name not in listed:
+            listed = [c["file"] for c in chunks]
+            for orphan in path.iterdir():  # temporaries of a killed writer: only names the store writes, never listed ones
+                if orphan.is_file() and not orphan.is_symlink() and is_own_temporary(orphan.name, listed):
                     orphan.unlink()
         return cls(path, manifest, packed=False, lock=lock)
 
@@ -249,15 +262,16 @@ class SimulationStore:
         if self._manifest["fields"] and kind != self.kind:
             raise StoreError(f"{self.path} holds {self.kind!r} events; it cannot take {kind!r} events. Use another store.")
         arrays = {name: t.detach().cpu().numpy() for name, t in events.tensors().items()}
-        arrays = self._conform(arrays)
+        arrays, fields = self._conform(arrays)
         n, step = len(events), int(self._manifest["max_chunk_rows"])
         for start in range(0, n, step):
-            self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind)
+            self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind, fields)
 
-    def _conform(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _conform(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays in the store's layout and the store's fields after this append (set lengths may grow)."""
         fields = self._manifest["fields"]
         if not fields:
-            return arrays
+            return arrays, fields
         for prefix in ("", *(f"{level}/" for level in LEVELS)):  # shorter padded sets: pad to the store's length
             for field, mask in SET_FIELDS.items():
                 f, m = prefix + field, prefix + mask
@@ -266,6 +280,8 @@ class SimulationStore:
                     if a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] < longest:
                         arrays[f] = np.pad(a, ((0, 0), (0, longest - a.shape[1]), (0, 0)))
                         arrays[m] = np.pad(arrays[m], ((0, 0), (0, longest - a.shape[1])), constant_values=False)
+                    elif a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] > longest:
+                        fields = {**fields, f: {**fields[f], "shape": list(a.shape[1:])}, m: {**fields[m], "shape": [a.shape[1]]}}
         if set(arrays) != set(fields):
             missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
             raise StoreError(
@@ -287,29 +303,40 @@ class SimulationStore:
                         f"Cast the events first (e.g. events.to(dtype=torch.{dtype}))."
                     )
                 arrays[name] = a.astype(dtype)
-        return arrays
+        return arrays, fields
 
-    def _commit(self, arrays: dict[str, np.ndarray], kind: str) -> None:
+    def _commit(self, arrays: dict[str, np.ndarray], kind: str, fields: dict[str, Any]) -> None:
         index = len(self._manifest["chunks"])
         name = f"chunk-{index:06d}.h5"
         final, tmp = self.path / name, self.path / f"{name}.tmp-{os.getpid()}"
         rows = len(next(iter(arrays.values())))
-        with h5py.File(tmp, "w") as f:
-            f.attrs["sbilab_schema"] = STORE_SCHEMA
-            f.attrs["sbilab_schema_version"] = schema_version_for(kind, {k: {"shape": list(a.shape[1:])} for k, a in arrays.items()})
-            f.attrs["rows"] = rows
-            for key, a in arrays.items():
-                f.create_dataset(key, data=a, compression=self._manifest["compression"])
-        size, digest = fsync_and_hash(tmp, fsync=self._fsync)
-        os.replace(tmp, final)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["sbilab_schema"] = STORE_SCHEMA
+                f.attrs["sbilab_schema_version"] = schema_version_for(kind, {k: {"shape": list(a.shape[1:])} for k, a in arrays.items()})
+                f.attrs["rows"] = rows
+                for key, a in arrays.items():
+                    f.create_dataset(key, data=a, compression=self._manifest["compression"])
+            size, digest = fsync_and_hash(tmp, fsync=self._fsync)
+            os.replace(tmp, final)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write a chunk to {self.path} ({err.strerror or err}); the directory must be writable with "
+                             "free space. Nothing was committed: the store still holds its previous rows.") from err
         manifest = dict(self._manifest)
         if not manifest["fields"]:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
             manifest["kind"] = kind
             manifest["schema_version"] = schema_version_for(kind, manifest["fields"])
+        elif fields:
+            manifest["fields"] = fields  # padded sets may have grown
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
-        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        try:
+            atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1), fsync=self._fsync)  # the commit point
+        except OSError as err:
+            raise StoreError(f"cannot write {self.path / MANIFEST} ({err.strerror or err}); the chunk was not committed. "
+                             "Make the store directory writable and append again.") from err
         self._manifest = manifest
         self._segments.append((final, 0, rows, size))
 
@@ -340,7 +367,7 @@ class SimulationStore:
         if self._packed:
             n = len(self)
             return [(self.path, s, min(SEGMENT_ROWS, n - s), None) for s in range(0, n, SEGMENT_ROWS)]
-        return [(self.path / c["file"], 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
+        return [(chunk_path(self.path, c["file"]), 0, int(c["rows"]), int(c["bytes"])) for c in self._manifest["chunks"]]
 
     def _file(self, path: Path, expected_bytes: int | None, rows: int) -> h5py.File:
         if self._handle is not None and self._handle[0] == path:
@@ -366,10 +393,16 @@ class SimulationStore:
         path, offset, rows, nbytes = self._segments[k]
         hi = rows if hi is None else hi
         f = self._file(path, nbytes, rows)
+        fields = self._manifest["fields"]
         try:
-            return {name: f[name][offset + lo:offset + hi] for name in self._manifest["fields"]}
+            arrays = {name: f[name][offset + lo:offset + hi] for name in fields}
         except (KeyError, OSError) as err:
             raise StoreError(f"{path}: cannot read rows {offset + lo}..{offset + hi} ({err}); the file is corrupt.") from err
+        for name, a in arrays.items():  # chunks written before a longer set was appended
+            short = fields[name]["shape"][0] - a.shape[1] if a.ndim > 1 and fields[name]["shape"] else 0
+            if short > 0:
+                arrays[name] = np.pad(a, ((0, 0), (0, short)) + ((0, 0),) * (a.ndim - 2))
+        return arrays
 
     def _events(self, arrays: dict[str, np.ndarray]) -> Events | PairedEvents:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
@@ -433,7 +466,7 @@ class SimulationStore:
         if self._packed:
             return verify_packed(self.path, self._manifest["fields"], len(self))
         for c in tqdm(self._manifest["chunks"], desc="verify", disable=not progress):
-            path = self.path / c["file"]
+            path = chunk_path(self.path, c["file"])
             if not path.is_file():
                 raise StoreError(f"{path} is missing: the manifest lists it as a committed chunk.")
             size, digest = fsync_and_hash(path, fsync=False)
@@ -453,5 +486,8 @@ class SimulationStore:
             raise StoreError(f"{self.path} is empty; nothing to pack.")
         manifest = {k: v for k, v in self._manifest.items() if k != "chunks"}
         segments = (self._read_segment(k) for k in tqdm(range(len(self._segments)), desc="pack", disable=not progress))
-        write_packed(path, manifest, segments)
+        try:
+            write_packed(path, manifest, segments)
+        except OSError as err:
+            raise StoreError(f"cannot write the packed store {path} ({err.strerror or err}); choose a writable location.") from err
         return path

@@ -15,12 +15,19 @@ key: it means ``"events"``); 2 adds paired events, ``spectator``, 3-D ``latent``
 ``latent_mask``. A store records the lowest version that describes its content
 (:func:`schema_version_for`), so an older sbilab still reads every store it can understand and
 refuses the others with a message to upgrade.
+
+Stores are untrusted input when shared. Every file is opened through :func:`open_h5`, which
+refuses HDF5 objects that reach outside the file (external and soft links, external raw
+storage, virtual datasets) before any dataset is read (:func:`check_self_contained`), and a
+manifest may list only chunk files that lie directly in the store directory
+(:func:`chunk_path`): no ``../``, no absolute paths, no symbolic links leading elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +43,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["STORE_SCHEMA", "STORE_SCHEMA_VERSION", "MANIFEST", "LOCK", "SEGMENT_ROWS", "KINDS", "check_schema", "schema_version_for", "open_h5",
-           "acquire_lock", "read_manifest", "read_packed_manifest", "verify_packed", "write_packed"]
+           "acquire_lock", "read_manifest", "read_packed_manifest", "verify_packed", "write_packed", "check_self_contained",
+           "chunk_path", "CHUNK_NAME", "is_own_temporary"]
 
 STORE_SCHEMA = "sbilab.store"
 STORE_SCHEMA_VERSION = 2  # the newest version this sbilab reads and writes
@@ -45,6 +53,10 @@ _V1_FIELDS = {"x", "theta", "log_r_joint", "score_joint", "weights", "label", "l
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 SEGMENT_ROWS = 65536  # rows per streamed segment of a packed single-file store
+CHUNK_NAME = re.compile(r"chunk-\d{6,}\.h5")
+"""Names of committed chunk files (``chunk-000000.h5``, ...)."""
+_TEMPORARY = re.compile(r"(chunk-\d{6,}\.h5\.tmp-\d+|\.manifest\.json\.tmp-\d+-[0-9a-f]{8})")
+_MAX_DEPTH = 32  # deepest group nesting walked by check_self_contained
 
 
 def check_schema(where: Path, schema: Any, version: Any) -> None:
@@ -71,19 +83,91 @@ def schema_version_for(kind: str, fields: dict[str, Any]) -> int:
     return 1
 
 
+def check_self_contained(f: h5py.Group, where: Any, *, error: type[Exception] = StoreError) -> None:
+    """Raise ``error`` unless every object of ``f`` lives in the file itself.
+
+    Walks the hard-linked groups (nothing is read but the file's structure) and refuses
+    external links and soft links, datasets with external raw storage, and virtual datasets:
+    each could make a reader pull bytes from another file on disk.
+    """
+    stack: list[tuple[str, h5py.Group, int]] = [("/", f, 0)]
+    while stack:
+        prefix, group, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise error(f"{where}: groups nest deeper than {_MAX_DEPTH} levels at {prefix}; not a file sbilab writes.")
+        for key in group:
+            name, link = prefix + key, group.get(key, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                target = f" to {link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else ""
+                raise error(f"{where}: {name} is an HDF5 {type(link).__name__}{target}; sbilab files hold all their data "
+                            "themselves, so this file is refused before anything is read.")
+            obj = group.get(key)
+            if isinstance(obj, h5py.Group):
+                stack.append((name + "/", obj, depth + 1))
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise error(f"{where}: dataset {name} is a virtual dataset (mapped from other files); sbilab files hold "
+                                "all their data themselves, so this file is refused before anything is read.")
+                if obj.id.get_create_plist().get_external_count():
+                    raise error(f"{where}: dataset {name} keeps its bytes in external files {obj.external}; sbilab files hold "
+                                "all their data themselves, so this file is refused before anything is read.")
+
+
 def open_h5(path: Path) -> h5py.File:
-    """``path`` opened read-only, or a StoreError naming it when it is not readable HDF5."""
+    """``path`` opened read-only after :func:`check_self_contained`, or a StoreError naming it."""
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise StoreError(f"{path} cannot be read as HDF5: the file is truncated, corrupt or not HDF5 ({err}).") from err
+    try:
+        check_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def chunk_path(store: Path, name: Any) -> Path:
+    """The chunk file ``name`` listed in the manifest of ``store``, which must lie directly in the store directory.
+
+    Raises:
+        StoreError: ``name`` is not a chunk file name (``chunk-000000.h5``: no folders, no ``..``,
+            not absolute), or is a symbolic link leading out of the store.
+    """
+    if not isinstance(name, str) or not CHUNK_NAME.fullmatch(name):
+        raise StoreError(f"{store / MANIFEST} lists the chunk {name!r}; chunks are files chunk-NNNNNN.h5 directly in the store "
+                         "directory (no folders, '..' or absolute paths). The manifest was altered; refusing it.")
+    path = store / name
+    if path.is_symlink() and path.resolve().parent != store.resolve():
+        raise StoreError(f"{path} is a symbolic link to {path.resolve()}, outside the store; refusing to read it.")
+    return path
+
+
+def is_own_temporary(name: str, listed: Iterable[str]) -> bool:
+    """Whether the file ``name`` in a store directory is a leftover of a killed writer of this store.
+
+    Only names the store itself writes qualify, and never a chunk its manifest lists: temporary
+    files (``chunk-NNNNNN.h5.tmp-PID``, ``.manifest.json.tmp-PID-HEX``) and a chunk renamed into
+    place whose manifest commit never happened (``chunk-NNNNNN.h5`` numbered at or beyond the
+    manifest's chunk count). Anything else — a user's ``chunk-notes.txt`` — is left alone.
+    """
+    listed = set(listed)
+    if name in listed:
+        return False
+    if _TEMPORARY.fullmatch(name):
+        return True
+    return bool(CHUNK_NAME.fullmatch(name)) and int(name[6:-3]) >= len(listed)
 
 
 def acquire_lock(path: Path) -> Any:
     """Take the exclusive writer lock of the store directory ``path`` (an open file), or raise StoreError."""
     if fcntl is None:  # pragma: no cover
         return None
-    fh = open(path / LOCK, "a")
+    try:
+        fh = open(path / LOCK, "a")
+    except OSError as err:
+        raise StoreError(f"cannot write to the store directory {path} ({err.strerror or err}); open it read-only with "
+                         "SimulationStore.open(path) to read it, or make the folder writable (or copy the store) to add to it.") from err
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -109,6 +193,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise StoreError(f"{manifest_path} is corrupt: it lacks the keys {missing}.")
     if sum(int(c["rows"]) for c in manifest["chunks"]) != manifest["rows"]:
         raise StoreError(f"{manifest_path} is inconsistent: its chunks hold a different number of rows than it records.")
+    for c in manifest["chunks"]:
+        chunk_path(path, c.get("file") if isinstance(c, dict) else c)
     return manifest
 
 

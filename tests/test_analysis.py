@@ -61,6 +61,40 @@ def test_gaussian_measurement_matches_exact_likelihood(tmp_path):
     assert abs(r["best"] - r["exact_best"]) < 0.05
     assert r["width_ratio"] == pytest.approx(1.0, abs=0.1)
     assert (tmp_path / "out" / "estimator.h5").is_file() and (tmp_path / "out" / "results.h5").is_file()
+    # the fits' honesty is recorded: the learned estimator's support was checked, the exact callable's could not be
+    quality = doc["fit_quality"]
+    assert quality["learned"]["outside_support"] is not None and 0.0 <= quality["learned"]["outside_support"] <= 0.01
+    assert quality["exact"] == {"valid": True, "reason": "", "at_bound": [], "outside_support": None,
+                                "notes": quality["exact"]["notes"]} and "unavailable" in quality["exact"]["notes"][0]
+    assert quality["learned"]["valid"] == doc["fit_valid"]["learned"] and ("FIT NOT VALID" in summary) != quality["learned"]["valid"]
+
+
+def test_fit_max_outside_is_read_and_survives_the_quick_version(tmp_path):
+    text = GAUSSIAN.replace("scan_points = 7", "scan_points = 7\nmax_outside = 0.05")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.fit.max_outside == 0.05 and cfg.quick_version().fit.max_outside == 0.05
+    assert load_config(write(tmp_path, GAUSSIAN)).quick_version().fit.max_outside == 0.0  # the default: no event outside
+    with pytest.raises(ConfigError, match=r"max_outside = -0\.1 must be >= 0"):
+        load_config(write(tmp_path, text.replace("0.05", "-0.1")))
+
+
+def test_fit_quality_records_and_banners_a_fit_at_a_bound():
+    """A fit whose optimum lies beyond the range is recorded not valid, with its reason, and bannered in the summary."""
+    import torch
+
+    from sbilab import Events
+    from sbilab.analysis.estimation import fit_lines, fit_quality
+    from sbilab.simulators import GaussianLatent
+    from sbilab.stats import UnbinnedLikelihood
+
+    sim = GaussianLatent()
+    exact = lambda x, t: sim.log_prob(x, t) - sim.log_prob(x, sim.space.reference)  # noqa: E731
+    x = torch.full((50, 1), 9.0, dtype=torch.float64)  # the likelihood peaks at theta = 9, beyond the upper bound
+    record = fit_quality(UnbinnedLikelihood(exact, Events.observed(x), sim.space).fit())
+    assert record["valid"] is False and record["at_bound"] == ["theta"] and "upper bound" in record["reason"]
+    assert json.loads(json.dumps(record)) == record  # JSON as it stands (no NaN)
+    (line,) = fit_lines({"learned": record, "exact": {**record, "valid": True}})
+    assert line.startswith("!!! FIT NOT VALID") and "learned fit:" in line and record["reason"] in line
 
 
 def test_config_errors_name_file_and_key(tmp_path):
@@ -78,11 +112,11 @@ def test_config_errors_name_file_and_key(tmp_path):
     write(tmp_path, GAUSSIAN.replace('toy = "gaussian"', 'toy = "gauss"'))
     with pytest.raises(ConfigError, match=r"\[simulator\] toy = 'gauss'; choose one of \[('\w+', )*'gaussian', ('\w+', )*'resonance'"):
         load_config(folder)
-    write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))
+    write(tmp_path, GAUSSIAN.replace("sigma_x = 1.0", "sigma_y = 1.0"))  # refused at load, before anything runs
+    with pytest.raises(ConfigError, match=r"\[simulator\] options \['sigma_y', 'sigma_z'\] do not fit the 'gaussian' toy .* its options are"):
+        load_config(folder)
     from sbilab.analysis import build_simulator
 
-    with pytest.raises(ConfigError, match=r"\[simulator\]: options .* do not fit the 'gaussian' toy"):
-        build_simulator(load_config(folder))
     write(tmp_path, GAUSSIAN.replace("epochs = 20", "epoch = 20"))
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]"):
         load_config(folder)
@@ -90,11 +124,8 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_config(folder)
     write(tmp_path, GAUSSIAN.replace("theta = 0.4", "mu = 0.4"))
-    from sbilab.analysis.estimation import truth_point
-
-    cfg = load_config(folder)
-    with pytest.raises(ConfigError, match=r"\['mu'\] but the 'gaussian' toy has parameters \['theta'\]"):
-        truth_point(cfg, build_simulator(cfg))
+    with pytest.raises(ConfigError, match=r"\[truth\] gives \['mu'\] but the 'gaussian' toy has parameters \['theta'\]"):
+        load_config(folder)  # at load, before anything runs
 
 
 def test_cli_reports_config_errors_with_exit_code(tmp_path, capsys):
@@ -185,3 +216,30 @@ def test_learned_log_ratio_reduces_ensembles_with_ensemble_mean():
     with torch.no_grad():
         mixture = lambda t: torch.logsumexp(flows(x, t), 0) - math.log(2)  # noqa: E731
         torch.testing.assert_close(fn(x, theta), mixture(theta) - mixture(ref), rtol=0, atol=1e-6)
+
+
+def test_output_folders_stay_in_the_output_root(tmp_path, capsys, monkeypatch):
+    """name = "../../x" wrote outside out/; --out at an existing file was a traceback."""
+    from sbilab.analysis.config import output_folder
+
+    for name in ("../../x", "/tmp/x", "a/b", ".."):
+        write(tmp_path, GAUSSIAN.replace('name = "gauss"', f'name = "{name}"'))
+        with pytest.raises(ConfigError, match=r"\[analysis\] name = .*one folder name"):
+            load_config(tmp_path / "analysis")
+    write(tmp_path, GAUSSIAN.replace('name = "gauss"', 'name = "gauss"\nnmae = "typo"'))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nmae'\] in \[analysis\]"):
+        load_config(tmp_path / "analysis")
+    write(tmp_path, GAUSSIAN.replace('name = "gauss"\n', ""))
+    assert load_config(tmp_path / "analysis").name == "analysis"  # default: the folder's name
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "escape").symlink_to(tmp_path)
+    assert output_folder(root, "gauss") == root / "gauss"
+    with pytest.raises(ConfigError, match=r"resolves to .*outside"):
+        output_folder(root, "escape")
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    write(tmp_path, GAUSSIAN)
+    assert main(["run", str(tmp_path / "analysis"), "--out", str(existing), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is an existing file" in err and "Traceback" not in err and existing.read_text() == "keep me"

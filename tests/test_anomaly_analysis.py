@@ -77,9 +77,8 @@ def test_configuration_errors_are_named(tmp_path, change, message):
 
 
 def test_bad_toy_options_and_truth_are_refused(tmp_path):
-    cfg = _config(tmp_path, SHIPPED.replace("noise_features = 4", "noise_feature = 4"))
-    with pytest.raises(ConfigError, match="do not fit the anomaly toy"):
-        run_analysis(cfg, out=tmp_path / "out", quick=True, progress=False)
+    with pytest.raises(ConfigError, match="do not fit the 'anomaly' toy"):  # refused at load (issue 11)
+        _config(tmp_path, SHIPPED.replace("noise_features = 4", "noise_feature = 4"))
     cfg = _config(tmp_path, SHIPPED.replace("signal_fraction = 0.01", "mu = 1.0"))
     with pytest.raises(ConfigError, match="signal_fraction"):
         run_analysis(cfg, out=tmp_path / "out", quick=True, progress=False)

@@ -33,10 +33,12 @@ PUBLIC = {
     },
     "sbilab.unfolding": {
         "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
-        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
+        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "ToyData",
         "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
         "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
-        "UnfoldedResult", "HistogramBand", "read_pandas_table",
+        "UnfoldedResult", "HistogramBand", "read_pandas_table", "weighted_moments", "distances_to_truth", "omnifold",
+        "OmniFoldSettings", "OmniFoldResult", "ClassifierSettings", "StepDiagnostics", "Replicas", "ReplicaLayout",
+        "generative_unfold", "GenerativeSettings", "GenerativeResult",
     },
     "sbilab.io": {
         "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",
@@ -49,7 +51,23 @@ PUBLIC = {
         "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
         "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
-        "IntegrationNoise", "integration_noise",
+        "IntegrationNoise", "integration_noise", "CoverageCheck", "CoverageWarning", "check_coverage", "FlowProposal", "Anchor",
+        "fit_proposal", "fit_sampler", "RemappedChannels", "fit_channel_flows", "PROPOSAL_TRAINING", "SAMPLER_TRAINING", "LearnedTransfer", "LearnedAcceptance", "AcceptedProcess",
+        "detector_pairs", "fit_transfer", "fit_acceptance", "TRANSFER_TRAINING", "ACCEPTANCE_TRAINING",
+    },
+    "sbilab.surrogates": {
+        "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
+        "paired_arrays", "to_paired_events", "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
+        "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
+        "train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning",
+        "AucResult", "HistogramComparison", "ValidationReport", "auc_error_estimate", "two_sample_auc", "compare_histograms",
+        "compare_moments", "validate", "LikelihoodModel", "InferenceComparison", "compare_inference",
+        "AmplificationResult", "histogram_amplification", "mean_amplification",
+    },
+    "sbilab.reinterpret": {
+        "SignalPatch", "PatchCollection", "read_patches", "read_background", "patched_workspace", "to_patchset", "ScanSettings",
+        "evaluate_patch", "poi_modifier_check", "scan_patches", "ScanJournal", "PatchResult", "ScanResult", "ExclusionContours",
+        "exclusion_contours", "significance", "INTERPOLATION", "plot_exclusion", "signal_patch", "add_signal", "poi_upper_bound",
     },
 }
 
@@ -88,3 +106,16 @@ def test_no_pickle_in_library_code():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+def test_no_public_name_means_two_things():
+    """A user-facing name exported from two places must be the same object (else rename one)."""
+    import pkgutil
+
+    seen: dict[str, dict[str, object]] = {}
+    for info in pkgutil.walk_packages(sbilab.__path__, "sbilab."):
+        mod = importlib.import_module(info.name)
+        for name in getattr(mod, "__all__", ()):
+            seen.setdefault(name, {})[info.name] = getattr(mod, name)
+    clashes = {name: sorted(where) for name, where in seen.items() if len({id(v) for v in where.values()}) > 1}
+    assert not clashes, f"one name, different objects: {clashes}"

@@ -51,3 +51,25 @@ def test_grid_finds_disjoint_regions_and_bounds():
     assert inside.lo_at_bound and inside.hi_at_bound and (inside.lo, inside.hi) == (1.02, 1.08)
     with pytest.raises(FitError, match="unknown parameter 'mass'"):
         profile_intervals(nll, "mass")
+
+
+def test_interval_of_an_optimum_at_a_bound_is_one_sided_and_takes_few_fits():
+    """The old code stepped by HESSE's 4e-8 error at the bound and took 5+ minutes; now a bounded number of fits."""
+    from sbilab.exceptions import OneSidedIntervalWarning
+
+    x = 4.0 + torch.randn(100, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # N(theta, 1), mean ~ 4 > bound 2
+    nll = gaussian_nll(x)
+    calls = []
+    fit = nll.fit
+    nll.fit = lambda *a, **k: calls.append(1) or fit(*a, **k)
+    best = nll.fit()
+    assert not best.valid and best.at_bound == ("theta",)
+    with pytest.warns(OneSidedIntervalWarning, match=r"runs into the upper bound of its range: it is one-sided"):
+        lo, hi = nll.interval("theta", best=best)
+    # -2 Delta log L = n [(theta - xbar)^2 - (2 - xbar)^2] crosses 1 at xbar - sqrt((2 - xbar)^2 + 1/n)
+    xbar, n = float(x.mean()), 100
+    assert lo == pytest.approx(xbar - math.sqrt((2 - xbar) ** 2 + 1 / n), abs=1e-6) and hi == 2.0
+    assert len(calls) < 40
+    _, (iv,) = profile_intervals(nll, "theta", [0.95], best=best)
+    assert iv.hi_at_bound and not iv.lo_at_bound and iv.hi == 2.0
+    assert iv.lo == pytest.approx(xbar - math.sqrt((2 - xbar) ** 2 + chi2.ppf(0.95, 1) / n), abs=1e-6)

@@ -144,7 +144,7 @@ def test_tampered_spec_is_refused(tmp_path: Path) -> None:
 def test_resigned_spec_that_does_not_fit_the_tensors(tmp_path: Path) -> None:
     path = save(tmp_path / "net.h5", trained_toy())
     rewrite_spec(path, lambda h: h["spec"].update(hidden=8))
-    with pytest.raises(PublishError, match=r"tensor 'net\.0\.bias' has shape \(7,\), the tests\.ToyNet expects \(8,\)"):
+    with pytest.raises(PublishError, match=r"ToyNet of 44 numbers but the file stores 39; tensor 'net\.0\.weight' is \(8, 3\) by the spec and \(7, 3\) in the file"):
         load(path)
     path = save(tmp_path / "net2.h5", trained_toy())
     with h5py.File(path, "r+") as f:
@@ -152,7 +152,7 @@ def test_resigned_spec_that_does_not_fit_the_tensors(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match=r"\['shift'\] listed in the spec are missing"):
         load(path)
     rewrite_spec(path, lambda h: h["tensors"].pop("shift"))
-    with pytest.raises(PublishError, match=r"missing \['shift'\], unexpected \[\]"):
+    with pytest.raises(PublishError, match=r"tensor 'shift' is \(3,\) by the spec and absent in the file"):
         load(path)
 
 
@@ -290,3 +290,58 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------------------- files stay in their folder (issue 11)
+sys.path.insert(0, str(Path(__file__).parent))
+from _hdf5_attacks import KINDS, point_outside  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_objects_reaching_outside_the_file_are_refused_before_reading(kind: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same values, same checksums, but the bytes come from another file: the old code loaded it."""
+    net = trained_toy()
+    path = save(tmp_path / "net.h5", net)
+    point_outside(path, "tensors/net.0.weight", kind, tmp_path / "elsewhere.bin")
+
+    def no_read(self, *args):
+        raise AssertionError("a dataset was read before the file was refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(h5py.Dataset, "__getitem__", no_read)
+        with pytest.raises(PublishError, match=r"net\.h5: (dataset )?/tensors/net\.0\.weight (is an HDF5 (External|Soft)Link|keeps its bytes in external files|is a virtual dataset)"):
+            load(path)
+        with pytest.raises(PublishError, match="refused before anything is read"):
+            inspect(path)
+    res = save_results(tmp_path / "res.h5", {"w": np.arange(4.0)}, {"k": 1})
+    point_outside(res, "tensors/w", kind, tmp_path / "elsewhere2.bin")
+    with pytest.raises(PublishError, match="refused before anything is read"):
+        load_results(res)
+
+
+def test_rehashed_spec_asking_for_a_huge_network_is_refused_before_allocation(tmp_path: Path) -> None:
+    """A 12 kB file whose re-hashed spec says hidden=[6000, 6000]: the old code built the 144 MB network first."""
+    from torch.overrides import TorchFunctionMode
+
+    from sbilab import RatioEstimator
+    from sbilab.simulators import GaussianLatent
+
+    sim = GaussianLatent()
+    path = save(tmp_path / "small.h5", RatioEstimator(sim.space, 1, hidden=(16, 16)))
+    rewrite_spec(path, lambda h: h["spec"].update(hidden=[6000, 6000]))
+    assert path.stat().st_size < 20_000
+
+    class LargestAllocation(TorchFunctionMode):
+        largest = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.device.type != "meta":
+                LargestAllocation.largest = max(LargestAllocation.largest, out.numel())
+            return out
+
+    with LargestAllocation(), pytest.raises(PublishError, match=r"describes a RatioEstimator of 36\d{6} numbers but the file stores \d{3}; "
+                                                                  r"tensor 'net\.mlp\.0\.weight' is \(6000, 2\).*refused before building"):
+        load(path)
+    assert LargestAllocation.largest < 10_000  # nothing of the size the spec asks for was allocated

@@ -306,17 +306,17 @@ def test_new_event_fields_round_trip_with_schema_version(tmp_path: Path) -> None
 
 
 def test_paired_events_round_trip_pack_and_refusals(tmp_path: Path) -> None:
-    parts = [paired_events(30, 0), paired_events(25, 1, m=3)]  # the second has shorter sets: padded on append
+    # the second has shorter sets (padded on append), the third longer ones (the store grows, earlier chunks pad on read)
+    parts = [paired_events(30, 0), paired_events(25, 1, m=3), paired_events(5, 2, m=6)]
     path = tmp_path / "pairs.sbistore"
     with SimulationStore.create(path, max_chunk_rows=20, fsync=False) as store:
-        for p in parts:
+        for p in parts[:2]:
             store.append(p)
         with pytest.raises(StoreError, match="holds 'paired' events; it cannot take 'events' events"):
             store.append(chunk(0, 5))
-        with pytest.raises(StoreError, match=r"'reco/x' has per-event shape \(6, 3\) but the store holds \(4, 3\)"):
-            store.append(paired_events(5, 2, m=6))
+        store.append(parts[2])
     store = SimulationStore.open(path)
-    assert store.kind == "paired" and len(store) == 55
+    assert store.kind == "paired" and len(store) == 60
     expected = PairedEvents.concatenate(parts)
     assert_same_pairs(store.to_events(), expected)
     assert_same_pairs(store.read(10, 42), expected[10:42])
@@ -330,3 +330,89 @@ def test_paired_events_round_trip_pack_and_refusals(tmp_path: Path) -> None:
         plain.append(chunk(0, 5))
         with pytest.raises(StoreError, match="holds 'events' events; it cannot take 'paired' events"):
             plain.append(parts[0])
+
+
+# ---------------------------------------------------------------------------- files stay in their folder (issue 11)
+from _hdf5_attacks import KINDS, point_outside, resign_store_chunk  # noqa: E402
+
+
+@pytest.mark.parametrize("listed", ["../chunk-000000.h5", "/etc/passwd", "sub/chunk-000000.h5", "chunk-0.h5", 7])
+def test_manifest_chunk_paths_stay_in_the_store(tmp_path: Path, listed) -> None:
+    path = tmp_path / "s"
+    with SimulationStore.create(path, fsync=False) as store:
+        store.append(chunk(0, 10))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["chunks"][0]["file"] = listed
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"lists the chunk .*directly in the store directory .*refusing it"):
+        SimulationStore.open(path)
+
+
+def test_symlinked_chunk_leading_outside_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SimulationStore.create(path, fsync=False) as store:
+        store.append(chunk(0, 10))
+    (path / "chunk-000000.h5").rename(tmp_path / "elsewhere.h5")
+    (path / "chunk-000000.h5").symlink_to(tmp_path / "elsewhere.h5")
+    with pytest.raises(StoreError, match=r"symbolic link to .*elsewhere\.h5, outside the store"):
+        SimulationStore.open(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunks_and_packed_files_reaching_outside_are_refused_before_reading(kind: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-signed chunk whose x comes from another file: the old code read it silently."""
+    path = tmp_path / "s"
+    with SimulationStore.create(path, fsync=False) as store:
+        store.append(chunk(0, 10))
+    packed = SimulationStore.open(path).pack(tmp_path / "packed.h5")
+    point_outside(path / "chunk-000000.h5", "x", kind, tmp_path / "outside.bin")
+    resign_store_chunk(path)
+    point_outside(packed, "x", kind, tmp_path / "outside2.bin")
+
+    def no_read(self, *args):
+        raise AssertionError("a dataset was read before the file was refused")
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", no_read)
+    with pytest.raises(StoreError, match=r"chunk-000000\.h5: (dataset )?/x .*refused before anything is read"):
+        SimulationStore.open(path).to_events()
+    with pytest.raises(StoreError, match=r"packed\.h5: (dataset )?/x .*refused before anything is read"):
+        SimulationStore.open(packed)
+
+
+def test_open_for_append_removes_only_its_own_temporaries(tmp_path: Path) -> None:
+    """The old code deleted every unlisted file whose name starts with 'chunk-' (a user's notes included)."""
+    path = tmp_path / "s"
+    with SimulationStore.create(path, fsync=False) as store:
+        store.append(chunk(0, 10))
+    users = ["chunk-notes.txt", "chunk-000000.h5.bak", "chunk-backup.h5", "chunk-00001.h5", "manifest.json.orig"]
+    own = ["chunk-000001.h5.tmp-4242", "chunk-000001.h5", ".manifest.json.tmp-4242-0123abcd"]
+    for name in users + own:
+        (path / name).write_bytes(b"x")
+    with SimulationStore.open(path, mode="a") as store:
+        store.append(chunk(1, 10))
+    left = {p.name for p in path.iterdir()}
+    assert set(users) <= left and not {own[0], own[2]} & left
+    assert_same(SimulationStore.open(path).to_events(), Events.concatenate([chunk(0, 10), chunk(1, 10)]))
+
+
+def test_unwritable_store_locations_raise_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StoreError, match=r"cannot create the store directory /sys/sbilab-test\.sbistore .*writable location"):
+        SimulationStore.create("/sys/sbilab-test.sbistore")  # read-only even for root
+    path = tmp_path / "s"
+    with SimulationStore.create(path, fsync=False) as store:
+        store.append(chunk(0, 10))
+    if os.geteuid() != 0:  # a real read-only directory (root ignores permissions)
+        path.chmod(0o555)
+        try:
+            with pytest.raises(StoreError, match=r"cannot write to the store directory .*SimulationStore\.open\(path\)"):
+                SimulationStore.open(path, mode="a")
+        finally:
+            path.chmod(0o755)
+    import sbilab.store_format
+
+    monkeypatch.setattr(sbilab.store_format, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")),
+                        raising=False)
+    with pytest.raises(StoreError, match=r"cannot write to the store directory .*Permission denied"):
+        SimulationStore.open(path, mode="a")
+    assert len(SimulationStore.open(path)) == 10  # reading needs no write access

@@ -277,3 +277,76 @@ def test_set_log_ratio_module_receives_the_mask():
     x, mask = particle_sets(200, -0.3, math.nan, seed=12)
     res = UnbinnedLikelihood(SetRatio(), Events.observed(x, mask=mask), SET_SPACE).fit()
     assert res.best["mu"] == pytest.approx(float(x[..., 0][mask].mean()), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- honest fits (issue 11)
+def test_optimum_at_a_bound_is_not_valid():
+    """Data whose likelihood peaks beyond the range: the old code reported valid=True with HESSE error 4e-8."""
+    far = SIM.simulate(200, theta=torch.tensor([1.9]), generator=torch.Generator().manual_seed(4)).x + 3.0  # mean ~ 4.9 > bound 2
+    res = UnbinnedLikelihood(exact_log_ratio, Events.observed(far), SIM.space).fit()
+    assert res.best["theta"] == pytest.approx(2.0, abs=1e-6) and res.errors["theta"] < 1e-4
+    assert not res.valid and res.at_bound == ("theta",)
+    assert "lies at the upper bound 2 of its range" in res.reason and res.reason == res.message
+    inside = UnbinnedLikelihood(exact_log_ratio, Events.observed(far - 3.0), SIM.space).fit()
+    assert inside.valid and inside.at_bound == () and inside.message == ""
+    fixed = UnbinnedLikelihood(exact_log_ratio, Events.observed(far), SIM.space).fit(fixed={"theta": 2.0})
+    assert fixed.at_bound == ()  # a parameter fixed at its bound is not an optimum at the bound
+
+
+def test_negative_observed_weights_are_not_valid(x):
+    w = torch.ones(N, dtype=torch.float64)
+    w[:5] = -1.0
+    res = UnbinnedLikelihood(exact_log_ratio, Events.observed(x, weights=w), SIM.space).fit()
+    assert not res.valid and "5 of 500 observed events have negative weights (min -1)" in res.message
+    ok = UnbinnedLikelihood(exact_log_ratio, Events.observed(x, weights=w.abs()), SIM.space).fit()
+    assert ok.valid
+
+
+def test_observed_events_outside_the_training_support(x):
+    from sbilab.estimators.support import TrainingSupport
+
+    support = TrainingSupport.from_data(x.clamp(-3.0, 3.0))  # "trained" on [-3, 3]: with the 5% margin [-3.3, 3.3]
+    inside = x.clamp(-3.0, 3.0)
+    outliers = torch.cat([inside, torch.full((5, 1), 130.0, dtype=inside.dtype)])
+    clean = UnbinnedLikelihood(exact_log_ratio, Events.observed(inside), SIM.space, support=support).fit()
+    assert clean.valid and clean.outside_support == 0.0 and clean.notes == ()
+    dirty = UnbinnedLikelihood(exact_log_ratio, Events.observed(outliers), SIM.space, support=support).fit()
+    assert dirty.outside_support == pytest.approx(5 / 505, abs=1e-15)
+    assert not dirty.valid and "lie outside the estimator's training support (5 of 505 events, first at row 500: feature 0 = 130" in dirty.message
+    tolerant = UnbinnedLikelihood(exact_log_ratio, Events.observed(outliers), SIM.space, support=support, max_outside=0.01).fit()
+    assert tolerant.valid and tolerant.outside_support == dirty.outside_support
+    w = torch.ones(505, dtype=torch.float64)
+    w[500:] = 0.0  # weighted fraction: zero-weight outliers do not count
+    weighted = UnbinnedLikelihood(exact_log_ratio, Events.observed(outliers, weights=w), SIM.space, support=support).fit()
+    assert weighted.outside_support == 0.0 and weighted.valid
+    unknown = UnbinnedLikelihood(exact_log_ratio, Events.observed(outliers), SIM.space).fit()  # a plain callable records no range
+    assert unknown.valid and math.isnan(unknown.outside_support)
+    assert unknown.notes and "training-support check unavailable" in unknown.notes[0]
+
+
+@pytest.fixture(scope="module")
+def resonance_ratio():
+    """A small ALICES ratio estimator of the Resonance toy, trained on x in its window [85, 115]."""
+    from sbilab import RatioEstimator, fit, get_loss
+    from sbilab.simulators import ratio_training_data
+    from sbilab.simulators.toys import Resonance
+
+    sim = Resonance()
+    train = ratio_training_data(sim, 2000, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    est = RatioEstimator.from_events(train, sim.space, hidden=(32, 32))
+    fit(est, get_loss("alices", alpha=1.0), train, epochs=6, batch_size=256, seed=0, progress=False)
+    return sim, est
+
+
+def test_resonance_events_at_130_make_the_learned_fit_invalid(resonance_ratio):
+    """The measured failure: 5 events at x = 130 (outside the training window) moved Gamma with valid=True."""
+    sim, est = resonance_ratio
+    assert est.training_support.low[0] > 85.0 and est.training_support.high[0] < 115.0
+    obs = sim.simulate(1000, theta=torch.tensor([100.0, 5.0]), generator=torch.Generator().manual_seed(2)).x
+    clean = UnbinnedLikelihood(est, Events.observed(obs), sim.space).fit()
+    assert clean.outside_support == 0.0 and "training support" not in clean.message
+    dirty = UnbinnedLikelihood(est, Events.observed(torch.cat([obs, torch.full((5, 1), 130.0)])), sim.space).fit()
+    assert dirty.outside_support == pytest.approx(5 / 1005, abs=1e-15)
+    assert not dirty.valid and "5 of 1005 events, first at row 1000: feature 0 = 130 outside the training range" in dirty.message
+    assert dirty.best["Gamma"] != clean.best["Gamma"]  # the outliers do move the fit: that is why it is not valid

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sbilab.exceptions import ConfigError
-from sbilab.unfolding.binning import as_edges, bin_index, flat_bin_index, histogram
+from sbilab.unfolding.binning import as_edges, bin_index, bin_sums, flat_bin_index
 
 
 @pytest.mark.parametrize("edges", [np.linspace(-4, 4, 51), np.array([-1.0, 0.0, 0.3, 2.0]), np.linspace(0.1, 0.7, 7)])
@@ -20,7 +20,7 @@ def test_bin_index_is_numpys(edges):
     ref[v.numpy() == edges[-1]] = len(edges) - 2  # the last bin includes its upper edge
     ref[(ref < 0) | (ref >= len(edges) - 1) | np.isnan(v.numpy())] = -1
     np.testing.assert_array_equal(bin_index(v, e).numpy(), ref)
-    counts = histogram(bin_index(v, e), torch.ones(len(v), dtype=torch.float64)[None].expand(2, -1), len(edges) - 1)
+    counts = bin_sums(bin_index(v, e), torch.ones(len(v), dtype=torch.float64)[None].expand(2, -1), len(edges) - 1)
     np.testing.assert_array_equal(counts[1].numpy(), np.histogram(v.numpy()[np.isfinite(v.numpy())], edges)[0])
 
 

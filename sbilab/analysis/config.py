@@ -9,8 +9,9 @@ pipelines and losses are looked up in their registries here
 
 Sections:
 
-``[analysis]``   ``name``, ``description``, ``kind``: the registered pipeline that runs it.
-``[simulator]``  ``toy`` (a registered toy) and the toy's options.
+``[analysis]``   ``name`` (also the output folder ``out/<name>``: one folder name, no ``/`` or
+                 ``..``), ``description``, ``kind``: the registered pipeline that runs it.
+``[simulator]``  ``toy`` (a registered toy) and the toy's options (keywords of its constructor).
 ``[truth]``      every parameter, nuisances included.
 ``[observed]``   the observed sample (:class:`ObservedSection`).
 ``[estimator]``  what is trained (:class:`EstimatorSection`): ``method`` (a registered loss),
@@ -30,6 +31,7 @@ Sections:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ __all__ = [
     "FitSection",
     "load_config",
     "section_from_dict",
+    "output_folder",
 ]
 
 _ESTIMATOR_KINDS = ("ratio", "likelihood")  # what the pipelines' train_ratio can train
@@ -90,15 +93,23 @@ class ObservedSection:
 
 @dataclass(frozen=True)
 class FitSection:
-    """Profile scans: ``[fit]`` (confidence level, points of each scan, its half-width in errors of the exact fit)."""
+    """Fits and profile scans: ``[fit]`` (confidence level, points of each scan, its half-width in
+    errors of the exact fit, and ``max_outside``: the largest weighted fraction of observed events
+    allowed outside the learned estimator's training support before the fit is reported not valid,
+    :class:`~sbilab.stats.UnbinnedLikelihood`)."""
 
     cl: float = 0.683
     scan_points: int = 41
     scan_sigmas: float = 3.0
+    max_outside: float = 0.0
+    nonnegative: ClassVar[tuple[str, ...]] = ("max_outside",)
 
     def check(self, where: str) -> None:
         if not 0.0 < self.cl < 1.0:
             raise ConfigError(f"{where} cl = {self.cl} must lie in (0, 1), e.g. 0.683.")
+        if not 0.0 <= self.max_outside <= 1.0:
+            raise ConfigError(f"{where} max_outside = {self.max_outside} must lie in [0, 1] (0: no observed event may lie outside "
+                              "the estimator's training support; 1: the check is off).")
 
 
 @dataclass(frozen=True)
@@ -258,7 +269,75 @@ def _nuisances(raw: dict[str, Any], path: Path) -> dict[str, tuple[float, float]
     return out
 
 
+def _check_parameter_names(toy: str, options: dict[str, Any], truth: dict[str, Any], nuisances: dict[str, Any], path: Path) -> None:
+    """ConfigError unless ``[truth]`` names exactly the toy's parameters and ``[nuisances]`` only some of them.
+
+    Only toys that are :class:`~sbilab.simulators.Simulator` subclasses have a parameter space to
+    check against; other registered toys (e.g. the anomaly toy, whose truth is a signal fraction
+    its pipeline reads) are checked by their pipeline.
+    """
+    from ..exceptions import SbilabError
+    from ..simulators.base import Simulator
+    from ..simulators.registry import TOYS, build_toy
+
+    if not (isinstance(TOYS[toy], type) and issubclass(TOYS[toy], Simulator)):
+        return
+
+    try:
+        names = list(build_toy(toy, options, where=f"{path}: [simulator]").space.names)
+    except ConfigError:
+        raise
+    except SbilabError as err:
+        raise ConfigError(f"{path}: [simulator] options {options} are not valid for the {toy!r} toy: {err}") from None
+    if sorted(truth) != sorted(names):
+        raise ConfigError(f"{path}: [truth] gives {sorted(truth)} but the {toy!r} toy has parameters {names}; give one value for each.")
+    unknown = sorted(set(nuisances) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: [nuisances] names {unknown}, which are not parameters of the {toy!r} toy ({names}).")
+
+
 _CORE = {"analysis", "simulator", "truth", "observed", "estimator", "training", "fit", "quick", "nuisances"}
+_ANALYSIS_KEYS = ("name", "description", "kind")
+
+
+def _folder_name(value: Any, where: str) -> str:
+    """``value`` if it is one plain folder name (no separators, not ``.`` or ``..``), else ConfigError."""
+    if not isinstance(value, str) or not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0") \
+            or Path(value).name != value:
+        raise ConfigError(f"{where} name = {value!r}; the name is also the output folder out/<name>, so it must be one folder "
+                          "name without '/', '\\' or '..', e.g. name = \"resonance_mass\".")
+    return value
+
+
+def output_folder(root: str | Path, name: str) -> Path:
+    """The output folder ``root/name`` of an analysis, confined to ``root``.
+
+    Raises:
+        ConfigError: ``name`` is not one plain folder name, or ``root/name`` resolves outside
+            ``root`` (e.g. through a symbolic link).
+    """
+    root = Path(root)
+    folder = root / _folder_name(name, "[analysis]")
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"the output folder {folder} resolves to {folder.resolve()}, outside {root.resolve()}; "
+                          "remove the symbolic link or give --out explicitly.")
+    return folder
+
+
+def _check_toy_options(toy: str, options: dict[str, Any], path: Path) -> None:
+    """ConfigError unless ``options`` are keywords the registered toy's constructor takes."""
+    from ..simulators.registry import TOYS
+
+    try:
+        signature = inspect.signature(TOYS[toy])
+    except (TypeError, ValueError):  # a constructor without a signature: the toy reports at build time
+        return
+    try:
+        signature.bind(**options)
+    except TypeError as err:
+        allowed = [n for n, p in signature.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        raise ConfigError(f"{path}: [simulator] options {sorted(options)} do not fit the {toy!r} toy ({err}); "
+                          f"its options are {allowed}.") from None
 
 
 def load_config(folder_or_file: str | Path) -> AnalysisConfig:
@@ -285,6 +364,16 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
     for required in ("analysis", "simulator", "truth"):
         if required not in raw:
             raise ConfigError(f"{path}: missing section [{required}].")
+    for section in ("analysis", "simulator", "truth", "nuisances", "quick"):
+        if section in raw and not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: {section} must be a section [{section}], not a value.")
+    unknown_keys = sorted(set(raw["analysis"]) - set(_ANALYSIS_KEYS))
+    if unknown_keys:
+        raise ConfigError(f"{path}: unknown key(s) {unknown_keys} in [analysis]; allowed keys are {list(_ANALYSIS_KEYS)}.")
+    for key in ("description", "kind"):
+        if key in raw["analysis"] and not isinstance(raw["analysis"][key], str):
+            raise ConfigError(f"{path}: [analysis] {key} = {raw['analysis'][key]!r} must be a string.")
+    name = _folder_name(raw["analysis"].get("name", path.resolve().parent.name), f"{path}: [analysis]")
     kind = raw["analysis"].get("kind", "measurement")
     if kind not in PIPELINES:
         raise ConfigError(f"{path}: [analysis] kind = {kind!r}; choose one of {sorted(PIPELINES)}.")
@@ -299,9 +388,11 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         raise ConfigError(f"{path}: [simulator] toy = {toy!r}; choose one of {sorted(TOYS)}.")
     if pipeline.toys is not None and toy not in pipeline.toys:
         raise ConfigError(f"{path}: [analysis] kind = {kind!r} needs [simulator] toy = {' or '.join(map(repr, pipeline.toys))}, got {toy!r}.")
+    _check_toy_options(toy, simulator, path)
     truth = raw["truth"]
     if not truth or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in truth.values()):
         raise ConfigError(f"{path}: [truth] must give a number for every parameter, e.g. M = 100.0.")
+    _check_parameter_names(toy, simulator, truth, raw.get("nuisances", {}), path)
     sections = {}
     if pipeline.section is not None:
         name, cls = pipeline.section
@@ -315,7 +406,7 @@ def load_config(folder_or_file: str | Path) -> AnalysisConfig:
         allowed = sorted({f.name for _, cls in _quick_sections(kind) for f in dataclasses.fields(cls)} | {"observed_events"})
         raise ConfigError(f"{path}: unknown key(s) {sorted(rest)} in [quick]; allowed keys are {allowed}.")
     config = AnalysisConfig(
-        name=str(raw["analysis"].get("name", path.parent.name)),
+        name=name,
         description=str(raw["analysis"].get("description", "")),
         kind=kind,
         path=path,

@@ -18,7 +18,7 @@ whole range (the others re-minimised) and 68%/95% (``[eft] cls``) intervals are 
 Unbinned fits use the closed-form yield :math:`\nu(\theta) = L\sigma(\theta)`; binned ones the
 morphed templates of :class:`~sbilab.stats.templates.MorphedHistogram`. The options are the
 ``[eft]`` section (:class:`EftSection`), registered with the pipeline. The learned ratio's
-normalisation is checked after training (:func:`~sbilab.analysis.estimation.check_normalisation`;
+normalisation is checked after training (:func:`~sbilab.analysis.estimation.check_trained_normalisation`;
 ``checks`` in the results, a failure heads the printed summary).
 """
 
@@ -40,8 +40,9 @@ from .config import AnalysisConfig
 from .estimation import (
     build_simulator,
     check_lines,
-    check_normalisation,
+    check_trained_normalisation,
     exact_log_ratio,
+    fit_quality,
     learned_log_ratio,
     train_ratio,
     train_score,
@@ -185,7 +186,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     log(f"{cfg.name}: L = {lumi} /pb, expected {nu_true:.1f} events at {dict(zip(names, truth.tolist()))}, observed {n_obs}")
 
     ratio = train_ratio(cfg, sim, device=device, progress=progress, log=log)
-    checks = {"ratio_normalisation": check_normalisation(ratio, sim, cfg, truth, log=log)}
+    checks = {"ratio_normalisation": check_trained_normalisation(ratio, sim, cfg, truth, log=log)}
     score = train_score(cfg, sim, cfg.eft.score_simulations, device=device, progress=progress, log=log)
     hists, observables, directions = _templates(sim, cfg, score.model)
     fns = {"unbinned_learned": learned_log_ratio(ratio, sim), "unbinned_exact": exact_log_ratio(sim)}
@@ -199,7 +200,7 @@ def run_eft_limits(config: AnalysisConfig, *, out: Path, quick: bool = False, de
     for data_label, nlls in datasets.items():
         for method, nll in nlls.items():
             best = _global_fit(nll, sim.space)
-            entry = {"valid": best.valid, "best": best.best, "parameters": {}}
+            entry = {"valid": best.valid, "quality": fit_quality(best), "best": best.best, "parameters": {}}
             for name in names:
                 i = names.index(name)
                 grid = np.linspace(float(sim.space.low[i]), float(sim.space.high[i]), cfg.fit.scan_points)

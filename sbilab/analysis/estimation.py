@@ -8,7 +8,7 @@ events at the reference point (:func:`~sbilab.simulators.augment.score_training_
 through :func:`sbilab.training.fit` with the ``[training]`` options, the one training loop;
 ensembles are reduced by :class:`~sbilab.estimators.EnsembleMean`. The training data are checked
 on the way (:mod:`sbilab.simulators.checks`: a simulator whose joint likelihood misses a
-θ-dependent normalisation stops the analysis), and :func:`check_normalisation` tests the trained
+θ-dependent normalisation stops the analysis), and :func:`check_trained_normalisation` tests the trained
 ratio's normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`, which every pipeline reports.
 """
 
@@ -32,7 +32,7 @@ from ..training.config import TrainingConfig
 from .config import AnalysisConfig
 
 __all__ = ["build_simulator", "truth_point", "Trained", "fit_estimator", "train_ratio", "train_score", "learned_log_ratio", "exact_log_ratio",
-           "check_normalisation", "check_lines", "CHECK_POINTS", "CHECK_EVENTS"]
+           "check_trained_normalisation", "check_lines", "fit_quality", "fit_lines", "CHECK_POINTS", "CHECK_EVENTS"]
 
 CHECK_POINTS = 8
 """Points of the learned-ratio normalisation check: the truth and ``CHECK_POINTS - 1`` proposal draws."""
@@ -154,7 +154,7 @@ def exact_log_ratio(sim: Simulator) -> Callable[[Tensor, Tensor], Tensor]:
     return ExactLogRatio(sim)
 
 
-def check_normalisation(trained: Trained, sim: Simulator, config: AnalysisConfig, truth: Tensor, *,
+def check_trained_normalisation(trained: Trained, sim: Simulator, config: AnalysisConfig, truth: Tensor, *,
                         log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     r"""Test the trained ratio's :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1` (:func:`~sbilab.stats.ratio_normalisation`).
 
@@ -192,3 +192,22 @@ def check_lines(checks: dict[str, dict[str, Any]]) -> list[str]:
         else:
             lines.append(f"!!! CHECK FAILED, DO NOT TRUST THE LEARNED RESULT — {name}: {result['message']}")
     return lines
+
+
+def fit_quality(result: Any) -> dict[str, Any]:
+    """What a results document records of a :class:`~sbilab.stats.FitResult`'s honesty.
+
+    Returns:
+        ``{"valid", "reason", "at_bound", "outside_support", "notes"}``: whether the fit is a
+        measurement, why not (:mod:`sbilab.stats.quality`), the parameters at a bound, the
+        weighted fraction of observed events outside the estimator's training support (``None``
+        when the estimator recorded none) and the notes that do not invalidate the fit.
+    """
+    outside = float(result.outside_support)
+    return {"valid": bool(result.valid), "reason": result.reason, "at_bound": list(result.at_bound),
+            "outside_support": None if outside != outside else outside, "notes": list(result.notes)}
+
+
+def fit_lines(quality: dict[str, dict[str, Any]]) -> list[str]:
+    """Summary lines of :func:`fit_quality` records by label: a loud banner for each fit that is not valid."""
+    return [f"!!! FIT NOT VALID, DO NOT QUOTE IT — {label} fit: {q['reason']}" for label, q in quality.items() if not q["valid"]]

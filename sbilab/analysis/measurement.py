@@ -4,7 +4,7 @@ r"""The measurement pipeline (``[analysis] kind = "measurement"``): simulate, tr
    true parameters (a fixed seed: the same observed data for every method).
 2. Train the configured estimator (:func:`~sbilab.analysis.estimation.train_ratio`) and check
    its normalisation :math:`E_\mathrm{ref}[\hat r(x|\theta)] = 1`
-   (:func:`~sbilab.analysis.estimation.check_normalisation`; reported under ``checks``, with
+   (:func:`~sbilab.analysis.estimation.check_trained_normalisation`; reported under ``checks``, with
    ``checks_passed``, and a failure heads the printed summary).
 3. Fit the observed events with an unbinned likelihood (iminuit) under the learned ratio and
    under the exact likelihood of the toy; profile every parameter. Nuisance parameters
@@ -31,7 +31,8 @@ import torch
 
 from ..events import Events
 from .config import AnalysisConfig
-from .estimation import build_simulator, check_lines, check_normalisation, exact_log_ratio, learned_log_ratio, train_ratio, truth_point
+from .estimation import (build_simulator, check_lines, check_trained_normalisation, exact_log_ratio, fit_lines, fit_quality, learned_log_ratio,
+                         train_ratio, truth_point)
 from ..stats import Interval, profile_intervals
 from .plots import plot_profiles
 from .run import register_pipeline, write_results
@@ -43,7 +44,7 @@ def _fit(fn, observed: Events, sim, cfg: AnalysisConfig, fixed: dict[str, float]
     from ..stats import UnbinnedLikelihood
 
     constraints = {k: v for k, v in cfg.nuisances.items() if k not in fixed}
-    nll = UnbinnedLikelihood(fn, observed, sim.space, constraints=constraints, fixed=fixed)
+    nll = UnbinnedLikelihood(fn, observed, sim.space, constraints=constraints, fixed=fixed, max_outside=cfg.fit.max_outside)
     best = nll.fit()
     free = [n for n in nll.names if n not in fixed]
     log(("  " + ", ".join(f"{n} = {best.best[n]:.4f} ± {best.errors[n]:.4f}" for n in free))
@@ -85,7 +86,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
         + (f"; nuisances {cfg.nuisances}" if cfg.nuisances else ""))
 
     trained = train_ratio(cfg, sim, device=device, progress=progress, log=log)
-    checks = {"ratio_normalisation": check_normalisation(trained, sim, cfg, truth, log=log)}
+    checks = {"ratio_normalisation": check_trained_normalisation(trained, sim, cfg, truth, log=log)}
     functions = {"learned": learned_log_ratio(trained, sim), "exact": exact_log_ratio(sim)}
     nominal = {k: m for k, (m, _) in cfg.nuisances.items()}
     fits, fixed_fits = {}, {}
@@ -143,6 +144,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
         "training": trained.record(),
         "checks": checks, "checks_passed": all(c["passed"] for c in checks.values()),
         "fit_valid": {label: best.valid for label, (_, best) in fits.items()},
+        "fit_quality": {label: fit_quality(best) for label, (_, best) in fits.items()},
         "profiles": {label: dump(p) for label, p in profiles.items()},
         "profiles_fixed_nuisances": {label: dump(p) for label, p in fixed_profiles.items()},
     }
@@ -155,12 +157,13 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
                 curves[n].append((fixed_profiles[label][n], style, f"{label}, nuisances fixed"))
     plotted = plot_profiles(out / "profiles.png", curves, [float(chi2.ppf(cfg.fit.cl, 1))],
                             f"{cfg.name}: {cfg.estimator.method.upper()} vs exact")
-    return _summary(cfg, results, len(observed), out, plotted, checks)
+    return _summary(cfg, results, len(observed), out, plotted, checks, document["fit_quality"])
 
 
-def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool, checks: dict[str, Any]) -> str:
+def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool, checks: dict[str, Any],
+             quality: dict[str, dict[str, Any]]) -> str:
     notes = check_lines(checks)
-    lines = [n for n in notes if n.startswith("!!!")]
+    lines = fit_lines(quality) + [n for n in notes if n.startswith("!!!")]
     lines += [f"{cfg.name}: {cfg.estimator.method.upper()} from {cfg.estimator.n_simulations} simulations, {n_observed} observed events",
              f"{'param':>10} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
     for n, r in results.items():

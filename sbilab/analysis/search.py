@@ -68,9 +68,9 @@ from .estimation import Trained, build_simulator, fit_estimator, truth_point
 from .plots import plot_limits
 from .run import register_pipeline, write_results
 
-__all__ = ["run_search", "SearchSection", "OBSERVABLES"]
+__all__ = ["run_search", "SearchSection", "OBSERVABLE_STYLES"]
 
-OBSERVABLES = {"x": ("C0", "raw x"), "learned": ("C1", "classifier s/(s+b)"), "exact": ("k", "exact s/b")}
+OBSERVABLE_STYLES = {"x": ("C0", "raw x"), "learned": ("C1", "classifier s/(s+b)"), "exact": ("k", "exact s/b")}
 _F64 = torch.float64
 
 
@@ -335,7 +335,7 @@ def run_search(config: AnalysisConfig, *, out: Path, quick: bool = False, device
     write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
     save(out / "estimator.h5", trained.model, overwrite=True, metadata={"analysis": cfg.name, "method": "carl", "classes": "signal=1, background=0"})
     plotted = plot_limits(out / "limits.png", results, reference, sc.limit_cl,
-                          f"{cfg.name}: S = {sc.signal_events:g}, B = {sc.background_events:g}", OBSERVABLES)
+                          f"{cfg.name}: S = {sc.signal_events:g}, B = {sc.background_events:g}", OBSERVABLE_STYLES)
     return _summary(cfg, document, out, plotted)
 
 

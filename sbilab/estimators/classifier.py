@@ -60,6 +60,7 @@ from ..exceptions import ConfigError, InvalidEventsError, ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
 from ..registry import register_publishable
 from .checks import check_finite, check_x
+from .support import TrainingSupport, warn_outside
 
 __all__ = ["Classifier", "classifier_training_data"]
 
@@ -114,6 +115,7 @@ class Classifier(nn.Module):
         self.net = ConditionedNetwork(x_features, theta_features, 1, hidden=hidden, activation=activation,
                                       residual=residual, embedding=embedding)
         self.register_buffer("class_totals", torch.ones(2))
+        self.training_support: TrainingSupport | None = None  # range of the training x, set by standardize_from
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -156,17 +158,22 @@ class Classifier(nn.Module):
             )
         self.class_totals.copy_(torch.as_tensor(_class_totals(events), dtype=self.class_totals.dtype))
         self.net.standardize_from(events.x, events.theta, mask=events.mask, weights=events.weights)
+        self.training_support = TrainingSupport.from_data(events.x, mask=events.mask, weights=events.weights)
         return self
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able constructor arguments (weights, standardisation and class totals are saved as tensors)."""
-        return {"x_features": self.x_features, "theta_features": self.theta_features, **self._options}
+        """JSON-able constructor arguments and the training support (weights, standardisation and class totals are saved as tensors)."""
+        support = {} if self.training_support is None else {"training_support": self.training_support.to_dict()}
+        return {"x_features": self.x_features, "theta_features": self.theta_features, **self._options, **support}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Classifier":
-        """Rebuild an untrained classifier from :meth:`spec`."""
+        """Rebuild an untrained classifier from :meth:`spec` (no training support in a spec from an older file: ``None``)."""
         spec = dict(spec)
-        return cls(spec.pop("x_features"), **spec)
+        support = spec.pop("training_support", None)
+        clf = cls(spec.pop("x_features"), **spec)
+        clf.training_support = None if support is None else TrainingSupport.from_dict(support)
+        return clf
 
     @property
     def is_set(self) -> bool:
@@ -190,6 +197,7 @@ class Classifier(nn.Module):
             NonFiniteOutputError: the network returns NaN/inf.
         """
         x, mask = check_x(_input(x, "x"), features=self.x_features, is_set=self.is_set, like=self.class_totals, mask=mask)
+        warn_outside(self.training_support, x, mask, owner="Classifier.logit")
         t = self._theta(theta, x.shape[0])
         return check_finite(self(x, t, mask), what="Classifier.logit")
 

@@ -66,6 +66,7 @@ from ..nets.flows import FlowSpec, build_flow
 from ..nets.mlp import Standardize
 from ..nets.sets import build_embedding
 from ..registry import register_publishable
+from .support import TrainingSupport, warn_outside
 
 __all__ = ["ConditionalDensity", "DensityTarget", "DENSITY_TARGETS", "density_target"]
 
@@ -184,6 +185,7 @@ class ConditionalDensity(nn.Module):
         self.register_buffer("z_mean", torch.zeros(p))
         self.register_buffer("z_std", torch.ones(p))
         self.x_norm = Standardize(self.context_features)
+        self.training_support: TrainingSupport | None = None  # range of the training contexts, set by standardize_from
         self.embedding = build_embedding(embedding, self.context_features, sets=self.is_set, owner=owner)
         self.flow = build_flow(self.flow_spec, p, self._conditioning_features())
 
@@ -257,6 +259,7 @@ class ConditionalDensity(nn.Module):
         mask = events.mask if self.is_set else None
         x = torch.nan_to_num(events.x) if mask is not None else events.x
         self.x_norm.set_from(x, mask=mask)
+        self.training_support = TrainingSupport.from_data(events.x, mask=mask)
         return self
 
     # ------------------------------------------------------------------ evaluation
@@ -317,6 +320,7 @@ class ConditionalDensity(nn.Module):
         if mask is not None:
             mask = torch.as_tensor(mask, device=c.device)
         self._check_context(c, mask)
+        warn_outside(self.training_support, c, mask, owner=type(self).__name__)
         return c, mask, single
 
     def _checked(self, y: Tensor, c: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -380,6 +384,32 @@ class ConditionalDensity(nn.Module):
         out = torch.cat(parts, 0)
         return out[:, 0] if single else out
 
+    def sample_from_noise(self, noise: Tensor, c: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        r"""Push standard-normal base noise through the flow: the reparameterised sample :math:`y = T^{-1}(e; c)`.
+
+        Deterministic in ``noise`` and differentiable in the parameters (so a loss may
+        differentiate through the draws), unlike :meth:`sample`. :meth:`forward` at the result
+        gives its log-density. Importance samplers that feed common random numbers (the
+        matrix-element method, :class:`sbilab.mem.FlowProposal`) draw through it.
+
+        Args:
+            noise: Base noise :math:`e \sim \mathcal N(0, 1)`, ``(..., B, D)``.
+            c: ``(B, C)`` or ``(B, M, F)`` contexts.
+            mask: ``(B, M)`` set mask (sets only).
+
+        Returns:
+            ``(..., B, D)`` points inside the bounds.
+
+        Raises:
+            ShapeMismatchError: ``noise`` is not ``(..., B, D)`` for these contexts.
+        """
+        c, mask, _ = self._batched_context(c, mask)
+        noise = torch.as_tensor(noise, dtype=self.low.dtype, device=self.low.device)
+        if noise.dim() < 2 or noise.shape[-1] != self.features or noise.shape[-2] not in (1, c.shape[0]):
+            raise ShapeMismatchError(f"{type(self).__name__}.sample_from_noise: noise has shape {tuple(noise.shape)}; "
+                                     f"expected (..., {c.shape[0]}, {self.features}) for {c.shape[0]} context(s).")
+        return self._constrain(self.flow(self.context(c, mask)).transform.inv(noise))
+
     # ------------------------------------------------------------------ publishing
     def _check_publishable(self) -> None:
         if self._custom_embedding:
@@ -393,7 +423,16 @@ class ConditionalDensity(nn.Module):
         self._check_publishable()
         lo, hi = ([None if math.isinf(v) else v for v in b.tolist()] for b in self._bounds)
         return {"features": self.features, "context_features": self.context_features, "sets": self.is_set,
-                "flow": self.flow_spec.to_dict(), "low": lo, "high": hi, "embedding": self._embedding_options}
+                "flow": self.flow_spec.to_dict(), "low": lo, "high": hi, "embedding": self._embedding_options,
+                **self._support_spec()}
+
+    def _support_spec(self) -> dict[str, Any]:
+        return {} if self.training_support is None else {"training_support": self.training_support.to_dict()}
+
+    def _with_support(self, support: Mapping[str, Any] | None) -> "ConditionalDensity":
+        """Set the training support from a spec entry (``None``: a file written before supports were recorded)."""
+        self.training_support = None if support is None else TrainingSupport.from_dict(support)
+        return self
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "ConditionalDensity":
@@ -402,12 +441,13 @@ class ConditionalDensity(nn.Module):
         Raises:
             ConfigError: the spec lacks a key or has unknown ones.
         """
-        known = {"features", "context_features", "sets", "flow", "low", "high", "embedding"}
+        known = {"features", "context_features", "sets", "flow", "low", "high", "embedding", "training_support"}
         if not isinstance(spec, Mapping) or not {"features", "context_features"} <= set(spec) or set(spec) - known:
             raise ConfigError(f"{cls.__name__}.from_spec: malformed spec; it needs features and context_features, "
                               f"and may hold only {sorted(known)}.")
         options = dict(spec)
-        return cls(options.pop("features"), options.pop("context_features"), **options)
+        support = options.pop("training_support", None)
+        return cls(options.pop("features"), options.pop("context_features"), **options)._with_support(support)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, context_features={self.context_features}, sets={self.is_set}, flow={self.flow_spec.kind}"

@@ -73,10 +73,11 @@ class LikelihoodEstimator(_Estimator):
         return cls(space, events.n_observables, **options).standardize_from(events)
 
     def standardize_from(self, events: Events) -> "LikelihoodEstimator":
-        """Set the x and θ standardisation buffers from training ``events``."""
+        """Set the x and θ standardisation buffers and the training support from training ``events``."""
         self._check_training_events(events, self.space.dim)
         self.x_norm.set_from(events.x, weights=events.weights)
         self.theta_norm.set_from(events.theta, weights=events.weights)
+        self._record_support(events)
         return self
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:

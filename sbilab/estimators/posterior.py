@@ -123,14 +123,15 @@ class PosteriorEstimator(ConditionalDensity):
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (weights and buffers are stored separately)."""
         self._check_publishable()
-        return {"space": self.space.to_dict(), "x_features": self.x_features, **self._options}
+        return {"space": self.space.to_dict(), "x_features": self.x_features, **self._options, **self._support_spec()}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "PosteriorEstimator":
         """Rebuild an (untrained) estimator from :meth:`spec`."""
         spec = dict(spec)
+        support = spec.pop("training_support", None)
         try:
-            return cls(spec.pop("space"), spec.pop("x_features"), **spec)
+            return cls(spec.pop("space"), spec.pop("x_features"), **spec)._with_support(support)
         except (KeyError, TypeError) as err:
             raise ConfigError(f"PosteriorEstimator.from_spec: malformed spec ({err}).") from None
 

@@ -25,30 +25,41 @@ from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
 from ..registry import register_publishable
 from .checks import as_space, check_finite, check_theta, check_x
+from .support import TrainingSupport, warn_outside
 
 __all__ = ["RatioEstimator"]
 
 
 class _Estimator(nn.Module):
-    """Shared plumbing: space, spec, standardisation, validated inputs."""
+    """Shared plumbing: space, spec, standardisation, training support, validated inputs."""
 
     _options: dict[str, Any]
+    training_support: TrainingSupport | None
+    """Range of the training x (:mod:`sbilab.estimators.support`), set by ``standardize_from``; ``None`` before."""
 
     def _setup(self, space: Any, x_features: int, options: dict[str, Any]) -> None:
         self.space = as_space(space)
         self.x_features = int(x_features)
         self._options = options
+        self.training_support = None
         self.register_buffer("theta_ref", self.space.reference.to(torch.get_default_dtype()).clone())
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able constructor arguments (weights and standardisation buffers are saved separately)."""
-        return {"space": self.space.to_dict(), "x_features": self.x_features, **self._options}
+        """JSON-able constructor arguments and the training support (weights and standardisation buffers are saved separately)."""
+        support = {} if self.training_support is None else {"training_support": self.training_support.to_dict()}
+        return {"space": self.space.to_dict(), "x_features": self.x_features, **self._options, **support}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "_Estimator":
-        """Rebuild an untrained estimator from :meth:`spec`."""
+        """Rebuild an untrained estimator from :meth:`spec` (a spec without a training support, from an older file, leaves it ``None``)."""
         spec = dict(spec)
-        return cls(spec.pop("space"), spec.pop("x_features"), **spec)
+        support = spec.pop("training_support", None)
+        est = cls(spec.pop("space"), spec.pop("x_features"), **spec)
+        est.training_support = None if support is None else TrainingSupport.from_dict(support)
+        return est
+
+    def _record_support(self, events: Events) -> None:
+        self.training_support = TrainingSupport.from_data(events.x, mask=events.mask, weights=events.weights)
 
     @property
     def is_set(self) -> bool:
@@ -56,6 +67,7 @@ class _Estimator(nn.Module):
 
     def _x(self, x: Any, mask: Any = None) -> tuple[Tensor, tuple[Tensor, ...]]:
         x, mask = check_x(x, features=self.x_features, is_set=self.is_set, like=self.theta_ref, mask=mask)
+        warn_outside(self.training_support, x, mask, owner=type(self).__name__)
         return x, (() if mask is None else (mask,))
 
     def _check_training_events(self, events: Events, theta_width: int) -> None:
@@ -115,7 +127,7 @@ class RatioEstimator(_Estimator):
         return est.standardize_from(events)
 
     def standardize_from(self, events: Events) -> "RatioEstimator":
-        """Set the x and θ standardisation buffers from training ``events`` (weights respected)."""
+        """Set the x and θ standardisation buffers and the training support from training ``events`` (weights respected)."""
         p = self.space.dim
         self._check_training_events(events, 2 * p if self.doubly else p)
         theta, x, w, mask = events.theta, events.x, events.weights, events.mask
@@ -125,6 +137,7 @@ class RatioEstimator(_Estimator):
             w = None if w is None else torch.cat([w, w])
             mask = None if mask is None else torch.cat([mask, mask])
         self.net.standardize_from(x, theta, mask=mask, weights=w)
+        self._record_support(events)
         return self
 
     def forward(self, x: Tensor, theta: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -64,9 +64,10 @@ class ScoreEstimator(_Estimator):
         return est.standardize_from(events)
 
     def standardize_from(self, events: Events) -> "ScoreEstimator":
-        """Set the x standardisation buffers from training ``events``."""
+        """Set the x standardisation buffers and the training support from training ``events``."""
         self._check_training_events(events, 0)
         self.net.standardize_from(events.x, events.theta, mask=events.mask, weights=events.weights)
+        self._record_support(events)
         return self
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -16,9 +16,11 @@ import torch
 from torch import Tensor
 
 from ..events import Events
+from ..exceptions import MissingAugmentedDataError, SamplingError
 from .space import ParameterSpace
 
-__all__ = ["Simulator", "JointLikelihood", "ExactLikelihood", "has_joint_likelihood", "has_exact_likelihood", "autograd_score"]
+__all__ = ["Simulator", "JointLikelihood", "ExactLikelihood", "has_joint_likelihood", "has_exact_likelihood", "autograd_score",
+           "checked_sample", "checked_joint_log_prob"]
 
 
 class Simulator(abc.ABC):
@@ -51,7 +53,7 @@ class Simulator(abc.ABC):
             if theta.dim() == 1:
                 theta = theta.expand(n, -1)
         self.space.check(theta, argument="theta")
-        return self.sample(theta, generator=generator)
+        return checked_sample(self, theta, generator=generator)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable configuration (recorded in stores and published files)."""
@@ -78,6 +80,60 @@ class ExactLikelihood(Protocol):
         ...
 
 
+def _name(simulator: Any) -> str:
+    return getattr(simulator, "name", None) or type(simulator).__name__
+
+
+def checked_sample(simulator: Any, theta: Tensor, generator: torch.Generator | None = None) -> Events:
+    """``simulator.sample(theta, generator)``, checked to return Events with one event per row of ``theta (N, P)``.
+
+    Every caller of ``sample`` in the library goes through here, so that a simulator that drops
+    rejected rows is named at once (instead of failing later on a θ the library attached itself).
+
+    Raises:
+        SamplingError: ``sample`` returned something other than Events, or a different number of rows.
+    """
+    events = simulator.sample(theta, generator=generator)
+    n = int(theta.shape[0])
+    if not isinstance(events, Events):
+        raise SamplingError(f"{_name(simulator)}.sample returned a {type(events).__name__}; it must return Events "
+                            "(Events(x=..., theta=theta, latent=...)) with one event per row of theta.")
+    if len(events) != n:
+        raise SamplingError(
+            f"{_name(simulator)}.sample returned {len(events)} events for {n} rows of theta; it must return exactly one "
+            "event per row, in order. A simulator with a rejection step must redraw rejected rows until each is accepted "
+            "(or raise SamplingError), not drop them."
+        )
+    return events
+
+
+def checked_joint_log_prob(simulator: Any, events: Events, theta: Tensor, *, differentiable: bool = False) -> Tensor:
+    """``simulator.joint_log_prob(events, theta)``, checked to be ``(N,)`` (and to carry a graph in θ if ``differentiable``).
+
+    Args:
+        events: ``N`` events with the latent path the simulator needs.
+        theta: ``(N, P)``; requires grad when ``differentiable``.
+        differentiable: The caller needs :math:`\nabla_\theta` (the joint score).
+
+    Raises:
+        MissingAugmentedDataError: the output is not a tensor of shape ``(N,)``, or (``differentiable``)
+            has no autograd graph in θ, so the joint score cannot be derived.
+    """
+    out = simulator.joint_log_prob(events, theta)
+    n = len(events)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (n,):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise MissingAugmentedDataError(f"{_name(simulator)}.joint_log_prob returned {shape}; it must return a tensor of "
+                                        f"shape (N,) = ({n},): log p(x, z | theta) of each event.")
+    if differentiable and not out.requires_grad:
+        raise MissingAugmentedDataError(
+            f"{_name(simulator)}.joint_log_prob is not differentiable in theta (its output has no autograd graph), so the "
+            "joint score t = d log p(x, z | theta) / d theta cannot be computed. Write it with torch operations on theta "
+            "(no .item(), .detach(), numpy or torch.no_grad), or train with a method that needs no score (CARL, ROLR, NDE)."
+        )
+    return out
+
+
 def has_joint_likelihood(simulator: Any) -> bool:
     return callable(getattr(simulator, "joint_log_prob", None))
 
@@ -98,5 +154,11 @@ def autograd_score(log_prob: Any, x: Tensor, theta: Tensor, n_parameters: int) -
     theta = torch.as_tensor(theta, dtype=x.dtype, device=x.device).reshape(-1, n_parameters).expand(x.shape[0], n_parameters)
     with torch.enable_grad():
         point = theta.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(log_prob(x, point).sum(), point)
+        value = log_prob(x, point)
+        if not (isinstance(value, Tensor) and value.requires_grad):
+            raise MissingAugmentedDataError(
+                "autograd_score: log_prob(x, theta) has no autograd graph in theta; write it with torch operations on "
+                "theta (no .item(), .detach(), numpy or torch.no_grad) so that its score can be differentiated."
+            )
+        (grad,) = torch.autograd.grad(value.sum(), point)
     return grad

@@ -18,27 +18,70 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyhf
 
-from ..exceptions import WorkspaceError
+from ..exceptions import FitError, WorkspaceError
 
-__all__ = ["numpy_minuit", "Sample", "Channel", "build_workspace", "load_workspace", "apply_patch", "to_json", "pyhf_errors"]
+__all__ = ["pyhf_backend", "numpy_minuit", "Sample", "Channel", "build_workspace", "load_workspace", "apply_patch", "to_json", "pyhf_errors"]
+
+
+BACKENDS = ("numpy", "torch")
+OPTIMIZERS = ("minuit", "scipy")
+_TENSORLIB_NAMES = {"numpy": "numpy", "torch": "pytorch"}
+
+
+@contextlib.contextmanager
+def pyhf_backend(backend: Literal["numpy", "torch"] = "numpy", optimizer: Literal["minuit", "scipy"] = "minuit", *,
+                 tolerance: float | None = None, strategy: int | None = None) -> Iterator[None]:
+    """Context in which pyhf uses ``backend`` (float64) and ``optimizer``; restores the previous backend.
+
+    ``"torch"`` gives the optimizer exact gradients by autodiff (numpy: finite differences, one
+    likelihood evaluation per parameter and step). ``tolerance=None`` keeps the optimizer's own
+    default (minuit: 0.1, scipy SLSQP: ``ftol`` 1e-6, pyhf's defaults). When pyhf already runs
+    with these settings nothing is switched (a switch makes every live pyhf model re-convert its
+    tensors).
+
+    Raises:
+        FitError: an unknown backend or optimizer.
+    """
+    if backend not in BACKENDS or optimizer not in OPTIMIZERS:
+        raise FitError(f"backend={backend!r}, optimizer={optimizer!r}: choose backend from {BACKENDS} and optimizer from {OPTIMIZERS}.")
+    old_tensorlib, old_optimizer = pyhf.get_backend()
+    if (old_tensorlib.name == _TENSORLIB_NAMES[backend] and getattr(old_tensorlib, "precision", "64b") == "64b"
+            and old_optimizer.name == optimizer and old_optimizer.tolerance == (0.1 if tolerance is None and optimizer == "minuit" else tolerance)
+            and getattr(old_optimizer, "strategy", None) == strategy):
+        yield
+        return
+    tensorlib = "numpy" if backend == "numpy" else pyhf.tensor.pytorch_backend(precision="64b")
+    if optimizer == "minuit":
+        opt = pyhf.optimize.minuit_optimizer(tolerance=0.1 if tolerance is None else tolerance, strategy=strategy)
+    else:
+        opt = pyhf.optimize.scipy_optimizer(tolerance=tolerance)
+    _set_backend(tensorlib, opt)
+    try:
+        yield
+    finally:
+        _set_backend(old_tensorlib, old_optimizer)
+
+
+def _set_backend(tensorlib: Any, optimizer: Any) -> None:
+    """``pyhf.set_backend``; live models re-convert their tensors, which under torch makes torch warn about pyhf's lists of arrays."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays", category=UserWarning)
+        pyhf.set_backend(tensorlib, optimizer)
 
 
 @contextlib.contextmanager
 def numpy_minuit(*, tolerance: float = 0.1, strategy: int | None = None) -> Iterator[None]:
     """Context in which pyhf uses the numpy backend (float64) and the minuit optimizer; restores the previous backend."""
-    old_tensorlib, old_optimizer = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=tolerance, strategy=strategy))
-    try:
+    with pyhf_backend("numpy", "minuit", tolerance=tolerance, strategy=strategy):
         yield
-    finally:
-        pyhf.set_backend(old_tensorlib, old_optimizer)
 
 
 def _counts(name: str, values: Any, n_bins: int | None) -> list[float]:
@@ -307,8 +350,13 @@ def pyhf_errors(workspace: Any) -> Iterator[None]:
 def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
     """A validated pyhf workspace from a JSON dict or a JSON file path.
 
+    Validated means: it passes pyhf's schema, pyhf builds its model (sample and modifier bin
+    counts; the POI is checked where a model is built for fits, since a background-only
+    workspace has none until patched), and every observation has as many bins as its channel.
+
     Raises:
-        WorkspaceError: the file is unreadable or the specification fails pyhf's schema.
+        WorkspaceError: the file is unreadable, the specification fails pyhf's schema, or the
+            model or observations are inconsistent (pyhf's reason with the channel and sample names).
     """
     if isinstance(spec, (str, Path)):
         try:
@@ -316,11 +364,12 @@ def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
         except (OSError, json.JSONDecodeError) as err:
             raise WorkspaceError(f"cannot read workspace JSON {str(spec)!r}: {err}") from err
     try:
-        return pyhf.Workspace(copy.deepcopy(dict(spec)))
+        workspace = pyhf.Workspace(copy.deepcopy(dict(spec)))
     except pyhf.exceptions.InvalidSpecification as err:
         raise WorkspaceError(f"workspace fails pyhf's schema validation: {err}. Fix the specification.") from err
     except (pyhf.exceptions.InvalidWorkspaceOperation, KeyError, TypeError) as err:
         raise WorkspaceError(f"workspace specification is inconsistent: {err}") from err
+    return _with_model(workspace, poi=False)
 
 
 def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
@@ -355,11 +404,26 @@ def apply_patch(workspace: pyhf.Workspace, patch: Any) -> pyhf.Workspace:
     return _with_model(load_workspace(patched))
 
 
-def _with_model(workspace: pyhf.Workspace) -> pyhf.Workspace:
-    """``workspace`` after checking that pyhf can build its model (bin counts, modifiers, POI)."""
+def _with_model(workspace: pyhf.Workspace, *, poi: bool = True) -> pyhf.Workspace:
+    """``workspace`` after checking that pyhf can build its model (bin counts, modifiers, the POI if ``poi``) and that its
+    observations fit it."""
     with numpy_minuit(), pyhf_errors(workspace):
-        workspace.model()
+        model = workspace.model() if poi else workspace.model(poi_name=None)
+    check_observations(workspace, model)
     return workspace
+
+
+def check_observations(workspace: Any, model: Any) -> None:
+    """WorkspaceError unless every channel of ``model`` has an observation with one count per bin."""
+    observed = {o.get("name"): o.get("data") for o in workspace.get("observations", []) if isinstance(o, Mapping)}
+    for channel, n_bins in model.config.channel_nbins.items():
+        data = observed.get(channel)
+        if data is None or len(data) != n_bins:
+            raise WorkspaceError(
+                f"the observation of channel {channel!r} has {None if data is None else len(data)} bins but the channel has "
+                f"{n_bins} (samples {[s['name'] for c in workspace['channels'] if c['name'] == channel for s in c['samples']]}); "
+                "give one observed count per bin."
+            )
 
 
 def to_json(workspace: pyhf.Workspace, path: str | Path | None = None) -> str:

@@ -6,8 +6,11 @@ lies below the :math:`\chi^2_1` quantile of ``cl`` (Wilks). Its ends are bracket
 two ways and then found by root finding (Brent) on the profile, the other free parameters
 re-minimised at every trial point:
 
-* **stepping out** from the best fit (no grid): steps of the parabolic error until the
-  threshold is crossed or the parameter's bound is reached — cheap, for one connected region;
+* **stepping out** from the best fit (no grid): steps that start at the parabolic error (at
+  least a thousandth of the parameter's range, since HESSE's error of an optimum at a bound is
+  meaningless, e.g. 4e-8) and double until the threshold is crossed or the parameter's bound is
+  reached — cheap (a few fits per end, at most about 12 + log2 of the range in errors), for one
+  connected region;
 * **a grid** spanning the range of interest: the profile on the grid (which is returned, e.g.
   for plots) brackets every crossing, so disjoint allowed regions — common for quadratic EFT
   likelihoods — are not missed: the reported interval is their hull and ``disjoint`` says so
@@ -17,27 +20,33 @@ re-minimised at every trial point:
   repeated.
 
 An end that does not cross the threshold is the bound of the range (grid end or parameter
-bound), flagged by ``lo_at_bound`` / ``hi_at_bound``.
+bound), flagged by ``lo_at_bound`` / ``hi_at_bound``: the interval is one-sided there. An
+optimum at a bound (a fit reported not valid for that reason alone) still gets its one-sided
+interval; a fit whose minimiser failed does not.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..exceptions import FitError
+from ..exceptions import FitError, OneSidedIntervalWarning
 from .results import FitResult, ProfileResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from .unbinned import UnbinnedLikelihood
 
-__all__ = ["Interval", "profile_intervals", "ONE_SIGMA"]
+__all__ = ["Interval", "profile_intervals", "warn_one_sided", "ONE_SIGMA", "MIN_STEP_FRACTION"]
 
 ONE_SIGMA = 0.6826894921370859
 """Confidence level of a ±1σ Gaussian interval."""
+
+MIN_STEP_FRACTION = 1e-3
+"""Smallest first step of the stepping-out search, as a fraction of the parameter's range."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +87,17 @@ def _stepping(nll: "UnbinnedLikelihood", name: str, cl: float, best: FitResult) 
     level = float(chi2.ppf(cl, 1))
     centre = best.best[name]
     bounds = nll.limits[i]
-    step = best.errors[name] if best.errors[name] > 0 else 0.1 * (bounds[1] - bounds[0])
+    error = best.errors[name] if math.isfinite(best.errors[name]) else 0.0
+    step = max(error, MIN_STEP_FRACTION * (bounds[1] - bounds[0]))
 
     def excess(v: float) -> float:
         return nll.fit(start=best.best, fixed={name: v}, polish=False).nll_min - best.nll_min - level
 
     ends, at_bound = [], []
     for sign, bound in ((-1.0, bounds[0]), (1.0, bounds[1])):
-        inner, outer = centre, centre + sign * step * math.sqrt(level)
-        while (sign * (outer - bound) < 0) and excess(outer) < 0:
-            inner, outer = outer, outer + sign * step
+        inner, outer, stride = centre, centre + sign * step * math.sqrt(level), step
+        while (sign * (outer - bound) < 0) and excess(outer) < 0:  # doubling strides: reaches the bound in O(log) fits
+            inner, outer, stride = outer, outer + sign * stride, 2.0 * stride
         if sign * (outer - bound) >= 0:
             outer = bound
             if excess(outer) < 0:
@@ -163,7 +173,8 @@ def profile_intervals(
         :class:`Interval` per level, in the order of ``cls``.
 
     Raises:
-        FitError: unknown ``name``, or (stepping out) the global fit is not valid.
+        FitError: unknown ``name``, or (stepping out) the global fit did not converge (an
+            optimum at a bound is fine: that end of the interval is the bound).
         OutOfSupportError: grid points outside the parameter's limits.
 
     Example:
@@ -181,6 +192,17 @@ def profile_intervals(
     best = best if best is not None else nll.fit()
     if grid is not None:
         return _grid(nll, name, nll._check_scan(name, grid), list(cls), best)
-    if not best.valid:
-        raise FitError(f"the global fit is not valid ({best.message}); cannot build an interval for {name!r}.")
+    if not (best.converged and math.isfinite(best.nll_min)):
+        raise FitError(f"the global fit did not converge ({best.message}); cannot build an interval for {name!r}.")
     return None, [_stepping(nll, name, float(cl), best) for cl in cls]
+
+
+def warn_one_sided(interval: Interval, name: str) -> None:
+    """Warn with :class:`~sbilab.exceptions.OneSidedIntervalWarning` when an end of ``interval`` is a bound of the range."""
+    sides = [side for side, flag in (("lower", interval.lo_at_bound), ("upper", interval.hi_at_bound)) if flag]
+    if sides:
+        warnings.warn(
+            f"the {interval.cl:.3g} CL interval of {name!r}, [{interval.lo:.6g}, {interval.hi:.6g}], runs into the "
+            f"{' and '.join(sides)} bound of its range: it is one-sided there (that end is the bound, not a crossing). "
+            "Quote it as a limit, or widen the range if the estimator was trained beyond it.",
+            OneSidedIntervalWarning, stacklevel=3)

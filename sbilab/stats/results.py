@@ -55,11 +55,19 @@ class FitResult(ResultBase):
         covariance: Covariance matrix as nested tuples, in the order of ``names``.
         minos: MINOS intervals ``{name: (lo, hi)}`` as absolute bounds (empty if not run).
         nll_min: Minimum of :math:`-2\log L` (up to the constant of the reference).
-        valid: Whether MIGRAD reported a valid minimum and HESSE an accurate covariance.
+        valid: Whether the result is a measurement: MIGRAD reported a valid minimum and HESSE an
+            accurate covariance, no free parameter sits at a bound of its range, no observed
+            weight is negative, and at most the allowed fraction of observed events lies
+            outside the estimator's training support (:mod:`sbilab.stats.quality`).
         converged: Whether MIGRAD converged (EDM below tolerance, no call limit).
         fixed: Names of parameters held fixed.
         n_calls: Number of function calls.
-        message: Why the fit is not valid (empty when valid).
+        message: Why the fit is not valid (empty when valid); also :attr:`reason`.
+        at_bound: Free parameters whose optimum lies at a bound of their range.
+        outside_support: Weighted fraction of observed events outside the estimator's training
+            support (NaN when the estimator recorded none).
+        notes: What a user should know that does not make the fit invalid (e.g. that the
+            training-support check was unavailable).
     """
 
     names: tuple[str, ...]
@@ -73,6 +81,14 @@ class FitResult(ResultBase):
     fixed: tuple[str, ...] = ()
     n_calls: int = 0
     message: str = ""
+    at_bound: tuple[str, ...] = ()
+    outside_support: float = math.nan
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        """Why the fit is not valid (empty when valid); the same as ``message``."""
+        return self.message
 
     def correlation(self) -> np.ndarray:
         """Correlation matrix, ``(P, P)``."""

@@ -43,8 +43,10 @@ from torch import Tensor
 from ..events import Events
 from ..exceptions import FitError, OutOfSupportError
 from ..simulators.space import ParameterSpace
-from .intervals import ONE_SIGMA, profile_intervals
+from .intervals import ONE_SIGMA, profile_intervals, warn_one_sided
+from ..estimators.support import TrainingSupport
 from .model import LogRatio, UnbinnedModel, YieldModel, as_model
+from .quality import bound_issue, check_observed, fmin_reason, parameters_at_bound
 from .results import FitResult, Profile2DResult, ProfileResult
 
 __all__ = ["UnbinnedLikelihood", "LogRatio", "YieldModel"]
@@ -72,10 +74,19 @@ class UnbinnedLikelihood:
             to the minimum is below ``0.002 * tolerance`` in :math:`-2\log L`, i.e. the best
             fit is within about ``0.06 * sqrt(tolerance)`` standard deviations of the minimum
             (then polished by Newton steps when autograd gradients are available).
+        support: The training support to check the observed events against (default: the one
+            the estimator behind ``log_ratio`` recorded; see :mod:`sbilab.stats.quality`).
+        max_outside: Largest weighted fraction of observed events allowed outside that support
+            before fits are reported not valid (default 0; 1 switches the check off).
+
+    Fits are reported not valid (``valid=False`` and the reason in ``message``) when an optimum
+    lies at a bound of the range, observed weights are negative, or more than ``max_outside``
+    of the observed events lie outside the estimator's training support (:mod:`sbilab.stats.quality`).
 
     Raises:
         FitError: unknown parameter names, an empty observed dataset, non-positive constraint
-            widths, a free parameter without finite bounds, or model parts given twice.
+            widths, a free parameter without finite bounds, model parts given twice, or
+            ``max_outside`` outside ``[0, 1]``.
         OutOfSupportError: fixed or starting values outside the space.
 
     Example:
@@ -102,6 +113,8 @@ class UnbinnedLikelihood:
         start: Mapping[str, float] | None = None,
         batch_size: int = 65536,
         tolerance: float = 0.01,
+        support: TrainingSupport | None = None,
+        max_outside: float = 0.0,
     ) -> None:
         if not isinstance(observed, Events):
             raise FitError(f"observed must be Events (use Events.observed(x)), got {type(observed).__name__}.")
@@ -118,6 +131,7 @@ class UnbinnedLikelihood:
         self._w = observed.weights_or_ones().detach().to(device=x.device, dtype=torch.float64).unsqueeze(0)
         self._mask = None if observed.mask is None else observed.mask.to(x.device).unsqueeze(0)
         self.n_observed = float(self._w.sum())
+        self.quality = check_observed(self.model.log_ratio, observed, support=support, max_outside=max_outside)
         self.batch_size = int(batch_size)
         self.tolerance = float(tolerance)
         self.fixed = {k: float(v) for k, v in self._check_names(fixed, "fixed").items()}
@@ -258,9 +272,16 @@ class UnbinnedLikelihood:
             message = "the cost is NaN or infinite at the minimum (estimator outputs are not finite there)"
         elif free and not m.valid:
             message = f"MIGRAD did not find a valid minimum: {str(m.fmin).splitlines()[0] if m.fmin else 'no minimum'}"
-            message = _fmin_reason(m) or message
+            message = fmin_reason(m) or message
         elif free and not m.accurate and polished is None:
             message = "HESSE covariance is not accurate (forced positive definite or failed)"
+        best = point if polished is not None else np.array(m.values, dtype=np.float64)
+        best_dict = {n: float(best[i]) for i, n in enumerate(self.names)}
+        at_bound = parameters_at_bound(self.names, best_dict, self.limits, free) if finite else []
+        issues = [bound_issue(name, best_dict[name], self.limits[self._index(name)]) for name in at_bound] + list(self.quality.issues)
+        if issues:
+            valid = False
+            message = "; ".join(([message] if message else []) + issues)
         minos_res: dict[str, tuple[float, float]] = {}
         if minos and free and valid:
             targets = free if minos is True else [n for n in minos if self._index(n) >= 0 and n in free]
@@ -279,10 +300,9 @@ class UnbinnedLikelihood:
             cov = exact_cov
         elif free and m.covariance is not None:
             cov = np.array(m.covariance, dtype=float)
-        best = point if polished is not None else np.array(m.values, dtype=np.float64)
         return FitResult(
             names=self.names,
-            best={n: float(best[i]) for i, n in enumerate(self.names)},
+            best=best_dict,
             # sqrt(diag(cov)), not m.errors: for bounded parameters the latter carries the
             # linearised internal (sine) transformation and is off by ~1e-3 relative.
             errors={n: float(math.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(self.names)},
@@ -294,6 +314,9 @@ class UnbinnedLikelihood:
             fixed=tuple(n for n in self.names if n in fixed_all),
             n_calls=int(m.nfcn),
             message=message,
+            at_bound=tuple(at_bound),
+            outside_support=self.quality.outside_support,
+            notes=self.quality.notes,
         )
 
     def _polish(self, point: np.ndarray, free: Sequence[str], steps: int = 4) -> tuple[np.ndarray, float, np.ndarray] | None:
@@ -385,25 +408,12 @@ class UnbinnedLikelihood:
 
         The ends are found by :func:`~sbilab.stats.intervals.profile_intervals` stepping out from
         the best fit (Brent root finding on the profile, nuisances re-minimised at each trial
-        point); an end beyond the parameter's bound is returned as the bound. For several
+        point); an end beyond the parameter's bound is returned as the bound, and the interval
+        is then one-sided: :class:`~sbilab.exceptions.OneSidedIntervalWarning` says so. The
+        search takes a bounded number of fits even when the optimum sits at a bound. For several
         levels, a grid scan or the ``at_bound`` flags, call ``profile_intervals`` itself.
         """
         _, (found,) = profile_intervals(self, name, [cl], best=best)
+        warn_one_sided(found, name)
         return found.lo, found.hi
 
-
-def _fmin_reason(m: Minuit) -> str:
-    fmin = m.fmin
-    if fmin is None:
-        return ""
-    reasons = [
-        label
-        for flag, label in (
-            (fmin.has_reached_call_limit, "call limit reached"),
-            (fmin.is_above_max_edm, f"EDM {fmin.edm:.3g} above tolerance"),
-            (not fmin.has_covariance, "no covariance"),
-            (fmin.has_parameters_at_limit, "parameters at limit"),
-        )
-        if flag
-    ]
-    return "MIGRAD did not converge: " + ", ".join(reasons) if reasons else ""

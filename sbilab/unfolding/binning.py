@@ -13,7 +13,7 @@ Example:
     >>> edges = torch.tensor([0.0, 1.0, 2.0])
     >>> bin_index(torch.tensor([-0.5, 0.0, 1.5, 2.0, 3.0]), edges).tolist()
     [-1, 0, 1, 1, -1]
-    >>> histogram(torch.tensor([0, 1, 1, -1]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 2).tolist()
+    >>> bin_sums(torch.tensor([0, 1, 1, -1]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 2).tolist()
     [[1.0, 5.0]]
 """
 
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..exceptions import ConfigError
 
-__all__ = ["as_edges", "bin_index", "flat_bin_index", "histogram"]
+__all__ = ["as_edges", "bin_index", "flat_bin_index", "bin_sums"]
 
 
 def as_edges(edges: Tensor | Sequence[float], name: str = "edges") -> Tensor:
@@ -77,7 +77,7 @@ def flat_bin_index(values: Sequence[Tensor], edges: Sequence[Tensor]) -> Tensor:
     return torch.where(outside, -1, flat)
 
 
-def histogram(index: Tensor, weights: Tensor, n_bins: int) -> Tensor:
+def bin_sums(index: Tensor, weights: Tensor, n_bins: int) -> Tensor:
     """Sums of weights per bin for every weight column, ``(..., n_bins)``.
 
     Args:

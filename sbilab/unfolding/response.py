@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..exceptions import InvalidEventsError, ShapeMismatchError
-from .binning import as_edges, bin_index, histogram
+from .binning import as_edges, bin_index, bin_sums
 
 __all__ = ["Response"]
 
@@ -210,15 +210,15 @@ class Response:
         both = (ig >= 0) & (ir >= 0)
         ww = torch.stack([w, w * w])  # sums of weights and of squared weights at once
         pair = torch.where(both, ig * n_e + ir, -1)
-        w_pair = histogram(pair, ww, n_c * n_e).reshape(2, n_c, n_e)  # (2, C, E)
-        w_gen = histogram(ig, ww, n_c)  # (2, C)
+        w_pair = bin_sums(pair, ww, n_c * n_e).reshape(2, n_c, n_e)  # (2, C, E)
+        w_gen = bin_sums(ig, ww, n_c)  # (2, C)
         if bool((w_gen[0] < 0).any()):
             raise InvalidEventsError(f"generator bins {torch.nonzero(w_gen[0] < 0)[:, 0].tolist()} have negative total weight.")
         total = w_gen[0]
         r_t = torch.where(total[:, None] > 0, w_pair[0] / total.clamp_min(1e-300)[:, None], torch.zeros_like(w_pair[0]))
         cov = _block_covariance(r_t, w_pair[1], w_gen[1], total)
         fake_idx = torch.where(ig < 0, ir, -1)
-        w_fake = histogram(fake_idx, ww, n_e)  # (2, E)
+        w_fake = bin_sums(fake_idx, ww, n_e)  # (2, E)
         fakes = fakes_cov = None
         if float(w_fake[0].sum()) > 0:
             f_tot = w_fake[0].sum()

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..exceptions import ConfigError, InvalidEventsError, PublishError, ShapeMismatchError
 from ..publish import load_results, save_results
-from .binning import as_edges, flat_bin_index, histogram
+from .binning import as_edges, flat_bin_index, bin_sums
 
 __all__ = ["UnfoldedResult", "HistogramBand", "RESULT_KIND"]
 
@@ -349,7 +349,7 @@ class UnfoldedResult:
         shape = tuple(e.numel() - 1 for e in edges)
         index = flat_bin_index(cols, edges)
         columns = self.columns()
-        hists = histogram(index, torch.stack([c.to(torch.float64) for c in columns.values()]), int(torch.tensor(shape).prod()))
+        hists = bin_sums(index, torch.stack([c.to(torch.float64) for c in columns.values()]), int(torch.tensor(shape).prod()))
         if density:
             volume = edges[0].diff()
             for e in edges[1:]:  # row-major bin volumes, the order of flat_bin_index
