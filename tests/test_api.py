@@ -51,6 +51,15 @@ PUBLIC = {
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
         "IntegrationNoise", "integration_noise",
     },
+    "sbilab.surrogates": {
+        "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
+        "paired_arrays", "to_paired_events", "TruthLevel", "Stage", "Composition", "simulate_pairs", "ResonanceTruth", "ResonanceDetector",
+        "StageSurrogate", "train_stage_surrogate", "TruthRangeWarning", "SimulatorSurrogate", "train_simulator_surrogate",
+        "train_refinement", "refinement_weights", "log_weight", "stage_log_ratio", "ratio_agreement", "LowEffectiveSampleSizeWarning",
+        "AucResult", "HistogramComparison", "ValidationReport", "auc_error_estimate", "two_sample_auc", "compare_histograms",
+        "compare_moments", "validate", "LikelihoodModel", "InferenceComparison", "compare_inference",
+        "AmplificationResult", "histogram_amplification", "mean_amplification",
+    },
     "sbilab.reinterpret": {
         "SignalPatch", "PatchCollection", "read_patches", "read_background", "patched_workspace", "to_patchset", "ScanSettings",
         "evaluate_patch", "poi_modifier_check", "scan_patches", "ScanJournal", "PatchResult", "ScanResult", "ExclusionContours",

@@ -20,6 +20,9 @@ kind                 pipeline
                      the history's gold, a set posterior, the exact primary-emission toy
 ``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
                      with pyhf, SIC of weakly supervised classifiers, a bump hunt
+``"surrogate"``      :func:`sbilab.analysis.surrogate.run_surrogate`: the resonance measurement
+                     with its detector stage replaced by a learned surrogate, validated,
+                     refined, and fitted against the original
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays
