@@ -33,10 +33,12 @@ PUBLIC = {
     },
     "sbilab.unfolding": {
         "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
-        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
+        "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "ToyData",
         "GaussianUnfoldingToy", "minimal_toy", "full_toy", "MultiObservableToy", "IdealIterations", "ideal_iterations",
         "gaussian_ideal_moments", "ideal_stat_error", "ObservableUnfolding", "unfold_each_observable", "compare_to_truth",
-        "UnfoldedResult", "HistogramBand", "read_pandas_table",
+        "UnfoldedResult", "HistogramBand", "read_pandas_table", "weighted_moments", "distances_to_truth", "omnifold",
+        "OmniFoldSettings", "OmniFoldResult", "ClassifierSettings", "StepDiagnostics", "Replicas", "ReplicaLayout",
+        "generative_unfold", "GenerativeSettings", "GenerativeResult",
     },
     "sbilab.io": {
         "LHEHeader", "LHEData", "LHEWeight", "WeightGroup", "IDWTUP_VALUES", "read_lhe_header", "iter_lhe_chunks", "read_lhe",
@@ -49,7 +51,9 @@ PUBLIC = {
         "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
         "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
-        "IntegrationNoise", "integration_noise",
+        "IntegrationNoise", "integration_noise", "CoverageCheck", "CoverageWarning", "check_coverage", "FlowProposal", "Anchor",
+        "fit_proposal", "fit_sampler", "RemappedChannels", "fit_channel_flows", "PROPOSAL_TRAINING", "SAMPLER_TRAINING", "LearnedTransfer", "LearnedAcceptance", "AcceptedProcess",
+        "detector_pairs", "fit_transfer", "fit_acceptance", "TRANSFER_TRAINING", "ACCEPTANCE_TRAINING",
     },
     "sbilab.surrogates": {
         "check_pairs", "stage_context", "stage_events", "efficiency_events", "simulator_events", "stage_features",
