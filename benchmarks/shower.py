@@ -177,6 +177,7 @@ def shower_study(args) -> dict[str, Any]:
         check = closure(fn, shower.space, datasets, sm)
         bias[method] = {"mean_pull_raw": raw["mean_pull"], "mean_pull_normalised": check["mean_pull"],
                         "pulls_raw": raw["pulls"], "pulls_normalised": check["pulls"], "closure_passed": check["passed"],
+                        "fits_raw": raw["fits"], "fits_normalised": check["fits"],
                         "problems": check["problems"]}
         at_truth[method] = dict(zip(NAMES, hessian_widths(fn, shower.space, observed.x, sm).tolist()))
         first = check["fits"][0]

@@ -131,7 +131,7 @@ def test_augment_and_ratio_training_data_work_unchanged(shower):
     ref = shower.space.reference.expand(120, 3)
     direct = shower.joint_log_prob(data, data.theta) - shower.joint_log_prob(data, ref)
     torch.testing.assert_close(data.log_r_joint.double(), direct.to(data.log_r_joint.dtype).double(), rtol=1e-5, atol=1e-5)
-    again = augment(shower, data[:10])
+    again = augment(shower, data[:10], check="off")  # same scores; an identity check on 10 events would judge noise
     torch.testing.assert_close(again.score_joint, data.score_joint[:10])
 
 
