@@ -6,11 +6,12 @@ estimator (:class:`RatioEstimator`, :class:`ScoreEstimator`, :class:`LikelihoodE
 :class:`PosteriorEstimator`, :class:`ConditionalDensity`, :class:`Classifier`) with a loss from
 :mod:`sbilab.estimators.losses`, :mod:`sbilab.stats` turns it into measurements and limits, and
 :mod:`sbilab.publish` saves estimators and results as HDF5 + JSON (no pickle); :mod:`sbilab.io`
-reads LHE and ROOT files and writes ROOT, hist and ONNX.
+reads LHE and ROOT files and writes ROOT, hist and ONNX; :mod:`sbilab.distributed` spreads
+simulation and training over processes, GPUs and Dask clusters.
 """
 
 from ._version import __version__
-from . import calibration, exceptions, inference, io, publish, simulators, stats
+from . import calibration, distributed, exceptions, inference, io, publish, simulators, stats
 from .estimators import Classifier, ConditionalDensity, LikelihoodEstimator, PosteriorEstimator, PosteriorMixture, RatioEstimator, ScoreEstimator, get_loss
 from .events import Events
 from .exceptions import SbilabError
@@ -26,6 +27,7 @@ __all__ = [
     "__version__",
     # submodules
     "calibration",
+    "distributed",
     "exceptions",
     "inference",
     "io",

@@ -15,7 +15,9 @@ field                     shape                   meaning
 ``theta``                 ``(N, P)``              parameter point each event belongs to
 ``log_r_joint``           ``(N,)``                :math:`\log p(x,z|\theta)/p(x,z|\theta_\mathrm{ref})`
 ``score_joint``           ``(N, P)``              :math:`\nabla_\theta \log p(x,z|\theta)`
-``weights``               ``(N,)``                event weights (default: all ones)
+``weights``               ``(N,)`` or ``(N, K)``  event weights (default: all ones); ``(N, K)``: one
+                                                  column per member of an ensemble of ``K`` trained
+                                                  at once (e.g. bootstrap replicas)
 ``label``                 ``(N,)``                1 if drawn at ``theta``, 0 if at the reference
 ``latent``                ``(N, L)`` or           the simulator's latent path z (e.g. parton level), or
                           ``(N, T, K)``           a padded variable-length history (e.g. a shower's
@@ -87,7 +89,10 @@ class Events:
             are unknown: pass ``Events.observed(x)`` which stores a ``(N, 0)`` tensor.
         log_r_joint: Joint log-likelihood ratio against the reference point, ``(N,)``.
         score_joint: Joint score at ``theta``, ``(N, P)``.
-        weights: Event weights, ``(N,)``. ``None`` means unit weights.
+        weights: Event weights, ``(N,)``, or ``(N, K)`` with one column per member of an
+            ensemble of ``K`` trained at once by :func:`~sbilab.training.fit` (member ``k``
+            minimises its loss with weights ``weights[:, k]``, e.g. bootstrap replicas with
+            Poisson weights). ``None`` means unit weights.
         label: 1 for events drawn at ``theta``, 0 for events drawn at the reference, ``(N,)``.
         latent: Latent variables of the simulation, ``(N, L)``, or a padded variable-length
             history ``(N, T, K)`` (then give ``latent_mask`` unless every entry is real).
@@ -142,7 +147,7 @@ class Events:
         if x.dim() not in (2, 3):
             raise InvalidEventsError(f"Events.x has shape {tuple(x.shape)}; it must be (N, D) or (N, M, F).")
         n = x.shape[0]
-        expected_dims = {"theta": (2,), "log_r_joint": (1,), "score_joint": (2,), "weights": (1,), "label": (1,),
+        expected_dims = {"theta": (2,), "log_r_joint": (1,), "score_joint": (2,), "weights": (1, 2), "label": (1,),
                          "latent": (2, 3), "mask": (2,), "spectator": (2,), "latent_mask": (2,)}
         for name, ndims in expected_dims.items():
             value = getattr(self, name)

@@ -33,6 +33,9 @@ __all__ = [
     "IntegrandError",
     "RegionError",
     "IdentityCheckError",
+    "DistributedError",
+    "WorkerError",
+    "SchedulerTimeoutError",
     "SbilabWarning",
     "IdentityCheckWarning",
     "ExtrapolationWarning",
@@ -134,6 +137,26 @@ class IdentityCheckError(SbilabError, ValueError):
     """An identity every correct simulator satisfies fails its statistical test: the mean joint
     score is not zero or the mean joint ratio not one (see :mod:`sbilab.simulators.checks`), which
     means ``joint_log_prob`` misses a θ-dependent term such as an acceptance."""
+
+
+class DistributedError(SbilabError, RuntimeError):
+    """A run spread over processes or machines failed (see the subclasses); what was committed is kept."""
+
+
+class WorkerError(DistributedError):
+    """A worker process raised, died more often than allowed, or did not finish in time.
+
+    Attributes:
+        chunk: Index of the simulation chunk (fan-out) or ``None``.
+        rank: Rank of the training process (data-parallel launch) or ``None``.
+    """
+
+    chunk: int | None = None
+    rank: int | None = None
+
+
+class SchedulerTimeoutError(DistributedError, TimeoutError):
+    """A Dask scheduler address did not answer within the timeout."""
 
 
 class SbilabWarning(UserWarning):

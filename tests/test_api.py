@@ -12,7 +12,7 @@ from sbilab import exceptions
 
 PUBLIC = {
     "sbilab": {
-        "__version__", "calibration", "exceptions", "inference", "io", "publish", "simulators", "stats",
+        "__version__", "calibration", "distributed", "exceptions", "inference", "io", "publish", "simulators", "stats",
         "Events", "PairedEvents", "ParameterSpace", "Simulator", "SimulationStore", "augment", "joint_log_ratio", "joint_score",
         "ratio_training_data", "score_training_data", "RatioEstimator", "ScoreEstimator", "LikelihoodEstimator",
         "PosteriorEstimator", "PosteriorMixture", "Classifier", "ConditionalDensity", "Ensemble", "get_loss", "fit", "TrainingResult", "TrainingConfig", "UnbinnedLikelihood",
@@ -26,7 +26,11 @@ PUBLIC = {
         "check_spectator_not_input", "ClassifierPair", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
-    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint"},
+    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint", "DataParallel"},
+    "sbilab.distributed": {
+        "simulate_to_store", "FanoutResult", "SimulatorSpec", "chunk_seed", "launch", "free_port", "DataParallel",
+        "train_replicas", "ReplicaResult", "TrainingTask", "join_ensembles",
+    },
     "sbilab.unfolding": {
         "Response", "IBUResult", "iterative_unfold", "triangular_discriminator", "triangular_discriminator_binned",
         "wasserstein_1d", "wasserstein_1d_cdf", "Chi2Result", "chi2_ndf", "classifier_auc", "PairedSample", "ToyData",
@@ -46,6 +50,11 @@ PUBLIC = {
         "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
         "IntegrationNoise", "integration_noise",
+    },
+    "sbilab.reinterpret": {
+        "SignalPatch", "PatchCollection", "read_patches", "read_background", "patched_workspace", "to_patchset", "ScanSettings",
+        "evaluate_patch", "poi_modifier_check", "scan_patches", "ScanJournal", "PatchResult", "ScanResult", "ExclusionContours",
+        "exclusion_contours", "significance", "INTERPOLATION", "plot_exclusion", "signal_patch", "add_signal", "poi_upper_bound",
     },
 }
 

@@ -9,24 +9,28 @@ workspace, apply a signal patch and test it (reinterpretation).
 The workspace-level functions take a :class:`pyhf.Workspace` (or a :class:`PyhfModel`); the
 model-level :func:`sbilab.stats.hypotest` and :func:`sbilab.stats.upper_limit` take any
 :class:`~sbilab.stats.asymptotic.ProfileModel` and a dataset, and run underneath.
-All computations use pyhf's numpy backend with the minuit optimizer, switched on only inside
-each call and restored afterwards (:func:`numpy_minuit`), since ``pyhf.set_backend`` is global.
+All computations use pyhf's numpy backend with the minuit optimizer by default (a
+:class:`PyhfModel` may choose scipy and/or the torch backend), switched on only inside each call
+and restored afterwards (:func:`pyhf_backend`), since ``pyhf.set_backend`` is global.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pyhf
 
-from ..exceptions import WorkspaceError
+from ..exceptions import FitError, WorkspaceError
 from . import asymptotic
-from .histfactory import Channel, Sample, apply_patch, build_workspace, check_observations, load_workspace, numpy_minuit, pyhf_errors, to_json
+from .histfactory import (Channel, Sample, apply_patch, build_workspace, check_observations, load_workspace, numpy_minuit, pyhf_backend,
+                          pyhf_errors, to_json)
 from .results import HypotestResult, UpperLimitResult
 
 __all__ = [
     "numpy_minuit",
+    "pyhf_backend",
     "Sample",
     "Channel",
     "build_workspace",
@@ -40,29 +44,74 @@ __all__ = [
 
 
 class PyhfModel:
-    r"""A pyhf model as an :class:`~sbilab.stats.asymptotic.ProfileModel` (numpy backend, minuit).
+    r"""A pyhf model as an :class:`~sbilab.stats.asymptotic.ProfileModel`.
 
     Args:
         workspace: The workspace.
         measurement: Measurement name (default: the first).
-        tolerance: Minuit tolerance.
+        optimizer: ``"minuit"`` or ``"scipy"`` (SLSQP, pyhf's default optimizer).
+        tolerance: The optimizer's tolerance; ``None`` keeps its default (minuit 0.1, SLSQP 1e-6).
+        backend: ``"numpy"`` (gradients by finite differences) or ``"torch"`` (float64, exact
+            gradients by autodiff: 2-3x fewer CPU seconds per fit on a 60-parameter model).
+        poi_bounds: Bounds of the parameter of interest, replacing the workspace's (e.g. wider
+            ones for the limit of a weak signal).
+        warm_start: ``{parameter name: values}`` starting values (e.g. :meth:`parameters` of a
+            neighbouring signal point's fit), clipped to the bounds; others start at the
+            workspace's ``inits``.
+        validate: Check the workspace against pyhf's schema while building the model (skip it
+            only for a workspace already validated, e.g. a patched published one).
 
     Fits are remembered per (data, fixed POI): a CLs scan over μ refits the same free fit, μ = 0
-    fit and Asimov data at every tested point, so an upper-limit scan costs one fit per μ.
+    fit and Asimov data at every tested point, so an upper-limit scan costs one fit per μ. Each
+    fit starts from the nearest earlier fit on the same data (or from the parameters that
+    generated an Asimov dataset). On Asimov data from parameters :math:`\theta_0` the free fit
+    is not run: every Poisson and constraint term is maximal at :math:`\theta_0`, so it is the
+    exact minimum.
     """
 
-    def __init__(self, workspace: pyhf.Workspace, *, measurement: str | None = None, tolerance: float = 0.1) -> None:
+    def __init__(self, workspace: pyhf.Workspace, *, measurement: str | None = None, optimizer: Literal["minuit", "scipy"] = "minuit",
+                 tolerance: float | None = None, backend: Literal["numpy", "torch"] = "numpy",
+                 poi_bounds: tuple[float, float] | None = None, warm_start: Mapping[str, Sequence[float]] | None = None,
+                 validate: bool = True) -> None:
         self.workspace = workspace
-        self.tolerance = tolerance
+        self.optimizer, self.tolerance, self.backend = optimizer, tolerance, backend
         self._fits: dict[tuple[bytes, float | None], tuple[float, np.ndarray, bool]] = {}
-        with numpy_minuit(), pyhf_errors(workspace):
+        self._asimov: dict[bytes, np.ndarray] = {}
+        with self._pyhf(), pyhf_errors(workspace), warnings.catch_warnings():
+            # pyhf builds torch tensors from lists of arrays; torch's advice about it is for pyhf, not for the user
+            warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays", category=UserWarning)
             try:
-                self.model = workspace.model(measurement_name=measurement)
+                self.model = workspace.model(measurement_name=measurement, validate=validate)
             except pyhf.exceptions.InvalidMeasurement as err:
                 raise WorkspaceError(f"measurement {measurement!r} not found: {err}") from err
             check_observations(workspace, self.model)
             self.observed = np.asarray(workspace.data(self.model), dtype=float)
-        self.poi_index = int(self.model.config.poi_index)
+        config = self.model.config
+        self.poi_index = int(config.poi_index)
+        self.names: tuple[str, ...] = tuple(config.par_order)
+        self.init = np.asarray(config.suggested_init(), dtype=float)
+        self.bounds = np.asarray(config.suggested_bounds(), dtype=float)
+        self.fixed = [bool(f) for f in config.suggested_fixed()]
+        if poi_bounds is not None:
+            lo, hi = (float(v) for v in poi_bounds)
+            if not lo < hi:
+                raise FitError(f"poi_bounds = {tuple(poi_bounds)}; need lo < hi, e.g. (0.0, 100.0).")
+            self.bounds[self.poi_index] = (lo, hi)
+            self.init[self.poi_index] = min(max(self.init[self.poi_index], lo), hi)
+        if warm_start:
+            for name, values in warm_start.items():
+                if name in config.par_map and np.size(values) == config.param_set(name).n_parameters:
+                    self.init[config.par_slice(name)] = np.asarray(values, dtype=float).reshape(-1)
+            free = ~np.asarray(self.fixed)
+            self.init[free] = np.clip(self.init[free], self.bounds[free, 0], self.bounds[free, 1])
+
+    def _pyhf(self) -> Any:
+        return pyhf_backend(self.backend, self.optimizer, tolerance=self.tolerance)
+
+    def parameters(self, values: np.ndarray) -> dict[str, list[float]]:
+        """``values`` ``(P,)`` by parameter name (per-bin parameters as lists), e.g. as ``warm_start`` of another model."""
+        config = self.model.config
+        return {name: np.asarray(values, dtype=float)[config.par_slice(name)].tolist() for name in self.names}
 
     def _data(self, data: Any) -> np.ndarray:
         """``data`` as float64 ``(B + A,)``, or WorkspaceError naming the channels when its length is wrong."""
@@ -87,27 +136,45 @@ class PyhfModel:
         twice_nll, pars, ok = self._fits[key]
         return twice_nll, pars.copy(), ok
 
+    def _start(self, data_key: bytes, poi: float | None) -> np.ndarray:
+        """Starting values: the nearest converged fit on the same data, the Asimov parameters, or ``init``."""
+        earlier = [(k[1], pars) for k, (_, pars, ok) in self._fits.items() if k[0] == data_key and ok]
+        if earlier:
+            target = self.init[self.poi_index] if poi is None else poi
+            start = min(earlier, key=lambda e: abs((e[1][self.poi_index] if e[0] is None else e[0]) - target))[1].copy()
+        else:
+            start = self._asimov.get(data_key, self.init).copy()
+        if poi is not None:
+            start[self.poi_index] = poi
+        return start
+
     def _fit(self, data: Any, poi: float | None) -> tuple[float, np.ndarray, bool]:
-        with numpy_minuit(tolerance=self.tolerance):
-            fixed = list(self.model.config.suggested_fixed())
-            fixed[self.poi_index] = True
-            if poi is not None and all(fixed):  # nothing left to fit: evaluate
-                pars = np.asarray(self.model.config.suggested_init(), dtype=float)
-                pars[self.poi_index] = poi
-                return float(-2.0 * self.model.logpdf(pars, data)[0]), pars, True
+        values = np.asarray(data, dtype=float)
+        start, bounds = self._start(values.tobytes(), poi), self.bounds.copy()
+        if poi is not None:  # a fixed POI beyond the bounds widens them (pyhf refuses a start outside)
+            bounds[self.poi_index] = (min(bounds[self.poi_index, 0], poi), max(bounds[self.poi_index, 1], poi))
+        free = ~np.asarray(self.fixed)
+        start[free] = np.clip(start[free], bounds[free, 0], bounds[free, 1])
+        with self._pyhf():
+            tensorlib = pyhf.tensorlib
+            if poi is not None and all(f for i, f in enumerate(self.fixed) if i != self.poi_index):  # nothing to fit: evaluate
+                twice_nll = -2.0 * self.model.logpdf(tensorlib.astensor(start), tensorlib.astensor(values))[0]
+                return float(tensorlib.to_numpy(twice_nll)), start, True
+            options = {"init_pars": start.tolist(), "par_bounds": bounds.tolist(), "fixed_params": list(self.fixed),
+                       "return_fitted_val": True}
             try:
                 if poi is None:
-                    pars, twice_nll = pyhf.infer.mle.fit(data, self.model, return_fitted_val=True)
+                    pars, twice_nll = pyhf.infer.mle.fit(tensorlib.astensor(values), self.model, **options)
                 else:
-                    pars, twice_nll = pyhf.infer.mle.fixed_poi_fit(poi, data, self.model, return_fitted_val=True)
+                    pars, twice_nll = pyhf.infer.mle.fixed_poi_fit(poi, tensorlib.astensor(values), self.model, **options)
             except pyhf.exceptions.FailedMinimization as err:
                 result = getattr(err, "result", None)
                 pars = np.asarray(getattr(result, "x", np.full(self.model.config.npars, np.nan)))
                 return float(getattr(result, "fun", np.nan)), pars, False
-        return float(twice_nll), np.asarray(pars, dtype=float), True
+            return float(tensorlib.to_numpy(twice_nll)), np.asarray(tensorlib.to_numpy(pars), dtype=float), True
 
     def asimov(self, parameters: np.ndarray) -> np.ndarray:
-        """Expected main + auxiliary data at ``parameters`` ``(npars,)``.
+        """Expected main + auxiliary data at ``parameters`` ``(npars,)``; their free fit is known exactly (the parameters).
 
         Raises:
             WorkspaceError: ``parameters`` does not have one entry per model parameter.
@@ -116,8 +183,17 @@ class PyhfModel:
         if pars.shape != (self.model.config.npars,):
             raise WorkspaceError(f"parameters has shape {pars.shape}; this model has {self.model.config.npars} parameters "
                                  f"{self.model.config.par_names}.")
-        with numpy_minuit(), pyhf_errors(self.workspace):
-            return np.asarray(self.model.expected_data(pars), dtype=float)
+        with self._pyhf():
+            tensorlib = pyhf.tensorlib
+            data = np.asarray(tensorlib.to_numpy(self.model.expected_data(tensorlib.astensor(pars))), dtype=float)
+            key = data.tobytes()
+            self._asimov[key] = pars.copy()
+            fixed = np.asarray(self.fixed)
+            inside = bool(np.all((pars >= self.bounds[:, 0]) & (pars <= self.bounds[:, 1])))
+            if inside and np.array_equal(pars[fixed], self.init[fixed]) and (key, None) not in self._fits:
+                twice_nll = -2.0 * self.model.logpdf(tensorlib.astensor(pars), tensorlib.astensor(data))[0]
+                self._fits[(key, None)] = (float(tensorlib.to_numpy(twice_nll)), pars.copy(), True)
+        return data
 
 
 def _model(workspace: pyhf.Workspace | PyhfModel, function: str) -> PyhfModel:

@@ -18,27 +18,70 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyhf
 
-from ..exceptions import WorkspaceError
+from ..exceptions import FitError, WorkspaceError
 
-__all__ = ["numpy_minuit", "Sample", "Channel", "build_workspace", "load_workspace", "apply_patch", "to_json", "pyhf_errors"]
+__all__ = ["pyhf_backend", "numpy_minuit", "Sample", "Channel", "build_workspace", "load_workspace", "apply_patch", "to_json", "pyhf_errors"]
+
+
+BACKENDS = ("numpy", "torch")
+OPTIMIZERS = ("minuit", "scipy")
+_TENSORLIB_NAMES = {"numpy": "numpy", "torch": "pytorch"}
+
+
+@contextlib.contextmanager
+def pyhf_backend(backend: Literal["numpy", "torch"] = "numpy", optimizer: Literal["minuit", "scipy"] = "minuit", *,
+                 tolerance: float | None = None, strategy: int | None = None) -> Iterator[None]:
+    """Context in which pyhf uses ``backend`` (float64) and ``optimizer``; restores the previous backend.
+
+    ``"torch"`` gives the optimizer exact gradients by autodiff (numpy: finite differences, one
+    likelihood evaluation per parameter and step). ``tolerance=None`` keeps the optimizer's own
+    default (minuit: 0.1, scipy SLSQP: ``ftol`` 1e-6, pyhf's defaults). When pyhf already runs
+    with these settings nothing is switched (a switch makes every live pyhf model re-convert its
+    tensors).
+
+    Raises:
+        FitError: an unknown backend or optimizer.
+    """
+    if backend not in BACKENDS or optimizer not in OPTIMIZERS:
+        raise FitError(f"backend={backend!r}, optimizer={optimizer!r}: choose backend from {BACKENDS} and optimizer from {OPTIMIZERS}.")
+    old_tensorlib, old_optimizer = pyhf.get_backend()
+    if (old_tensorlib.name == _TENSORLIB_NAMES[backend] and getattr(old_tensorlib, "precision", "64b") == "64b"
+            and old_optimizer.name == optimizer and old_optimizer.tolerance == (0.1 if tolerance is None and optimizer == "minuit" else tolerance)
+            and getattr(old_optimizer, "strategy", None) == strategy):
+        yield
+        return
+    tensorlib = "numpy" if backend == "numpy" else pyhf.tensor.pytorch_backend(precision="64b")
+    if optimizer == "minuit":
+        opt = pyhf.optimize.minuit_optimizer(tolerance=0.1 if tolerance is None else tolerance, strategy=strategy)
+    else:
+        opt = pyhf.optimize.scipy_optimizer(tolerance=tolerance)
+    _set_backend(tensorlib, opt)
+    try:
+        yield
+    finally:
+        _set_backend(old_tensorlib, old_optimizer)
+
+
+def _set_backend(tensorlib: Any, optimizer: Any) -> None:
+    """``pyhf.set_backend``; live models re-convert their tensors, which under torch makes torch warn about pyhf's lists of arrays."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays", category=UserWarning)
+        pyhf.set_backend(tensorlib, optimizer)
 
 
 @contextlib.contextmanager
 def numpy_minuit(*, tolerance: float = 0.1, strategy: int | None = None) -> Iterator[None]:
     """Context in which pyhf uses the numpy backend (float64) and the minuit optimizer; restores the previous backend."""
-    old_tensorlib, old_optimizer = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=tolerance, strategy=strategy))
-    try:
+    with pyhf_backend("numpy", "minuit", tolerance=tolerance, strategy=strategy):
         yield
-    finally:
-        pyhf.set_backend(old_tensorlib, old_optimizer)
 
 
 def _counts(name: str, values: Any, n_bins: int | None) -> list[float]:

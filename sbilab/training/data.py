@@ -48,6 +48,9 @@ class BatchSource(abc.ABC):
 
     device: torch.device
     generator: torch.Generator
+    shard: tuple[int, int] = (0, 1)
+    """(rank, world size) of data-parallel training: every batch is split into ``world size``
+    near-equal parts and this process gets part ``rank`` (set by :class:`~sbilab.training.distributed.DataParallel`)."""
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -85,6 +88,7 @@ class InMemorySource(BatchSource):
         n = len(self.events)
         perm = torch.randperm(n, generator=self.generator, device=self.generator.device)
         for index in perm.tensor_split(self.n_batches(batch_size)):
+            index = index.tensor_split(self.shard[1])[self.shard[0]] if self.shard[1] > 1 else index
             batch = self.events[index]
             yield batch if batch.device == self.device else batch.to(self.device)
 
@@ -105,4 +109,6 @@ class StreamedSource(BatchSource):
 
     def epoch(self, batch_size: int) -> Iterator[Events]:
         for batch in self.stream.batches(batch_size, shuffle=True, generator=self.generator):
+            if self.shard[1] > 1:
+                batch = batch[torch.arange(len(batch)).tensor_split(self.shard[1])[self.shard[0]]]
             yield batch.to(self.device)

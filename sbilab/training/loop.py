@@ -31,6 +31,7 @@ from ..nets.ensemble import Ensemble
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
+from .distributed import DataParallel, check_world_size
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
 from .result import TrainingResult
 from .stopping import EarlyStopping
@@ -83,6 +84,7 @@ def fit(
     resume: bool = False,
     stream: bool | None = None,
     progress: bool = True,
+    parallel: DataParallel | None = None,
 ) -> TrainingResult:
     r"""Train ``estimator`` by minimising ``loss`` on ``data``; see :class:`TrainingConfig` for the options.
 
@@ -104,6 +106,8 @@ def fit(
         stream: Stream batches from a store (``True``), load it into memory (``False``), or load it
             if it fits (``None``).
         progress: Show a tqdm bar over epochs (on stderr).
+        parallel: Train data-parallel over the processes of a torch.distributed group (call
+            ``fit`` in every process with the same arguments); see :mod:`sbilab.training.distributed`.
 
     Returns:
         :class:`TrainingResult` with the model holding its best weights and the history.
@@ -137,7 +141,7 @@ def fit(
     devices = [dev.index] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        run = _Run(estimator, loss, data, validation, config, dev, stream, progress)
+        run = _Run(estimator, loss, data, validation, config, dev, stream, progress, parallel)
         return run.execute(checkpoint, resume)
 
 
@@ -145,8 +149,10 @@ class _Run:
     """State of one call of :func:`fit` (kept out of the public API)."""
 
     def __init__(self, estimator: nn.Module, loss: Loss, data: Any, validation: Events | None,
-                 config: TrainingConfig, device: torch.device, stream: bool | None, progress: bool) -> None:
+                 config: TrainingConfig, device: torch.device, stream: bool | None, progress: bool,
+                 parallel: DataParallel | None = None) -> None:
         self.loss, self.config, self.device, self.progress = loss, config, device, progress
+        self.parallel, self.progress = parallel, progress and (parallel is None or parallel.is_writer)
         self.source, self.validation = self._sources(data, validation, stream)
         model = estimator
         if config.ensemble > 1:
@@ -159,6 +165,8 @@ class _Run:
         if not params:
             raise ConfigError(f"fit: {type(estimator).__name__} has no trainable parameters.")
         self.params = params
+        self._train_losses = self._member_losses if parallel is None else parallel.attach(
+            self.model, self._member_losses, self.source, config.batch_size, config.seed)
         self.optimizer = adam(params, config)
         self.stopper = EarlyStopping(self.k, config)
         self.best = clone_state(self.model)
@@ -204,7 +212,7 @@ class _Run:
         return self._member_losses(batch)
 
     def _validate(self) -> list[float]:
-        val, chunk = self.validation, max(4 * self.config.batch_size, 4096)
+        val, chunk = self.validation if self.parallel is None else self.parallel.local_part(self.validation), max(4 * self.config.batch_size, 4096)
         self.model.eval()
         total, norm = 0.0, 0.0
         for start in range(0, len(val), chunk):
@@ -221,6 +229,8 @@ class _Run:
             total = total + losses * weight
             norm += weight
         self.model.train()
+        if self.parallel is not None:
+            total, norm = self.parallel.sum_over_ranks(torch.as_tensor(total, dtype=torch.float64).expand(self.k), norm)
         return (total / norm).reshape(-1).tolist()
 
     # ------------------------------------------------------------------ main loop
@@ -244,7 +254,7 @@ class _Run:
                     lr = cfg.learning_rate * learning_rate_factor(cfg, step, total_steps, self.stopper.reductions)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    members = self._member_losses(batch)
+                    members = self._train_losses(batch)
                     objective = members.sum()
                     if check_each_batch and not bool(torch.isfinite(objective)):
                         self._diverged(epoch, f"batch {b} of {n_batches}", objective)
@@ -313,7 +323,10 @@ class _Run:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, path: str | os.PathLike, epoch: int, step: int, *, finished: bool) -> None:
-        save_checkpoint(path, {
+        ranks = {} if self.parallel is None else self.parallel.checkpoint_state(self.device)  # collective: every rank
+        if self.parallel is not None and not self.parallel.is_writer:
+            return
+        save_checkpoint(path, {**ranks,
             "config": self.config.to_dict(), "data": self.source.fingerprint(), "k": self.k,
             "epoch": epoch, "step": step, "finished": finished,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best,
@@ -322,6 +335,7 @@ class _Run:
         })
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int, bool]:
+        check_world_size(state, self.parallel)
         saved = {**TrainingConfig().to_dict(), **state["config"]}  # options added since the checkpoint: their defaults
         now = self.config.to_dict()
         diff = sorted(key for key in now if key != "epochs" and saved.get(key) != now[key])
@@ -341,6 +355,8 @@ class _Run:
         self.stopper.load_state_dict(state["stopper"])
         self.history = {key: list(value) for key, value in state["history"].items()}
         set_rng_state(state["rng"], self.device, self.source.generator)
+        if self.parallel is not None:
+            self.parallel.restore(state, self.device)
         return int(state["epoch"]), int(state["step"]), bool(state["finished"])
 
     def _result(self, stopped_early: bool) -> TrainingResult:

@@ -1,6 +1,7 @@
 r"""The pieces of one optimisation step of :func:`~sbilab.training.fit`.
 
-Per-event losses are reduced to one weighted mean per member; gradients are clipped per
+Per-event losses are reduced to one weighted mean per member (with weights shared by the
+members, or one weight column per member); gradients are clipped per
 member (an ensemble's members must not share a clipping factor, or they would not train
 independently); the best weights are tracked per member.
 """
@@ -25,7 +26,16 @@ def adam(params: list[Tensor], config: TrainingConfig) -> torch.optim.Optimizer:
 
 
 def reduce_losses(per_event: Tensor, weights: Tensor | None, k: int, n: int) -> Tensor:
-    """Weighted mean over events of per-event losses ``(N,)`` or ``(K, N)``; returns ``()`` or ``(K,)``."""
+    r"""Weighted mean over events of per-event losses ``(N,)`` or ``(K, N)``; returns ``()`` or ``(K,)``.
+
+    ``weights`` are ``(N,)`` (shared by every member) or, for an ensemble of ``K`` members,
+    ``(N, K)``: member ``k`` gets :math:`\sum_i w_{ik}\ell_{ki} / \sum_i w_{ik}`, exactly the loss
+    of a separate run with weights ``weights[:, k]`` on the same batch (bootstrap replicas
+    trained as one ensemble).
+
+    Raises:
+        ShapeMismatchError: the loss is not per event, or ``(N, K)`` weights do not match the ensemble.
+    """
     expected = (n,) if k == 1 else (k, n)
     if not isinstance(per_event, Tensor) or tuple(per_event.shape) != expected:
         got = tuple(per_event.shape) if isinstance(per_event, Tensor) else type(per_event).__name__
@@ -37,6 +47,15 @@ def reduce_losses(per_event: Tensor, weights: Tensor | None, k: int, n: int) -> 
         per_event = per_event.float()
     if weights is None:
         return per_event.mean(dim=-1)
+    if weights.dim() == 2:
+        if k == 1 or tuple(weights.shape) != (n, k):
+            raise ShapeMismatchError(
+                f"fit: the events carry per-member weights of shape {tuple(weights.shape)}; they need an ensemble of "
+                f"K = {weights.shape[1]} members (fit(..., ensemble={weights.shape[1]}) or an Ensemble of that size), "
+                f"got K = {k}."
+            )
+        member = weights.T.to(per_event.dtype)  # (K, N)
+        return (per_event * member).sum(dim=-1) / member.sum(dim=-1)
     return (per_event * weights).sum(dim=-1) / weights.sum()
 
 
