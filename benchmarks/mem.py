@@ -6,32 +6,42 @@ In one run:
   integrator needs for a 1 % relative error of the per-event integral — plain Monte Carlo over
   the process's box, the VEGAS-like adaptive grid (per-event grids adapted from uniform,
   adaptation calls included), the physics-based analytic proposal (multi-channel,
-  Breit–Wigner-mapped, transfer-function inverted), and the ``flow`` / ``learned_proposal``
-  columns of the next stage (``null`` here). Calls = adaptation + S (δ_S / 0.01)² from a run of
-  S i.i.d. samples (Monte Carlo scaling). On the 6-D W → ℓν case plain MC and the uniform-start
-  grid see essentially no sample in the peak (1e-10 of the box), so their calls come from their
-  exact variance, :math:`(\int g^2/p \,/ I^2 - 1)/0.01^2`, estimated with the analytic proposal's
-  samples (:func:`sbilab.mem.variance_calls`); on toy 2 that formula is checked against the
-  direct plain-MC run (``plain_formula_vs_direct``). Ratios are the median over events of
-  plain / method.
-* **seconds per event** (``seconds_per_event``): CPU wall time per event of the analytic
-  integrator at the sample count that gives 1 % (toys 2 and W) or of the toy-1 likelihood at
-  its fit setting (1024 randomised-QMC samples, ~1e-4), one torch thread.
+  Breit–Wigner-mapped, transfer-function inverted), the ``learned_proposal`` (a conditional flow
+  q(z|x) trained once by maximum likelihood on simulated (x, z), mixed 9:1 with the process at
+  the reference as defensive component) and the ``flow`` sampler trained on the integrand's
+  variance (toy 2: the learned proposal refined by ``fit_sampler``, same defensive mixture; W:
+  one flow per physics channel in the channel's noise space, MadNIS-style, ``fit_channel_flows``;
+  see :func:`train_samplers`). Calls = adaptation + S (δ_S / 0.01)² from a run of S i.i.d.
+  samples (Monte Carlo scaling); the learned samplers' one-off training is reported apart
+  (``training``), as it is amortised over all events. On the 6-D W → ℓν case plain MC and the
+  uniform-start grid see essentially no sample in the peak (1e-10 of the box), so their calls
+  come from their exact variance, :math:`(\int g^2/p \,/ I^2 - 1)/0.01^2`, estimated with the
+  analytic proposal's samples (:func:`sbilab.mem.variance_calls`); on toy 2 that formula is
+  checked against the direct plain-MC run (``plain_formula_vs_direct``). Ratios are the median
+  over events of plain / method. ``ess_fraction``: effective sample size per event over the
+  samples (10 %, 50 %, 90 % quantiles over events); ``learned_pull_vs_analytic``: the learned
+  estimates minus the analytic ones in combined standard errors (unbiasedness).
+* **seconds per event** (``seconds_per_event``): CPU wall time per event to reach 1 % with each
+  method (seconds per integrand call, measured, times its calls), and of the toy-1 likelihood
+  at its fit setting (1024 randomised-QMC samples, ~1e-4), one torch thread.
 * **toy 1 widths** (``toy1_width_vs_cr``): mean HESSE-like width of MEM fits of ``--toys``
   datasets of 1000 events (batched Newton fits, :func:`sbilab.stats.fit_toys`) over the
   Cramér–Rao bounds σ(M) = 0.1434, σ(Γ) = 0.3238, next to the exact likelihood's on the same
   datasets; the MEM's expected widths from its Fisher information (Gauss–Legendre over x); and
   the integration noise (spread of refits with independent seeds over the statistical error).
 * **fits on toy 2 and W → ℓν** (full run only, ``fit_integration_noise``): (M, Γ) (toy 2) and
-  M at Γ = 2.1 (W) from 200 events with the analytic proposal at 2048 samples per event,
-  refitted with three seeds.
+  M at Γ = 2.1 (W) from 200 events at 2048 samples per event, refitted with three integration
+  seeds, with the analytic proposal and with the best learned sampler of each case.
 
-Usage: ``python benchmarks/mem.py [--quick] [--json] [--events N] [--toys T] [--seed S]``.
+Usage: ``python benchmarks/mem.py [--quick] [--json] [--events N] [--toys T] [--seed S]
+[--sim-events N] [--epochs E] [--variance-events N] [--variance-epochs E] [--no-refits]`` (the
+four size the learned samplers' training; ``--no-refits`` skips the 200-event fits).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -41,10 +51,13 @@ import numpy as np
 import torch
 
 from sbilab.events import Events
-from sbilab.mem import (BoxProposal, FiducialCrossSection, MatrixElementLikelihood, adapt_vegas, calls_for_precision, integrate,
-                        integration_noise, variance_calls)
-from sbilab.mem.toys import (TwoBody, WGenerator, WToLeptonNeutrino, resonance_likelihood, two_body_model, two_body_proposal,
+from sbilab.mem import (PROPOSAL_TRAINING, SAMPLER_TRAINING, BoxProposal, FiducialCrossSection, MatrixElementLikelihood, MultiChannel,
+                        adapt_vegas, calls_for_precision, fit_proposal, fit_sampler, integrate, integration_noise, variance_calls)
+from sbilab.mem.remapped import fit_channel_flows
+from sbilab.mem.toys import (TwoBody, WAnchor, WGenerator, WToLeptonNeutrino, resonance_likelihood, two_body_model, two_body_proposal,
                              two_body_sampler, w_proposal)
+from sbilab.mem.toys.two_body import TwoBodyPrior
+from sbilab.nets.flows import FlowSpec
 from sbilab.simulators.toys import Resonance
 from sbilab.stats import fit_toys
 
@@ -59,39 +72,107 @@ def _median(t: torch.Tensor) -> float:
     return float(torch.as_tensor(t, dtype=torch.float64).median())
 
 
+# ---------------------------------------------------------------------------- learned samplers
+LEARNED = ("learned_proposal", "flow")
+
+
+def train_samplers(case: str, sim, model, sizes: dict, seed: int) -> tuple[dict, dict]:
+    """The learned samplers of a case, trained once (no per-event training), and what training cost.
+
+    ``learned_proposal``: a conditional flow q(z|x) fitted by maximum likelihood to simulated
+    (x, z) at the reference (toy 2: on the box; W: in the frame of :class:`WAnchor`), mixed 9:1
+    with the process at the reference (defensive). ``flow``: trained on the integrand's variance
+    (toy 2: the learned proposal refined by :func:`fit_sampler`, defensive mixture again; W: one
+    flow per physics channel in its noise space, :func:`fit_channel_flows`, MadNIS).
+    ``sizes``: ``sim_events``, ``epochs`` (maximum likelihood) and ``variance_events``,
+    ``variance_epochs`` (variance training).
+    """
+    ref = sim.space.reference
+    n_sim, epochs = sizes["sim_events"], sizes["epochs"]
+    n_var, var_epochs = sizes["variance_events"], sizes["variance_epochs"]
+    info: dict = {}
+    t0 = time.perf_counter()
+    events = sim.simulate(n_sim, theta=ref.float(), generator=torch.Generator().manual_seed(seed + 30))
+    if case == "toy2":
+        defensive = TwoBodyPrior(sim.process, *ref.tolist())
+        flow = fit_proposal(events, bounds=model.bounds, flow=FlowSpec("nsf_coupling", transforms=6, hidden=(64, 64)),
+                            training=dataclasses.replace(PROPOSAL_TRAINING, epochs=epochs, seed=seed))
+    else:
+        defensive = WGenerator(model.process, *ref.tolist())
+        flow = fit_proposal(events, anchor=WAnchor(model), flow=FlowSpec("nsf_coupling", transforms=6, hidden=(64, 64)),
+                            training=dataclasses.replace(PROPOSAL_TRAINING, epochs=epochs, seed=seed))
+    info["learned_proposal"] = {"training_seconds": time.perf_counter() - t0, "simulated_events": n_sim, "epochs": epochs}
+    samplers = {"learned_proposal": MultiChannel([flow, defensive], [0.9, 0.1])}
+    t0 = time.perf_counter()
+    x_var = sim.simulate(n_var, theta=ref.float(), generator=torch.Generator().manual_seed(seed + 31)).x.double()
+    train = Events(x=x_var, theta=ref.double().expand(n_var, -1))
+    training = dataclasses.replace(SAMPLER_TRAINING, epochs=var_epochs, batch_size=128, learning_rate=1e-3, seed=seed)
+    if case == "toy2":
+        refined = fit_sampler(flow, model, train, samples=32, training=training)
+        samplers["flow"] = MultiChannel([refined, defensive], [0.9, 0.1])
+        calls = n_var * var_epochs * 32  # training and validation events, every epoch
+    else:
+        analytic = w_proposal(model)
+        samplers["flow"] = fit_channel_flows(analytic.channels, model, train, weights=analytic.weights, samples=32,
+                                             flow=FlowSpec("nsf_coupling", transforms=4, hidden=(64, 64)), training=training)
+        calls = n_var * var_epochs * 32 * len(analytic.channels)
+    info["flow"] = {"training_seconds": time.perf_counter() - t0 + (info["learned_proposal"]["training_seconds"] if case == "toy2" else 0.0),
+                    "variance_training_events": n_var, "epochs": var_epochs, "training_integrand_calls": calls}
+    return samplers, info
+
+
 # ---------------------------------------------------------------------------- calls to 1 %
-def calls_table(model, proposal, x, theta, *, plain_samples: int | None, vegas: dict, analytic_samples: int, seed: int) -> dict:
-    """Per-event calls to 1 % for plain MC, the adaptive grid and the analytic proposal."""
-    out: dict = {}
+def calls_table(model, proposal, x, theta, *, plain_samples: int | None, vegas: dict, analytic_samples: int, seed: int,
+                learned: dict, learned_samples: int) -> dict:
+    """Per-event calls to 1 %, seconds per call and ESS for plain MC, the adaptive grid, the analytic and the learned samplers."""
+    out: dict = {"seconds_per_call": {}, "ess_fraction": {}}
     t0 = time.perf_counter()
     analytic = integrate(model, x, theta, proposal, samples=analytic_samples, seed=seed)
-    elapsed = time.perf_counter() - t0
+    out["seconds_per_call"]["analytic"] = (time.perf_counter() - t0) / (x.shape[0] * analytic_samples)
     out["analytic"] = calls_for_precision(analytic)
-    out["analytic_ess_fraction"] = _median(analytic.ess / analytic_samples)
-    out["seconds_per_call"] = elapsed / (x.shape[0] * analytic_samples)
+    out["ess_fraction"]["analytic"] = analytic.ess / analytic_samples
     box = BoxProposal(model.bounds)
     formula = variance_calls(model, x, theta, box, proposal, samples=4 * analytic_samples, seed=seed + 1)
+    t0 = time.perf_counter()
+    plain_run = integrate(model, x, theta, box, samples=plain_samples or 4096, seed=seed + 2)
+    out["seconds_per_call"]["plain"] = (time.perf_counter() - t0) / (x.shape[0] * (plain_samples or 4096))
     if plain_samples:
-        direct = calls_for_precision(integrate(model, x, theta, box, samples=plain_samples, seed=seed + 2))
+        direct = calls_for_precision(plain_run)
         out["plain"] = direct
         out["plain_formula_vs_direct"] = _median(formula / direct)
     else:
         out["plain"] = formula
     grid, adapt_calls = adapt_vegas(model, x, theta, generator=torch.Generator().manual_seed(seed), **vegas)
+    t0 = time.perf_counter()
+    res = integrate(model, x, theta, grid, samples=vegas["samples"], extra_calls=adapt_calls, seed=seed + 3)
+    out["seconds_per_call"]["vegas"] = (time.perf_counter() - t0) / (x.shape[0] * vegas["samples"])
     if plain_samples:
-        res = integrate(model, x, theta, grid, samples=vegas["samples"], extra_calls=adapt_calls, seed=seed + 3)
         out["vegas"] = calls_for_precision(res)
     else:
         out["vegas"] = adapt_calls + variance_calls(model, x, theta, grid, proposal, samples=4 * analytic_samples, seed=seed + 4)
+    for name, sampler in learned.items():
+        t0 = time.perf_counter()
+        res = integrate(model, x, theta, sampler, samples=learned_samples, seed=seed + 5, chunk_calls=2**17)
+        out["seconds_per_call"][name] = (time.perf_counter() - t0) / (x.shape[0] * learned_samples)
+        out[name] = calls_for_precision(res)
+        out["ess_fraction"][name] = res.ess / learned_samples
+        # the learned estimates agree with the analytic ones (pull mean and spread over events)
+        pull = (res.log_value - analytic.log_value) / torch.sqrt(res.rel_error**2 + analytic.rel_error**2)
+        out.setdefault("pull_vs_analytic", {})[name] = {"mean": float(pull.mean()), "sd": float(pull.std())}
     return out
 
 
-def summarise(table: dict) -> tuple[dict, dict]:
-    medians = {m: _median(table[m]) for m in ("plain", "vegas", "analytic")}
-    ratios = {m: _median(table["plain"] / table[m]) for m in ("vegas", "analytic")}
-    ratios.update({"flow": None, "learned_proposal": None})
-    medians.update({"flow": None, "learned_proposal": None})
-    return medians, ratios
+METHODS = ("plain", "vegas", "analytic") + LEARNED
+
+
+def summarise(table: dict) -> tuple[dict, dict, dict, dict]:
+    """Medians of calls, ratios plain/method, seconds per event at 1 % and ESS quantiles per method."""
+    medians = {m: _median(table[m]) for m in METHODS}
+    ratios = {m: _median(table["plain"] / table[m]) for m in METHODS if m != "plain"}
+    seconds = {m: table["seconds_per_call"][m] * medians[m] for m in METHODS}
+    ess = {m: {q: float(torch.quantile(v.to(torch.float64), p)) for q, p in (("q10", 0.1), ("median", 0.5), ("q90", 0.9))}
+           for m, v in table["ess_fraction"].items()}
+    return medians, ratios, seconds, ess
 
 
 # ---------------------------------------------------------------------------- toy 1
@@ -147,31 +228,39 @@ def toy1(quick: bool, n_toys: int, seed: int) -> dict:
     }
 
 
-def fit_noise(n_events: int, samples: int, seeds: tuple[int, ...], seed: int) -> dict:
-    """Fits of (M, Γ) on toy 2 and on W → ℓν with the analytic proposal, refitted with independent seeds."""
-    out = {}
+def fit_noise(n_events: int, samples: int, seeds: tuple[int, ...], seed: int, samplers: dict) -> dict:
+    """Fits of (M, Γ) on toy 2 and of M on W → ℓν, refitted with independent integration seeds, per sampler.
+
+    ``samplers[case]`` maps a label to a proposal; the analytic one is always included. The
+    learned samplers are trained once (fixed): the seeds vary the samples only.
+    """
+    out: dict = {}
     sim2 = TwoBody()
-    model2, prop2 = two_body_model(sim2.process), two_body_proposal(sim2.process)
+    model2 = two_body_model(sim2.process)
     sim_w = WToLeptonNeutrino()
-    cases = {
-        "toy2": (sim2, lambda s: MatrixElementLikelihood(
-            model2, prop2, sim2.space, samples=samples, sequence="random", seed=s,
-            fiducial=FiducialCrossSection(model2, two_body_sampler(sim2.process, sim2.space), samples=2**16, draws=4, seed=s))),
-        "physics": (sim_w, lambda s: MatrixElementLikelihood(
-            sim_w.model, w_proposal(sim_w.model), sim_w.space, samples=samples, sequence="random", seed=s,
-            fiducial=FiducialCrossSection(sim_w.model, WGenerator(sim_w.model.process, 80.4, 2.1), samples=2**17, sequence="sobol",
-                                          draws=8, seed=s))),
+    fiducial = {
+        "toy2": lambda s: FiducialCrossSection(model2, two_body_sampler(sim2.process, sim2.space), samples=2**16, draws=4, seed=s),
+        "physics": lambda s: FiducialCrossSection(sim_w.model, WGenerator(sim_w.model.process, 80.4, 2.1), samples=2**17, sequence="sobol",
+                                                  draws=8, seed=s),
     }
+    cases = {"toy2": (sim2, model2, two_body_proposal(sim2.process)), "physics": (sim_w, sim_w.model, w_proposal(sim_w.model))}
     # W: Γ is held at its true value — 200 events constrain it to ±1.2 GeV, so a free fit often
     # ends on the bound Γ = 1 and the spread over seeds would measure the bound, not the noise
     fixed = {"toy2": None, "physics": {"fixed": {"Gamma": 2.1}}}
-    for case, (sim, factory) in cases.items():
-        log(f"{case}: fits of {n_events} events with seeds {seeds}")
+    for case, (sim, model, analytic) in cases.items():
         x = sim.simulate(n_events, theta=sim.space.reference.float(), generator=torch.Generator().manual_seed(seed + 20)).x.double()
-        t0 = time.perf_counter()
-        noise = integration_noise(factory, Events.observed(x), sim.space, seeds=seeds, fit_options=fixed[case])
-        out[case] = {"best": noise.best, "errors": noise.errors, "relative_spread": noise.relative_spread, "valid": noise.valid,
-                     "seconds_per_fit": (time.perf_counter() - t0) / len(seeds)}
+        out[case] = {}
+        for label, proposal in {"analytic": analytic, **samplers[case]}.items():
+            log(f"{case}, {label}: fits of {n_events} events with seeds {seeds}")
+
+            def factory(s: int, proposal=proposal, model=model, sim=sim, case=case):
+                return MatrixElementLikelihood(model, proposal, sim.space, samples=samples, sequence="random", seed=s, fiducial=fiducial[case](s),
+                                               chunk_calls=2**17)
+
+            t0 = time.perf_counter()
+            noise = integration_noise(factory, Events.observed(x), sim.space, seeds=seeds, fit_options=fixed[case])
+            out[case][label] = {"best": noise.best, "errors": noise.errors, "relative_spread": noise.relative_spread, "valid": noise.valid,
+                                "seconds_per_fit": (time.perf_counter() - t0) / len(seeds)}
     return out
 
 
@@ -181,6 +270,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object of figures on stdout")
     parser.add_argument("--events", type=int, default=None, help="events per case for the calls table (default 100, quick 12)")
     parser.add_argument("--toys", type=int, default=None, help="toy-1 datasets of 1000 events (default 50, quick 3)")
+    parser.add_argument("--sim-events", type=int, default=None, help="simulated events of the learned proposal (default 40000, quick 4000)")
+    parser.add_argument("--epochs", type=int, default=None, help="its maximum-likelihood epochs (default 15, quick 3)")
+    parser.add_argument("--variance-events", type=int, default=None, help="events of the variance training (default 4000, quick 256)")
+    parser.add_argument("--variance-epochs", type=int, default=None, help="its epochs (default 6, quick 1)")
+    parser.add_argument("--no-refits", action="store_true", help="skip the 200-event fits with three integration seeds (full run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -189,36 +283,49 @@ def main() -> None:
     n_toys = args.toys or (3 if args.quick else 50)
     start = time.perf_counter()
     result: dict = {"quick": args.quick, "events": n_events, "threads": args.threads}
+    learned_samples = 512 if args.quick else 2048
+    defaults = (4000, 3, 256, 1) if args.quick else (40000, 15, 4000, 6)
+    given = (args.sim_events, args.epochs, args.variance_events, args.variance_epochs)
+    sizes = {k: v if v is not None else d for k, v, d in zip(("sim_events", "epochs", "variance_events", "variance_epochs"), given, defaults)}
+    result["training_sizes"] = sizes
 
-    log("toy 2: calls to 1 %")
     sim2 = TwoBody()
+    model2 = two_body_model(sim2.process)
+    log("toy 2: training the learned samplers")
+    samplers2, training2 = train_samplers("toy2", sim2, model2, sizes, args.seed)
+    log("toy 2: calls to 1 %")
     x2 = sim2.simulate(n_events, theta=torch.tensor([100.0, 5.0]), generator=torch.Generator().manual_seed(args.seed)).x.double()
-    table2 = calls_table(two_body_model(sim2.process), two_body_proposal(sim2.process), x2, torch.tensor([100.0, 5.0]),
+    table2 = calls_table(model2, two_body_proposal(sim2.process), x2, torch.tensor([100.0, 5.0]),
                          plain_samples=2**15 if args.quick else 2**17, analytic_samples=2**12 if args.quick else 2**14,
-                         vegas=dict(bins=32, iterations=5, samples=4096) if args.quick else dict(bins=64, iterations=8, samples=8192), seed=args.seed)
-    log("W -> l nu: calls to 1 %")
+                         vegas=dict(bins=32, iterations=5, samples=4096) if args.quick else dict(bins=64, iterations=8, samples=8192), seed=args.seed,
+                         learned=samplers2, learned_samples=learned_samples)
     sim_w = WToLeptonNeutrino()
+    log("W -> l nu: training the learned samplers")
+    samplers_w, training_w = train_samplers("physics", sim_w, sim_w.model, sizes, args.seed)
+    log("W -> l nu: calls to 1 %")
     xw = sim_w.simulate(n_events, theta=torch.tensor([80.4, 2.1]), generator=torch.Generator().manual_seed(args.seed + 1)).x.double()
     table_w = calls_table(sim_w.model, w_proposal(sim_w.model), xw, torch.tensor([80.4, 2.1]), plain_samples=None,
                           analytic_samples=2**12 if args.quick else 2**14,
-                          vegas=dict(bins=32, iterations=5, samples=4096) if args.quick else dict(bins=64, iterations=8, samples=8192), seed=args.seed)
-    medians, ratios = {}, {}
+                          vegas=dict(bins=32, iterations=5, samples=4096) if args.quick else dict(bins=64, iterations=8, samples=8192), seed=args.seed,
+                          learned=samplers_w, learned_samples=learned_samples)
+    medians, ratios, seconds, ess = {}, {}, {}, {}
     for case, table in (("toy2", table2), ("physics", table_w)):
-        medians[case], ratios[case] = summarise(table)
+        medians[case], ratios[case], seconds[case], ess[case] = summarise(table)
     result["calls_ratio_vs_plain"] = ratios
     result["calls_at_1pct_median"] = medians
+    result["ess_fraction"] = ess
+    result["learned_samples_per_event"] = learned_samples
+    result["learned_pull_vs_analytic"] = {"toy2": table2["pull_vs_analytic"], "physics": table_w["pull_vs_analytic"]}
+    result["training"] = {"toy2": training2, "physics": training_w}
     result["plain_formula_vs_direct_toy2"] = table2["plain_formula_vs_direct"]
-    result["analytic_ess_fraction_median"] = {"toy2": table2["analytic_ess_fraction"], "physics": table_w["analytic_ess_fraction"]}
 
     log("toy 1: likelihood, fits, widths")
     result.update(toy1(args.quick, n_toys, args.seed))
-    result["seconds_per_event"] = {
-        "toy1": result["toy1_seconds_per_event"],
-        "toy2": table2["seconds_per_call"] * medians["toy2"]["analytic"],
-        "physics": table_w["seconds_per_call"] * medians["physics"]["analytic"],
-    }
-    if not args.quick:
-        result["fit_integration_noise"] = fit_noise(200, 2048, (0, 1, 2), args.seed)
+    result["seconds_per_event"] = {"toy1": result["toy1_seconds_per_event"], **seconds}
+    if not (args.quick or args.no_refits):
+        result["fit_integration_noise"] = fit_noise(200, 2048, (0, 1, 2), args.seed,
+                                                    {"toy2": {"learned_proposal": samplers2["learned_proposal"]},
+                                                     "physics": {"flow": samplers_w["flow"]}})
     result["wall_seconds"] = time.perf_counter() - start
     if args.json:
         print(json.dumps(result))

@@ -12,8 +12,9 @@ Three measurements, each against its reference in the same run, every process pi
    Pools and clusters are started and warmed (imports, simulator built) before the clock
    starts; their start-up is reported apart (``startup_s``). Efficiency = events/s with 2
    workers / (2 × events/s with 1 worker of the same engine): 1 is ideal. The driver's serial
-   share — receiving a chunk and committing it to the store — is measured on the serial engine
-   as (wall − simulator CPU) / chunk (``driver_s_per_chunk``).
+   share — receiving a chunk and committing it to the store — is its own CPU time per chunk
+   (``driver_cpu_s_per_chunk``; on the serial engine the simulator's CPU time is subtracted):
+   a CPU-time figure, so it does not grow with the machine's load as wall times do.
 2. **DDP** (:func:`sbilab.distributed.launch` + ``fit(..., parallel=DataParallel())``, gloo):
    a 3×256 MLP regression (8 inputs), fixed epochs, trained by 2 processes and by 1 plain
    ``fit`` with the same global batch. ``ddp_epoch_ratio`` = median epoch time with 2 processes
@@ -122,16 +123,18 @@ def fanout(n: int, chunk: int, cost_ms: float, use_dask: bool, folder: Path) -> 
     def run(engine: Any, name: str) -> dict[str, Any]:
         simulate_to_store("scaling:BurnGaussian", 2 * chunk, folder / f"warm{next(counter)}", options=spec, chunk_size=chunk,
                           seed=1, engine=engine, progress=False)  # imports and the simulator, in every worker
+        cpu = time.process_time()
         res = simulate_to_store("scaling:BurnGaussian", n, folder / f"{name}", options=spec, chunk_size=chunk, seed=0,
                                 engine=engine, progress=False)
+        driver = time.process_time() - cpu - (res.worker_cpu_seconds if name == "serial" else 0.0)
         out = {"seconds": res.seconds, "events_per_s": n / res.seconds, "worker_cpu_s": res.worker_cpu_seconds,
-               "chunks": res.chunks, "load": load()}
-        log(f"  {name:12s} {out['events_per_s']:8.0f} ev/s  {res.seconds:6.2f} s  (load {out['load']:.1f})")
+               "driver_cpu_s_per_chunk": driver / res.chunks, "chunks": res.chunks, "load": load()}
+        log(f"  {name:12s} {out['events_per_s']:8.0f} ev/s  {res.seconds:6.2f} s  driver {1e3 * out['driver_cpu_s_per_chunk']:.1f} "
+            f"ms CPU/chunk  (load {out['load']:.1f})")
         return out
 
     log(f"fan-out: {n} events, {cost_ms} ms CPU each, chunks of {chunk}")
     runs["serial"] = run("serial", "serial")
-    runs["serial"]["driver_s_per_chunk"] = (runs["serial"]["seconds"] - runs["serial"]["worker_cpu_s"]) / runs["serial"]["chunks"]
     for workers in (1, 2):
         started = time.perf_counter()
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=limit_threads,

@@ -25,6 +25,7 @@ __all__ = [
     "WorkspaceError",
     "PublishError",
     "SamplingError",
+    "InsufficientEventsError",
     "FileFormatError",
     "ExportError",
     "OverestimateError",
@@ -103,6 +104,9 @@ class SamplingError(SbilabError, RuntimeError):
     """Sampling could not produce the requested draws within its time or count bound."""
 
 
+class InsufficientEventsError(SbilabError, ValueError):
+    """Too few events for the statistical precision a test needs (e.g. a two-sample AUC whose
+    error would exceed the requested resolution); the message says how many are needed."""
 class FileFormatError(StoreError, ValueError):
     """An external file (LHE, ROOT, ONNX) is truncated, malformed, or lacks what was asked of it
     (an unknown weighting strategy, a branch that does not exist)."""

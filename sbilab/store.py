@@ -26,8 +26,11 @@ refused on read, corrupted ones by :meth:`SimulationStore.verify`.
 
 A store holds either :class:`~sbilab.events.Events` or :class:`~sbilab.paired.PairedEvents`
 (two levels of the same events, stored as datasets ``gen/x``, ``reco/x``, ..., ``pass_gen``,
-``pass_reco``, ``weights``), through the same commit mechanism. Padded sets shorter than the
-store's are padded to its length on append (mask false in the new entries).
+``pass_reco``, ``weights``), through the same commit mechanism. Padded sets (``x`` with
+``mask``, ``latent`` with ``latent_mask``) may differ in length between appends: shorter ones
+are padded to the store's length on append, a longer one raises the store's length (recorded
+with the commit that brings it), and chunks written before are padded on read (mask false in
+the new entries).
 
 A store can also be packed into a single HDF5 file (:meth:`SimulationStore.pack`) for
 sharing; :meth:`SimulationStore.open` reads both forms and streams either chunk by chunk.
@@ -259,15 +262,16 @@ class SimulationStore:
         if self._manifest["fields"] and kind != self.kind:
             raise StoreError(f"{self.path} holds {self.kind!r} events; it cannot take {kind!r} events. Use another store.")
         arrays = {name: t.detach().cpu().numpy() for name, t in events.tensors().items()}
-        arrays = self._conform(arrays)
+        arrays, fields = self._conform(arrays)
         n, step = len(events), int(self._manifest["max_chunk_rows"])
         for start in range(0, n, step):
-            self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind)
+            self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind, fields)
 
-    def _conform(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _conform(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays in the store's layout and the store's fields after this append (set lengths may grow)."""
         fields = self._manifest["fields"]
         if not fields:
-            return arrays
+            return arrays, fields
         for prefix in ("", *(f"{level}/" for level in LEVELS)):  # shorter padded sets: pad to the store's length
             for field, mask in SET_FIELDS.items():
                 f, m = prefix + field, prefix + mask
@@ -276,6 +280,8 @@ class SimulationStore:
                     if a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] < longest:
                         arrays[f] = np.pad(a, ((0, 0), (0, longest - a.shape[1]), (0, 0)))
                         arrays[m] = np.pad(arrays[m], ((0, 0), (0, longest - a.shape[1])), constant_values=False)
+                    elif a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] > longest:
+                        fields = {**fields, f: {**fields[f], "shape": list(a.shape[1:])}, m: {**fields[m], "shape": [a.shape[1]]}}
         if set(arrays) != set(fields):
             missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
             raise StoreError(
@@ -297,9 +303,9 @@ class SimulationStore:
                         f"Cast the events first (e.g. events.to(dtype=torch.{dtype}))."
                     )
                 arrays[name] = a.astype(dtype)
-        return arrays
+        return arrays, fields
 
-    def _commit(self, arrays: dict[str, np.ndarray], kind: str) -> None:
+    def _commit(self, arrays: dict[str, np.ndarray], kind: str, fields: dict[str, Any]) -> None:
         index = len(self._manifest["chunks"])
         name = f"chunk-{index:06d}.h5"
         final, tmp = self.path / name, self.path / f"{name}.tmp-{os.getpid()}"
@@ -322,6 +328,8 @@ class SimulationStore:
             manifest["fields"] = {k: {"dtype": str(a.dtype), "shape": list(a.shape[1:])} for k, a in arrays.items()}
             manifest["kind"] = kind
             manifest["schema_version"] = schema_version_for(kind, manifest["fields"])
+        elif fields:
+            manifest["fields"] = fields  # padded sets may have grown
         manifest["chunks"] = [*manifest["chunks"], {"file": name, "rows": rows, "bytes": size, "sha256": digest}]
         manifest["rows"] = int(manifest["rows"]) + rows
         try:
@@ -385,10 +393,16 @@ class SimulationStore:
         path, offset, rows, nbytes = self._segments[k]
         hi = rows if hi is None else hi
         f = self._file(path, nbytes, rows)
+        fields = self._manifest["fields"]
         try:
-            return {name: f[name][offset + lo:offset + hi] for name in self._manifest["fields"]}
+            arrays = {name: f[name][offset + lo:offset + hi] for name in fields}
         except (KeyError, OSError) as err:
             raise StoreError(f"{path}: cannot read rows {offset + lo}..{offset + hi} ({err}); the file is corrupt.") from err
+        for name, a in arrays.items():  # chunks written before a longer set was appended
+            short = fields[name]["shape"][0] - a.shape[1] if a.ndim > 1 and fields[name]["shape"] else 0
+            if short > 0:
+                arrays[name] = np.pad(a, ((0, 0), (0, short)) + ((0, 0),) * (a.ndim - 2))
+        return arrays
 
     def _events(self, arrays: dict[str, np.ndarray]) -> Events | PairedEvents:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}

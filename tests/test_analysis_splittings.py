@@ -1,4 +1,4 @@
-"""The qcd_splittings pipeline and its inference helpers."""
+"""The qcd_splittings pipeline: its parts against exact answers, and that a biased learned likelihood fails loudly."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
-from sbilab.analysis.splittings_inference import SetLogRatio, hessian_widths
-from sbilab.exceptions import ConfigError
-from sbilab.simulators.shower import PrimaryEmissions
+from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_splitting_ratio
+from sbilab.exceptions import ConfigError, FitError
+from sbilab.simulators.shower import PartonShower, PrimaryEmissions
+from sbilab.training import TrainingConfig
 
 CONFIG = """
 [analysis]
@@ -35,6 +36,12 @@ hidden = [16, 16]
 [training]
 epochs = 1
 seed = 2
+[qcd_splittings]
+reference_events = 500
+closure_datasets = 2
+set_size = 10
+block = 24
+posterior_sets = 60
 """
 
 
@@ -45,16 +52,24 @@ def write(tmp_path: Path, text: str) -> Path:
     return folder
 
 
-def test_pipeline_runs_and_reports(tmp_path):
-    summary = run_analysis(load_config(write(tmp_path, CONFIG)), out=tmp_path / "out", progress=False)
-    assert "no hadronisation" in summary
-    doc = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(doc["shower"]["methods"]) == {"carl", "alices"} and doc["hadronisation"] is False
+def test_pipeline_flags_an_undertrained_likelihood_and_reports(tmp_path):
+    # one epoch on 10^3 events per class: the closure test must catch the bias and the run must fail loudly
+    with pytest.raises(FitError, match="BIASED: the closure test failed"):
+        run_analysis(load_config(write(tmp_path, CONFIG)), out=tmp_path / "out", progress=False)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())  # written before failing
+    assert doc["valid"] is False and doc["hadronisation"] is False
+    assert set(doc["shower"]["methods"]) == {"carl", "alices"}
+    assert any(not r["closure"]["passed"] for r in doc["shower"]["methods"].values())
+    for r in doc["shower"]["methods"].values():  # the correction normalises on its own sample; the check uses another
+        assert len(r["normalisation_corrected"]["normalisation"]) == 6
+        worst = max(abs(c - 1) for c in r["normalisation_corrected"]["normalisation"])
+        assert worst < max(abs(c - 1) for c in r["normalisation_raw"]["normalisation"]) or worst < 0.05
     toy = PrimaryEmissions()
     cr = torch.sqrt(torch.diag(torch.linalg.inv(1000 * toy.fisher_information(torch.tensor([1.0, 1.0, 0.0])))))
     assert doc["toy"]["cramer_rao"]["D"] == pytest.approx(cr[0].item(), rel=1e-9)
     assert all(math.isfinite(v) for v in doc["shower"]["joint_fisher_widths"].values())
-    assert (tmp_path / "out" / "estimator.h5").is_file()
+    assert "nested" not in doc["posterior"]["architecture"] and "over its 10 events" in doc["posterior"]["architecture"]
+    assert (tmp_path / "out" / "estimator.h5").is_file() and (tmp_path / "out" / "results.h5").is_file()
 
 
 def test_config_pairs_kind_and_toy(tmp_path):
@@ -69,29 +84,45 @@ def test_hessian_widths_of_the_exact_toy_match_cramer_rao():
     truth = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
     ev = toy.simulate(40000, theta=truth.float(), generator=torch.Generator().manual_seed(0))
     ref = toy.space.reference
-    widths = hessian_widths(lambda x, th: toy.log_prob(x, th) - toy.log_prob(x, ref.to(th)), ev.x, truth, chunk=15000)
+
+    def exact(x, th, mask=None):
+        return toy.log_prob(x, th, mask) - toy.log_prob(x, ref.to(th), mask)
+
+    widths = hessian_widths(exact, toy.space, ev.x, truth, mask=ev.mask)
     cr = torch.sqrt(torch.diag(torch.linalg.inv(40000 * toy.fisher_information(truth))))
     torch.testing.assert_close(widths[:2], cr[:2], rtol=0.05, atol=0)  # D, F: observed vs expected information
     assert widths[2].item() == pytest.approx(cr[2].item(), rel=0.3)  # C: few events carry its information
 
 
-def test_set_log_ratio_reads_the_mask_off_zero_padding():
-    class Probe(torch.nn.Module):
-        def forward(self, x, theta, mask=None):
-            return mask.sum(1).to(x.dtype)
+def test_closure_passes_for_the_exact_ratio_and_fails_for_a_shifted_one():
+    toy = PrimaryEmissions()
+    truth = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    data = [toy.simulate(20000, theta=truth.float(), generator=torch.Generator().manual_seed(k)) for k in range(2)]  # C needs 2e4 events to stay off its limits
+    ref = toy.space.reference
 
-    x = torch.tensor([[[1.0, 0.5], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
-    assert SetLogRatio(Probe())(x, torch.zeros(2, 3)).tolist() == [1.0, 0.0]
+    def exact(x, th, mask=None):
+        return toy.log_prob(x, th, mask) - toy.log_prob(x, ref.to(th), mask)
+
+    good = closure(exact, toy.space, data, truth)
+    assert good["passed"] and len(good["pulls"]) == 2
+    shifted = closure(lambda x, th, mask=None: exact(x, th, mask) + 0.05 * th[:, 0], toy.space, data, truth)  # a per-theta offset: ~9 sigma in D
+    assert not shifted["passed"] and any("D" in p for p in shifted["problems"])
 
 
-def test_gold_ratio_on_particle_sets_plugs_into_the_unbinned_fit():
-    from sbilab.analysis.splittings_inference import TrainOptions, fit_parameters, train_splitting_ratio
-    from sbilab.simulators.shower import PartonShower
+def test_gold_ratio_on_particle_sets_plugs_into_the_normalised_unbinned_fit():
+    from sbilab.stats import UnbinnedLikelihood
 
-    shower = PartonShower(output="particles")
-    options = TrainOptions(hidden=(16,), epochs=1, embedding={"kind": "deepsets", "out_features": 8, "hidden": [16], "latent": 8})
-    est = train_splitting_ratio(shower, "alices", 150, options)
+    shower = PartonShower(output="thrust_frame")
+    training = TrainingConfig(epochs=1, seed=0, validation_fraction=0.0, patience=None)
+    est = train_splitting_ratio(shower, "alices", 150, training, alpha=0.1, hidden=(16,),
+                      embedding={"kind": "deepsets", "out_features": 8, "hidden": [16], "latent": 8})
     assert est.is_set
+    fn = normalised(est, shower, 300, seed=4)
+    with torch.no_grad():  # normalised on its reference sample: E_ref[exp(log r)] = 1 at any theta
+        lz = fn.log_normalization(torch.tensor([[1.3, 0.7, 0.4]]))
+        assert abs(lz.item()) > 1e-4
+        point = torch.tensor([[1.3, 0.7, 0.4]]).expand(300, 3)
+        assert torch.logsumexp(fn(fn.reference, point, mask=fn.reference_mask), 0).item() == pytest.approx(math.log(300), abs=1e-5)
     observed = shower.simulate(100, theta=torch.tensor([1.0, 1.0, 0.0]), generator=torch.Generator().manual_seed(1))
-    result = fit_parameters(est, observed, shower.space)
+    result = UnbinnedLikelihood(fn, observed.replace(latent=None, latent_mask=None), shower.space).fit()
     assert set(result.best) == {"D", "F", "C"} and all(math.isfinite(v) for v in result.best.values())

@@ -71,3 +71,28 @@ def test_closure_reports_a_mis_normalised_ratio():
     assert doubled.normalisation == pytest.approx(2 * good.normalisation, rel=1e-12)
     assert good.effective_sample_size == pytest.approx(r.sum() ** 2 / (r**2).sum(), rel=1e-12)
     assert set(good.to_dict()) >= {"normalisation", "normalisation_error", "effective_sample_size"}
+
+
+def test_normalised_log_ratio_removes_an_offset_that_biases_the_unbinned_fit():
+    from sbilab.calibration import NormalizedLogRatio
+    from sbilab.events import Events
+    from sbilab.simulators.space import ParameterSpace
+    from sbilab.stats import UnbinnedLikelihood
+
+    g = torch.Generator().manual_seed(3)
+    n = 2_000
+    x = 0.3 + torch.randn(n, 1, generator=g, dtype=torch.float64)  # x ~ N(θ = 0.3, 1), reference θ = 0
+    space = ParameterSpace(("theta",), low=(-1.0,), high=(1.0,), reference=(0.0,))
+
+    def learned(x, th):  # exact log r = θx - θ²/2, off by 0.05 θ (a classifier's per-θ offset)
+        return x[:, 0] * th[:, 0] - th[:, 0] ** 2 / 2 + 0.05 * th[:, 0]
+
+    raw = UnbinnedLikelihood(learned, Events.observed(x), space).fit()
+    assert raw.best["theta"] == pytest.approx(x.mean().item() + 0.05, abs=1e-4)  # 2.2 standard deviations off
+    normed = NormalizedLogRatio(learned, torch.randn(100_000, 1, generator=g, dtype=torch.float64))
+    assert normed.log_normalization(torch.tensor([[0.4]], dtype=torch.float64)).item() == pytest.approx(0.02, abs=3e-3)
+    fit = UnbinnedLikelihood(normed, Events.observed(x), space).fit()
+    sigma = 1 / n**0.5
+    assert abs(fit.best["theta"] - x.mean().item()) < 0.3 * sigma and fit.errors["theta"] == pytest.approx(sigma, rel=0.02)
+    with pytest.raises(ShapeMismatchError, match="reference_mask"):
+        NormalizedLogRatio(learned, torch.randn(10, 4, 2))

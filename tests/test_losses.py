@@ -261,7 +261,7 @@ def test_loss_registry_metadata_and_options() -> None:
     assert {n: L.loss_info(n).estimator for n in L.LOSSES} == {
         "carl": "ratio", "rolr": "ratio", "rascal": "ratio", "alice": "ratio", "alices": "ratio", "cascal": "ratio",
         "sally": "score", "nde": "likelihood", "scandal": "likelihood", "npe": "posterior", "density": "density",
-        "disco": "classifier", "double_disco": "classifier"}
+        "integrand_variance": "density", "disco": "classifier", "double_disco": "classifier"}
     assert L.loss_info("ALICES").options == ("alpha",) and L.loss_info("rolr").options == ("clip",)
     assert L.loss_info("sally").needs == ("score_joint",) and L.loss_info("carl").augmented is False
     with pytest.raises(ConfigError, match=r"no option\(s\) \['alpha'\]; its options are \[\]"):

@@ -115,3 +115,14 @@ def test_atlas_sbottom_cls_agree_with_pyhf_and_a_published_patch_is_rebuilt_from
     point_b = read_patches(archive, region="RegionB").select(["sbottom_1000_650_60"]).patches[0]
     result_b, _ = evaluate_patch(bkg_b, point_b, ScanSettings())
     assert result_b.cls_obs == pytest.approx(0.908133, abs=1e-4)
+
+
+def test_weak_signal_limit_inside_the_widened_bounds_agrees_with_pyhf():
+    bkg = toy.background()
+    patch = signal_patch(bkg, {"SR": [0.5, 1.0, 2.0]}, drop=["VR*"], name="weak")
+    # best bin s = 2 over b = 10: (2 sqrt(10) + 3) / 2 = 4.66 -> 46.6 -> bound 50
+    assert patch.operations[-1]["value"] == {"name": "mu", "bounds": [[0.0, 50.0]], "inits": [1.0]}
+    result, _ = evaluate_patch(bkg, patch, ScanSettings(backend="numpy", upper_limits=True))
+    # pyhf 0.7.6, pyhf.infer.intervals.upper_limits.upper_limit(data, model, level=0.05) (TOMS 748) on add_signal's workspace
+    assert result.upper_limit == pytest.approx(4.671308, rel=1e-3)
+    assert result.upper_limits_expected == pytest.approx([1.868394, 2.580933, 3.737476, 5.505607, 7.879967], rel=1e-3)

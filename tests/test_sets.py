@@ -9,6 +9,7 @@ from sbilab.estimators import RatioEstimator, alices_loss
 from sbilab.events import Events
 from sbilab.exceptions import ConfigError, ShapeMismatchError
 from sbilab.nets import DeepSets, SetTransformer
+from sbilab.nets.sets import NestedDeepSets
 from sbilab.simulators import GaussianLatent
 
 NETS = [
@@ -80,7 +81,7 @@ def test_one_embedding_vocabulary_for_every_estimator() -> None:
     from sbilab.nets import build_embedding
     from sbilab.nets.sets import EMBEDDINGS
 
-    assert {k: v.sets for k, v in EMBEDDINGS.items()} == {"mlp": False, "deepsets": True, "transformer": True}
+    assert {k: v.sets for k, v in EMBEDDINGS.items()} == {"mlp": False, "deepsets": True, "transformer": True, "nested_deepsets": True}
     x, mask = _sets()
     net = build_embedding({"kind": "transformer", "out_features": 5, "dim": 8, "heads": 2, "layers": 1}, 3, sets=True).double()
     assert isinstance(net, SetTransformer) and net(x, mask).shape == (5, 5)
@@ -89,7 +90,7 @@ def test_one_embedding_vocabulary_for_every_estimator() -> None:
     # the same unknown kind and the same misuse are refused alike by every consumer, naming it
     for make, owner in ((lambda e: ScoreEstimator(space, 3, embedding=e), "ConditionedNetwork"),
                         (lambda e: PosteriorEstimator(space, 3, sets=True, embedding=e), "PosteriorEstimator")):
-        with pytest.raises(ConfigError, match=rf"{owner}: unknown embedding kind 'gnn'; choose one of \['deepsets', 'mlp', 'transformer'\]"):
+        with pytest.raises(ConfigError, match=rf"{owner}: unknown embedding kind 'gnn'; choose one of \['deepsets', 'mlp', 'nested_deepsets', 'transformer'\]"):
             make({"kind": "gnn"})
         with pytest.raises(ConfigError, match=rf"{owner}: the 'mlp' embedding is for vector observables"):
             make({"kind": "mlp"})
@@ -112,3 +113,23 @@ def test_ratio_estimator_on_particle_sets() -> None:
     assert alices_loss(est, ev).shape == (5,)
     with pytest.raises(ShapeMismatchError, match="padded particle sets"):
         est.log_ratio(torch.zeros(5, 3), torch.tensor([0.5]))
+
+
+def test_nested_deep_sets_embed_events_of_particles() -> None:
+    torch.manual_seed(2)
+    net = NestedDeepSets(3, 4, block=6, inner=5, hidden=(16,), latent=8).double().eval()
+    x, mask = _sets()  # five "events" of up to 6 particles (the last one empty)
+    data, data_mask = x.reshape(1, 30, 3), mask.reshape(1, 30)  # one data set of five events
+    out = net(data, data_mask)
+    inner = net.members(x, mask)  # (5, 5): per-event embeddings; the empty event takes no part
+    torch.testing.assert_close(out, net.sets(inner[:4].unsqueeze(0), torch.ones(1, 4, dtype=torch.bool)), rtol=0, atol=1e-12)
+    events = torch.randperm(5)
+    particles = torch.randperm(6)
+    moved = x[events][:, particles].reshape(1, 30, 3), mask[events][:, particles].reshape(1, 30)
+    torch.testing.assert_close(net(*moved), out, rtol=0, atol=1e-12)
+    junk = torch.where(data_mask.unsqueeze(-1), data, torch.full_like(data, float("nan")))
+    assert torch.equal(net(junk, data_mask), out)
+    with pytest.raises(ShapeMismatchError, match="multiple of block = 6"):
+        net(data[:, :28], data_mask[:, :28])
+    with pytest.raises(ConfigError, match="block"):
+        NestedDeepSets(3, 4, block=0)

@@ -130,3 +130,20 @@ def test_smeared_shower_keeps_its_history_likelihood():
     assert not torch.equal(plain.x, smeared.x) and torch.equal(plain.x[..., 4], smeared.x[..., 4])
     point = torch.tensor([[0.8, 1.1, 0.0]], dtype=torch.float64).expand(50, 3)
     torch.testing.assert_close(sim.joint_log_prob(smeared, point), sim.joint_log_prob(plain, point))
+
+
+def test_thrust_frame_of_back_to_back_and_rotated_events(showered):
+    from sbilab.simulators.shower.observables import thrust_frame
+
+    pair = torch.tensor([[[45.6, 0.0, 0.0, 45.6], [45.6, 0.0, 0.0, -45.6], [0.0, 0.0, 0.0, 0.0]]], dtype=torch.float64)
+    frame = thrust_frame(pair, torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(frame[0], torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
+    p, mask = showered
+    a, b = 0.7, -1.1  # a rotation about y then z leaves every feature unchanged
+    ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
+    rz = torch.tensor([[math.cos(b), -math.sin(b), 0], [math.sin(b), math.cos(b), 0], [0, 0, 1]], dtype=torch.float64)
+    rotated = torch.cat([p[..., :1], p[..., 1:] @ (rz @ ry).T], dim=-1)
+    torch.testing.assert_close(thrust_frame(rotated, mask), thrust_frame(p, mask), atol=1e-9, rtol=0)
+    f = thrust_frame(p, mask)
+    torch.testing.assert_close(f[..., 0].sum(1), torch.ones(len(p), dtype=torch.float64))  # x_E sums to one
+    torch.testing.assert_close(f[..., 1] ** 2 + f[..., 2] ** 2, (p[..., 1:].norm(dim=-1) * mask / p[..., 0].mul(mask).sum(1, keepdim=True)) ** 2)

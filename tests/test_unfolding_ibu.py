@@ -66,6 +66,34 @@ def test_the_issue_reference_stat_errors_are_pyunfolds_product_order():
     assert errors.tolist() == pytest.approx([11.1685326762, 13.6548816816], abs=1e-9)
 
 
+def test_pyunfold_error_propagation_mode_gives_the_issue_reference_numbers():
+    out = iterative_unfold(DOC_D, DOC_RESPONSE, iterations=4, data_covariance=DOC_VAR, error_propagation="pyunfold")
+    assert out.stat_error.tolist() == pytest.approx([11.1685326762, 13.6548816816], abs=1e-8)
+    assert out.final.tolist() == pytest.approx([94.3208696743, 155.6791303257], abs=1e-9)  # values unchanged
+    exact = iterative_unfold(DOC_D, DOC_RESPONSE, iterations=4, data_covariance=DOC_VAR)
+    torch.testing.assert_close(out.covariance_response, exact.covariance_response, rtol=0, atol=0)  # only the data part differs
+    torch.testing.assert_close(out.covariance_data[0], exact.covariance_data[0], rtol=1e-13, atol=0)  # equal at k = 1
+    assert abs(float(out.stat_error[0] - exact.stat_error[0])) > 0.02
+    with pytest.raises(ConfigError, match="error_propagation"):
+        iterative_unfold(DOC_D, DOC_RESPONSE, error_propagation="adye")
+
+
+def test_pyunfold_mode_equals_pyunfold_on_a_random_problem():
+    pyunfold = pytest.importorskip("pyunfold", reason="pyunfold is an optional benchmark peer")
+    r, d, counts = _random_problem(4)
+    eff = r.sum(0).numpy()
+    for k in (2, 5):
+        ref = pyunfold.iterative_unfold(data=d.numpy(), data_err=np.sqrt(d.numpy()), response=r.numpy(), response_err=0.01 * r.numpy(),
+                                        efficiencies=eff, efficiencies_err=eff / np.sqrt(counts.numpy()), ts_stopping=1e-300, max_iter=k)
+        out = iterative_unfold(d, Response.from_matrix(r, mc_counts=counts), iterations=k, error_propagation="pyunfold")
+        np.testing.assert_allclose(out.stat_error.numpy(), ref["stat_err"], rtol=1e-10)
+        np.testing.assert_allclose(out.response_error.numpy(), ref["sys_err"], rtol=1e-10)
+    batched = iterative_unfold(torch.stack([d, 2 * d]), Response.from_matrix(r, mc_counts=counts), iterations=3,
+                               error_propagation="pyunfold")
+    single = iterative_unfold(2 * d, Response.from_matrix(r, mc_counts=counts), iterations=3, error_propagation="pyunfold")
+    torch.testing.assert_close(batched.covariance_data[:, 1], single.covariance_data, rtol=1e-12, atol=1e-12)
+
+
 def test_data_error_agrees_with_monte_carlo_of_the_data():
     g = torch.Generator().manual_seed(0)
     scale = 0.01  # small fluctuations: the spread is the linear one, scaled back
@@ -140,9 +168,9 @@ def test_response_from_weighted_events_and_its_multinomial_statistics():
     g = torch.Generator().manual_seed(0)
     sim = toy.simulation(20_000, generator=g)
     edges = torch.linspace(-3, 3, 7)
-    resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges)
-    gi = torch.bucketize(sim.gen[:, 0], edges, right=True) - 1
-    ri = torch.bucketize(sim.reco[:, 0], edges, right=True) - 1
+    resp = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges)
+    gi = torch.bucketize(sim.gen.x[:, 0], edges, right=True) - 1
+    ri = torch.bucketize(sim.reco.x[:, 0], edges, right=True) - 1
     for i in range(6):
         in_i = gi == i
         for j in range(6):
@@ -162,11 +190,12 @@ def test_closure_with_efficiency_fakes_and_weights(proposal_scale):
     toy = full_toy()
     sim = toy.simulation(50_000, generator=torch.Generator().manual_seed(2), proposal_scale=proposal_scale)
     edges = torch.linspace(-4, 4, 17)
-    resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
-                                pass_reco=sim.pass_reco, weights=sim.weights)
-    reco_idx = torch.bucketize(sim.reco[:, 0], edges, right=True) - 1
+    w = sim.weights_or_ones().double()
+    resp = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
+                                pass_reco=sim.pass_reco, weights=w)
+    reco_idx = torch.bucketize(sim.reco.x[:, 0], edges, right=True) - 1
     keep = sim.pass_reco & (reco_idx >= 0) & (reco_idx < 16)
-    data = torch.zeros(16, dtype=torch.float64).index_add_(0, reco_idx[keep], sim.weights[keep])
+    data = torch.zeros(16, dtype=torch.float64).index_add_(0, reco_idx[keep], w[keep])
     out = iterative_unfold(data, resp, iterations=3)
     for k in range(3):
         torch.testing.assert_close(out.unfolded[k], resp.truth, rtol=1e-10, atol=1e-9)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sbilab.exceptions import ConfigError, ShapeMismatchError
+from sbilab import Events, PairedEvents
+from sbilab.exceptions import ConfigError, InvalidEventsError
 from sbilab.unfolding import (
     GaussianUnfoldingToy,
-    PairedSample,
     Response,
     full_toy,
     gaussian_ideal_moments,
@@ -75,11 +75,11 @@ def _binned_moments(toy: GaussianUnfoldingToy, n: int, seed: int) -> torch.Tenso
     g = torch.Generator().manual_seed(seed)
     sim, data = toy.simulation(n, generator=g), toy.data(n, generator=g)
     edges = torch.linspace(-6, 6, 121, dtype=torch.float64)
-    resp = Response.from_events(sim.gen, sim.reco, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
-                                pass_reco=sim.pass_reco, weights=sim.weights)
+    resp = Response.from_events(sim.gen.x, sim.reco.x, gen_edges=edges, reco_edges=edges, pass_gen=sim.pass_gen,
+                                pass_reco=sim.pass_reco, weights=sim.weights_or_ones())
     counts = bin_sums(bin_index(data.reco[:, 0], edges), torch.ones(len(data.reco), dtype=torch.float64), 120)
-    x_bkg, w_bkg = toy.background(n, data_rows=n, generator=g)
-    background = bin_sums(bin_index(x_bkg[:, 0], edges), w_bkg, 120)
+    bkg = toy.background(n, data_rows=n, generator=g)
+    background = bin_sums(bin_index(bkg.x[:, 0], edges), bkg.weights, 120)
     u = iterative_unfold(counts, resp, iterations=4, background=background, covariance=False, response_covariance=False).unfolded
     c = 0.5 * (edges[1:] + edges[:-1])
     mean = (u * c).sum(-1) / u.sum(-1)
@@ -135,19 +135,20 @@ def test_toy_samples_follow_the_stated_process():
     assert float((~sim.pass_gen).double().mean()) == pytest.approx(0.1, abs=0.003)  # fakes
     fid = sim.pass_gen
     assert float(sim.pass_reco[fid].double().mean()) == pytest.approx(0.9, abs=0.003)  # efficiency on N(0, 1)
-    assert float(sim.gen[fid].mean()) == pytest.approx(0.0, abs=0.01) and float(sim.gen[fid].std()) == pytest.approx(1.0, abs=0.01)
-    fakes = sim.reco[~sim.pass_gen, 0]
+    assert float(sim.gen.x[fid].mean()) == pytest.approx(0.0, abs=0.01) and float(sim.gen.x[fid].std()) == pytest.approx(1.0, abs=0.01)
+    fakes = sim.reco.x[~sim.pass_gen, 0]
     assert float(fakes.mean()) == pytest.approx(0.5, abs=0.02) and bool(sim.pass_reco[~sim.pass_gen].all())
     weighted = toy.simulation(200_000, generator=g, proposal_scale=1.4)
-    w, z = weighted.weights[weighted.pass_gen], weighted.gen[weighted.pass_gen, 0]
+    w, z = weighted.weights[weighted.pass_gen], weighted.gen.x[weighted.pass_gen, 0]
     assert float(w.std()) > 0.1  # genuinely non-uniform weights
     assert float((w * z).sum() / w.sum()) == pytest.approx(0.0, abs=0.01)
     assert float(((w * z * z).sum() / w.sum()).sqrt()) == pytest.approx(1.0, abs=0.01)
     data = toy.data(200_000, generator=g)
     assert float(data.is_background.double().sum() / data.rows) == pytest.approx(0.1, abs=0.003)
     assert float(data.truth.mean()) == pytest.approx(0.2, abs=0.01) and float(data.truth.std()) == pytest.approx(0.8, abs=0.01)
-    _, w_bkg = toy.background(1000, data_rows=200_000)
-    assert float(w_bkg.sum()) == pytest.approx(20_000)
+    assert sim.weights is None  # unit weights
+    bkg = toy.background(1000, data_rows=200_000)
+    assert bkg.x.shape == (1000, 1) and float(bkg.weights.sum()) == pytest.approx(20_000)
 
 
 def test_toy_bad_input():
@@ -159,5 +160,5 @@ def test_toy_bad_input():
         GaussianUnfoldingToy(efficiency=0.5, efficiency_slope=0.6)
     with pytest.raises(ConfigError, match="iterations"):
         ideal_iterations(minimal_toy(), iterations=0)
-    with pytest.raises(ShapeMismatchError, match="pass_reco"):
-        PairedSample(torch.zeros(3, 1), torch.zeros(3, 1), torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool), torch.ones(3))
+    with pytest.raises(InvalidEventsError, match="pass_reco"):  # the toys speak the core's PairedEvents
+        PairedEvents(Events.observed(torch.zeros(3, 1)), Events.observed(torch.zeros(3, 1)), pass_reco=torch.ones(2, dtype=torch.bool))

@@ -19,12 +19,12 @@ def samples():
 
 def test_toy_is_correlated_nonlinear_and_shifted(samples):
     toy, sim, data = samples
-    assert sim.gen.shape == (60_000, 6) and len(toy.observables) == 6 == len(toy.units)
-    corr = torch.corrcoef(sim.gen.T)
+    assert sim.gen.x.shape == (60_000, 6) and len(toy.observables) == 6 == len(toy.units)
+    corr = torch.corrcoef(sim.gen.x.T)
     off = corr[~torch.eye(6, dtype=torch.bool)].abs()
     assert int((off > 0.2).sum()) >= 10  # many correlated pairs
-    assert bool((sim.gen[:, 1] > 0).all()) and bool(((sim.gen[:, 2] > 0) & (sim.gen[:, 2] < 1)).all())
-    reco = sim.reco[sim.pass_reco]
+    assert bool((sim.gen.x[:, 1] > 0).all()) and bool(((sim.gen.x[:, 2] > 0) & (sim.gen.x[:, 2] < 1)).all())
+    reco = sim.reco.x[sim.pass_reco]
     assert bool(((reco[:, 2] > 0) & (reco[:, 2] < 1)).all())  # the bounded observable stays bounded after smearing
     assert 0.75 < float(sim.pass_reco.double().mean()) < 0.9
 
@@ -34,7 +34,7 @@ def test_ibu_per_observable_beats_the_prior_on_every_observable(samples):
     unfolded = unfold_each_observable(sim, data.reco, bins=20, iterations=4)
     after = compare_to_truth(unfolded, sim, data.truth)
     prior = [ObservableUnfolding(u.index, u.edges, u.response, IBUResult(unfolded=u.response.truth[None], prior=u.response.truth),
-                                 u.response.event_weights(u.response.truth, sim.gen[:, u.index])) for u in unfolded]
+                                 u.response.event_weights(u.response.truth, sim.gen.x[:, u.index])) for u in unfolded]
     before = compare_to_truth(prior, sim, data.truth)
     assert len(after["delta_x1e3"]) == 6 == len(after["w1"])
     assert min(before["delta_x1e3"]) > 2.0  # the data's generator setting changes every observable
@@ -43,7 +43,7 @@ def test_ibu_per_observable_beats_the_prior_on_every_observable(samples):
         assert after["w1"][d] < 0.5 * before["w1"][d], (d, after, before)
     # the reweighted simulation reproduces the unfolded histogram exactly
     u = unfolded[0]
-    idx = torch.bucketize(sim.gen[:, 0].contiguous(), u.edges, right=True) - 1
+    idx = torch.bucketize(sim.gen.x[:, 0].contiguous(), u.edges, right=True) - 1
     inside = (idx >= 0) & (idx < 20)
     hist = torch.zeros(20, dtype=torch.float64).index_add_(0, idx[inside], u.weights[inside])
     torch.testing.assert_close(hist, u.result.final, rtol=1e-10, atol=1e-8)

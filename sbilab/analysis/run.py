@@ -18,8 +18,17 @@ kind                 pipeline
 ``"qcd_splittings"`` :func:`sbilab.analysis.splittings.run_qcd_splittings`: (D, F, C) of the quark
                      splitting kernel from parton-shower events, learned ratios with and without
                      the history's gold, a set posterior, the exact primary-emission toy
+``"mem_resonance"``  :func:`sbilab.analysis.mem_resonance.run_mem_resonance`: (M, Γ) of toy 1 by
+                     the matrix-element method (analytic and ML-accelerated) vs ALICES vs exact
 ``"anomaly"``        :func:`sbilab.analysis.anomaly.run_anomaly`: DisCo λ scan, ABCD likelihood
                      with pyhf, SIC of weakly supervised classifiers, a bump hunt
+``"surrogate"``      :func:`sbilab.analysis.surrogate.run_surrogate`: the resonance measurement
+                     with its detector stage replaced by a learned surrogate, validated,
+                     refined, and fitted against the original
+``"unfolding"``      :func:`sbilab.analysis.unfolding.run_unfolding`: OmniFold with ensembles,
+                     bootstraps and a detector systematic on a Gaussian toy with efficiency,
+                     fakes and background, against the ideal iterations, IBU and generative
+                     unfolding; the published per-event result
 ===================  =========================================================================
 
 Every pipeline writes ``results.h5`` (:func:`sbilab.publish.save_results`: the numeric arrays

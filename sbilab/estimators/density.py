@@ -384,6 +384,32 @@ class ConditionalDensity(nn.Module):
         out = torch.cat(parts, 0)
         return out[:, 0] if single else out
 
+    def sample_from_noise(self, noise: Tensor, c: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        r"""Push standard-normal base noise through the flow: the reparameterised sample :math:`y = T^{-1}(e; c)`.
+
+        Deterministic in ``noise`` and differentiable in the parameters (so a loss may
+        differentiate through the draws), unlike :meth:`sample`. :meth:`forward` at the result
+        gives its log-density. Importance samplers that feed common random numbers (the
+        matrix-element method, :class:`sbilab.mem.FlowProposal`) draw through it.
+
+        Args:
+            noise: Base noise :math:`e \sim \mathcal N(0, 1)`, ``(..., B, D)``.
+            c: ``(B, C)`` or ``(B, M, F)`` contexts.
+            mask: ``(B, M)`` set mask (sets only).
+
+        Returns:
+            ``(..., B, D)`` points inside the bounds.
+
+        Raises:
+            ShapeMismatchError: ``noise`` is not ``(..., B, D)`` for these contexts.
+        """
+        c, mask, _ = self._batched_context(c, mask)
+        noise = torch.as_tensor(noise, dtype=self.low.dtype, device=self.low.device)
+        if noise.dim() < 2 or noise.shape[-1] != self.features or noise.shape[-2] not in (1, c.shape[0]):
+            raise ShapeMismatchError(f"{type(self).__name__}.sample_from_noise: noise has shape {tuple(noise.shape)}; "
+                                     f"expected (..., {c.shape[0]}, {self.features}) for {c.shape[0]} context(s).")
+        return self._constrain(self.flow(self.context(c, mask)).transform.inv(noise))
+
     # ------------------------------------------------------------------ publishing
     def _check_publishable(self) -> None:
         if self._custom_embedding:

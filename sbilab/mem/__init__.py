@@ -9,19 +9,28 @@ A user gives the hard process (:class:`HardProcess`), a transfer function
 the permutations of objects (:class:`MatrixElement`). Integrators: plain Monte Carlo
 (:class:`BoxProposal`), a VEGAS-like adaptive grid (:func:`adapt_vegas`) and importance
 sampling from any :class:`Proposal` — physics-based (multi-channel, Breit–Wigner mapped,
-transfer-function inverted: :mod:`sbilab.mem.toys`) or learned. :class:`MatrixElementLikelihood`
-is the per-event log-ratio that :class:`~sbilab.stats.UnbinnedLikelihood` and
-:func:`~sbilab.stats.fit_toys` take unchanged.
+transfer-function inverted: :mod:`sbilab.mem.toys`) or learned (:class:`FlowProposal`: a core
+``ConditionalDensity`` trained by ``fit`` on simulation, :func:`fit_proposal`, or on the
+integrand's variance, :func:`fit_sampler`). The detector may be learned too
+(:class:`LearnedTransfer`, :class:`LearnedAcceptance` from (reco, parton) pairs).
+:func:`check_coverage` makes a proposal that misses part of the integrand loud.
+:class:`MatrixElementLikelihood` is the per-event log-ratio that
+:class:`~sbilab.stats.UnbinnedLikelihood` and :func:`~sbilab.stats.fit_toys` take unchanged.
 """
 
+from .coverage import CoverageCheck, CoverageWarning, check_coverage
 from .fiducial import FiducialCrossSection
+from .flows import PROPOSAL_TRAINING, SAMPLER_TRAINING, Anchor, FlowProposal, fit_proposal, fit_sampler
 from .fitting import IntegrationNoise, integration_noise
 from .integrate import Integral, calls_for_precision, integrate, variance_calls
+from .learned import (ACCEPTANCE_TRAINING, TRANSFER_TRAINING, AcceptedProcess, LearnedAcceptance, LearnedTransfer, detector_pairs,
+                      fit_acceptance, fit_transfer)
 from .likelihood import MatrixElementLikelihood
 from .mappings import cauchy_map, normal_map, truncated_normal_map
 from .model import HardProcess, MatrixElement
 from .noise import CommonNoise, event_keys
 from .proposals import BoxProposal, MultiChannel, Proposal
+from .remapped import RemappedChannels, fit_channel_flows
 from .transfer import GaussianTransfer, TransferFunction, check_normalisation
 from .vegas import VegasProposal, adapt_vegas
 
@@ -47,6 +56,26 @@ __all__ = [
     "integrate",
     "calls_for_precision",
     "variance_calls",
+    "CoverageCheck",
+    "CoverageWarning",
+    "check_coverage",
+    # learned pieces
+    "FlowProposal",
+    "Anchor",
+    "fit_proposal",
+    "fit_sampler",
+    "RemappedChannels",
+    "fit_channel_flows",
+    "PROPOSAL_TRAINING",
+    "SAMPLER_TRAINING",
+    "LearnedTransfer",
+    "LearnedAcceptance",
+    "AcceptedProcess",
+    "detector_pairs",
+    "fit_transfer",
+    "fit_acceptance",
+    "TRANSFER_TRAINING",
+    "ACCEPTANCE_TRAINING",
     # likelihood
     "FiducialCrossSection",
     "MatrixElementLikelihood",

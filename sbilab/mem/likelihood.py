@@ -28,8 +28,9 @@ from torch import Tensor
 
 from ..exceptions import ConfigError, IntegrandError
 from ..simulators.space import ParameterSpace
+from .coverage import CoverageCheck, compare_integrals
 from .fiducial import FiducialCrossSection
-from .integrate import Integral, draw, estimate
+from .integrate import Integral, draw, estimate, integrate
 from .model import MatrixElement, Prepared
 from .noise import CommonNoise, Sequence, event_keys
 from .proposals import Proposal
@@ -57,6 +58,13 @@ class MatrixElementLikelihood:
             (default: the space's reference).
         check_transfer: Check numerically at construction that the transfer function
             normalises at four parton points of the fiducial sample.
+        coverage: A broad proposal (covering the whole integrand) to check ``proposal``
+            against (:mod:`sbilab.mem.coverage`): the first ``coverage_events`` events the
+            likelihood sees are also integrated at the reference with ``coverage_samples``
+            samples of it; events where ``proposal`` is significantly low raise a
+            :class:`~sbilab.mem.coverage.CoverageWarning` and are listed in
+            :attr:`coverage_check`.
+        coverage_events, coverage_samples: Size of that check.
         cache_bytes: Memory budget of the per-batch cache.
         chunk_calls: Events are processed in chunks of about this many integrand calls.
 
@@ -82,6 +90,9 @@ class MatrixElementLikelihood:
         seed: int = 0,
         reference: Tensor | None = None,
         check_transfer: bool = True,
+        coverage: Proposal | None = None,
+        coverage_events: int = 16,
+        coverage_samples: int = 16384,
         cache_bytes: int = 2**28,
         chunk_calls: int = 2**20,
     ) -> None:
@@ -101,6 +112,8 @@ class MatrixElementLikelihood:
         self.reference = ref.to(torch.float64)
         self.cache_bytes = int(cache_bytes)
         self.per_chunk = max(1, int(chunk_calls) // int(samples))
+        self.coverage, self.coverage_events, self.coverage_samples = coverage, int(coverage_events), int(coverage_samples)
+        self._coverage: list[CoverageCheck] = []
         self._cache: OrderedDict[bytes, tuple[Prepared, Tensor, Tensor]] = OrderedDict()
         self._cached_bytes = 0
         if check_transfer:
@@ -120,6 +133,7 @@ class MatrixElementLikelihood:
         ref = self.reference[self._order].expand(xr.shape[0], -1)
         with torch.no_grad():
             log_ref = self._log_integral(prep, xr, ref, x)
+            self._check_coverage(prep, xr, x)
         entry = (prep, xr, log_ref)
         size = sum(t.numel() * t.element_size() for t in (prep.z, prep.y, prep.log_q, prep.log_base) if t is not None)
         if size <= self.cache_bytes:
@@ -129,6 +143,23 @@ class MatrixElementLikelihood:
             self._cache[key] = entry
             self._cached_bytes += size
         return entry
+
+    def _check_coverage(self, prep: Prepared, xr: Tensor, x: Tensor) -> None:
+        """Compare this batch's first events with the broad proposal, while the check's budget lasts."""
+        done = sum(len(c.rows) for c in self._coverage)
+        if self.coverage is None or done >= self.coverage_events:
+            return
+        rows = torch.arange(min(self.coverage_events - done, x.shape[0]))
+        ref = self.reference[self._order].reshape(1, -1)
+        log_w = self.model.log_weights(prep, xr, ref.expand(xr.shape[0], -1)).reshape(x.shape[0], self.replicas, -1)[rows]
+        own = Integral(*estimate(log_w), self.noise.samples)
+        broad = integrate(self.model, x[rows], ref, self.coverage, samples=self.coverage_samples, seed=self.noise.seed + 7919)
+        self._coverage.append(compare_integrals(own, broad, rows + done, warn=True))
+
+    @property
+    def coverage_check(self) -> CoverageCheck | None:
+        """The coverage checks run so far, merged (rows count events in the order first seen); ``None`` without ``coverage``."""
+        return CoverageCheck.merge(self._coverage)
 
     def _log_integral(self, prep: Prepared, xr: Tensor, theta_rep: Tensor, x: Tensor) -> Tensor:
         log_w = self.model.log_weights(prep, xr, theta_rep)

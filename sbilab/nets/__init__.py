@@ -4,6 +4,6 @@ from .conditioned import ConditionedNetwork
 from .ensemble import Ensemble
 from .flows import FLOW_KINDS, FlowSpec, build_flow
 from .mlp import MLP, ResidualMLP, Standardize, activation
-from .sets import DeepSets, SetTransformer, build_embedding, register_embedding, set_embedding
+from .sets import DeepSets, NestedDeepSets, SetTransformer, build_embedding, register_embedding, set_embedding
 
-__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "SetTransformer", "set_embedding", "build_embedding", "register_embedding", "Ensemble", "FlowSpec", "FLOW_KINDS", "build_flow"]
+__all__ = ["MLP", "ResidualMLP", "Standardize", "activation", "ConditionedNetwork", "DeepSets", "NestedDeepSets", "SetTransformer", "set_embedding", "build_embedding", "register_embedding", "Ensemble", "FlowSpec", "FLOW_KINDS", "build_flow"]

@@ -11,12 +11,14 @@ gradients) and they are excluded from the pooling (deep sets) or from attention 
 * :class:`SetTransformer`: a small transformer encoder without positional encoding, with a key
   padding mask, followed by masked mean pooling (Lee et al., arXiv:1810.00825; Particle
   Transformer, Qu, Li, Qian, arXiv:2202.03772).
+* :class:`NestedDeepSets`: a set of sets, e.g. the events of a data set each given as its set of
+  particles: deep sets over each event's particles, then deep sets over the events.
 
 This module owns the vocabulary of *embedding kinds*, the names by which estimators' specs
 (``embedding={"kind": ..., "out_features": E, ...}``) choose an embedding network: each kind is
 registered where its network is defined (:func:`register_embedding`) with whether it embeds
 sets or vectors, and :func:`build_embedding` is the one function that turns a spec into a
-module. Kinds: ``"deepsets"`` and ``"transformer"`` (sets), ``"mlp"`` (vectors).
+module. Kinds: ``"deepsets"``, ``"transformer"`` and ``"nested_deepsets"`` (sets), ``"mlp"`` (vectors).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from ..exceptions import ConfigError, ShapeMismatchError
 from .mlp import MLP
 
-__all__ = ["DeepSets", "SetTransformer", "set_embedding", "EmbeddingInfo", "EMBEDDINGS", "register_embedding", "build_embedding"]
+__all__ = ["DeepSets", "SetTransformer", "NestedDeepSets", "set_embedding", "EmbeddingInfo", "EMBEDDINGS", "register_embedding", "build_embedding"]
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,62 @@ class SetTransformer(nn.Module):
         keep = keep | (first & ~keep.any(dim=-1, keepdim=True))
         h = self.encoder(self.embed(x), src_key_padding_mask=~keep)
         return self.head(_pool(h, m, "mean"))
+
+
+@register_embedding("nested_deepsets", sets=True)
+class NestedDeepSets(nn.Module):
+    r"""A set of sets: deep sets over the members of each inner set, then deep sets over the inner sets.
+
+    .. math:: \rho_2\Big(\tfrac1{|S|}\sum_{e \in S} \rho_1\big(\sum_{i \in e} \phi_1(x_{ei})\big)\Big)
+
+    (the outer sum through :math:`\phi_2` as in :class:`DeepSets`). The input keeps the padded-set
+    layout of every estimator, ``x (N, K·B, F)`` with ``mask (N, K·B)``: inner set ``k`` occupies
+    the ``block`` = B consecutive slots ``k·B ... k·B + B - 1`` (e.g. the particles of event k of a
+    data set, :func:`sbilab.simulators.simulate_datasets`), its padding has mask False, and an inner
+    set with no true slot is absent. Invariant under permutations of the inner sets and of the
+    members within each.
+
+    Args:
+        in_features: Features per member ``F``.
+        out_features: Size ``E`` of the embedding.
+        block: Slots per inner set ``B``.
+        inner: Size of each inner set's embedding.
+        hidden: Hidden widths of the four MLPs.
+        latent: Size of the per-member and per-inner-set representations before pooling.
+        inner_pooling, outer_pooling: ``"sum"`` or ``"mean"`` (default: sum over members, keeping the
+            multiplicity; mean over inner sets, so the data-set size can vary).
+
+    Shapes: ``x: (N, K·B, F)``, ``mask: (N, K·B)`` -> ``(N, E)``.
+
+    Example:
+        >>> net = NestedDeepSets(2, 8, block=3, inner=4, hidden=(16,), latent=8)
+        >>> x, mask = torch.randn(5, 12, 2), torch.rand(5, 12) > 0.3
+        >>> net(x, mask).shape
+        torch.Size([5, 8])
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, block: int, inner: int = 16, hidden: Sequence[int] = (64, 64),
+                 latent: int = 32, inner_pooling: str = "sum", outer_pooling: str = "mean", activation: str = "silu") -> None:
+        super().__init__()
+        if not (isinstance(block, int) and block >= 1):
+            raise ConfigError(f"NestedDeepSets: block must be a positive number of slots per inner set, got {block!r}.")
+        self.block = block
+        self.members = DeepSets(in_features, inner, hidden=hidden, latent=latent, pooling=inner_pooling, activation=activation)
+        self.sets = DeepSets(inner, out_features, hidden=hidden, latent=latent, pooling=outer_pooling, activation=activation)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x, m = _clean(x, mask)
+        n, slots, f = x.shape
+        if slots % self.block:
+            raise ShapeMismatchError(
+                f"NestedDeepSets: x has {slots} slots per observation, not a multiple of block = {self.block}; lay the inner "
+                "sets out in blocks of equal length (pad each with mask False)."
+            )
+        k = slots // self.block
+        member_mask = m[..., 0].reshape(n * k, self.block) > 0
+        h = self.members(x.reshape(n * k, self.block, f), member_mask).reshape(n, k, -1)
+        return self.sets(h, member_mask.any(-1).reshape(n, k))
 
 
 def set_embedding(kind: str, in_features: int, out_features: int, **options: Any) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from .augment import augment, doubly_ratio_training_data, joint_log_ratio, joint_score, ratio_training_data, score_training_data
 from .base import ExactLikelihood, JointLikelihood, Simulator
+from .datasets import datasets_from_events, simulate_datasets
 from .external import CallableSimulator, from_sbi
 from .registry import TOYS, build_toy, register_toy
 from .shower import PartonShower, PrimaryEmissions
@@ -20,6 +21,8 @@ __all__ = [
     "ratio_training_data",
     "score_training_data",
     "doubly_ratio_training_data",
+    "simulate_datasets",
+    "datasets_from_events",
     "GaussianLatent",
     "Resonance",
     "Morphing",

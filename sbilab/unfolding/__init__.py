@@ -9,25 +9,38 @@ r"""Unfolding: iterative Bayesian unfolding, metrics, ideal iterations, toys and
 * :mod:`~sbilab.unfolding.baseline`: binned IBU per observable with its metrics.
 * :mod:`~sbilab.unfolding.result`, :mod:`~sbilab.unfolding.pandas_table`: the published
   per-event result (ATLAS weight-column layout) and any histogram with its uncertainty band.
+* :mod:`~sbilab.unfolding.omnifold`: OmniFold/MultiFold with efficiency, fakes and background,
+  every iteration's weights and weight diagnostics (:mod:`~sbilab.unfolding.diagnostics`), each
+  step a classifier of :mod:`~sbilab.unfolding.steps`.
+* :mod:`~sbilab.unfolding.replicas`: ensembles, bootstraps of data and simulation and systematics,
+  all trained as one batched ensemble.
+* :mod:`~sbilab.unfolding.generative`: cINN unfolding q(gen | reco) and its iterated (IcINN) variant.
 """
 
 from .baseline import ObservableUnfolding, compare_to_truth, unfold_each_observable
+from .diagnostics import StepDiagnostics
+from .generative import GenerativeResult, GenerativeSettings, generative_unfold
 from .ibu import IBUResult, iterative_unfold
 from .ideal import IdealIterations, gaussian_ideal_moments, ideal_iterations, ideal_stat_error
 from .metrics import (
     Chi2Result,
     chi2_ndf,
     classifier_auc,
+    distances_to_truth,
     triangular_discriminator,
     triangular_discriminator_binned,
     wasserstein_1d,
     wasserstein_1d_cdf,
+    weighted_moments,
 )
 from .multi_toy import MultiObservableToy
+from .omnifold import OmniFoldResult, OmniFoldSettings, omnifold
 from .pandas_table import read_pandas_table
+from .replicas import ReplicaLayout, Replicas
 from .response import Response
 from .result import HistogramBand, UnfoldedResult
-from .toys import GaussianUnfoldingToy, PairedSample, ToyData, full_toy, minimal_toy
+from .steps import ClassifierSettings
+from .toys import GaussianUnfoldingToy, ToyData, full_toy, minimal_toy
 
 __all__ = [
     "Response",
@@ -40,7 +53,6 @@ __all__ = [
     "Chi2Result",
     "chi2_ndf",
     "classifier_auc",
-    "PairedSample",
     "ToyData",
     "GaussianUnfoldingToy",
     "minimal_toy",
@@ -56,4 +68,16 @@ __all__ = [
     "UnfoldedResult",
     "HistogramBand",
     "read_pandas_table",
+    "weighted_moments",
+    "distances_to_truth",
+    "omnifold",
+    "OmniFoldSettings",
+    "OmniFoldResult",
+    "ClassifierSettings",
+    "StepDiagnostics",
+    "Replicas",
+    "ReplicaLayout",
+    "generative_unfold",
+    "GenerativeSettings",
+    "GenerativeResult",
 ]

@@ -31,7 +31,7 @@ background).
 Example:
     >>> toy = MultiObservableToy()
     >>> sim = toy.simulation(500, generator=torch.Generator().manual_seed(0))
-    >>> sim.gen.shape, toy.observables
+    >>> sim.gen.x.shape, toy.observables
     (torch.Size([500, 6]), ('linear', 'mass', 'fraction', 'curved', 'mixed', 'energy'))
 """
 
@@ -42,7 +42,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .toys import PairedSample, ToyData
+from ..events import Events
+from ..paired import PairedEvents
+from .toys import ToyData
 
 __all__ = ["MultiObservableToy"]
 
@@ -104,12 +106,12 @@ class MultiObservableToy:
         detected = torch.rand(z.shape[0], generator=generator, dtype=torch.float64) < eff
         return x, detected
 
-    def simulation(self, n: int, *, generator: torch.Generator | None = None) -> PairedSample:
+    def simulation(self, n: int, *, generator: torch.Generator | None = None) -> PairedEvents:
         """``n`` paired events at the simulation setting (undetected events' detector values are 0)."""
         z = self.generate(n, self.sim_setting, generator)
         x, detected = self.detect(z, generator)
         x = torch.where(detected[:, None], x, 0.0)
-        return PairedSample(z, x, torch.ones(len(z), dtype=torch.bool), detected, torch.ones(len(z), dtype=torch.float64))
+        return PairedEvents(Events.observed(z), Events.observed(x), pass_reco=detected)
 
     def data(self, n: int, *, generator: torch.Generator | None = None) -> ToyData:
         """Observed data from ``n`` events at the data setting, with their generator-level truth."""

@@ -10,8 +10,10 @@ Every row of a simulation is one produced event, drawn as follows (``D = 1``):
   \varepsilon_1 \tanh z,\ 0,\ 1)` (``pass_reco``) and then smeared,
   :math:`x = z + \sigma_s\,\xi`, :math:`\xi \sim \mathcal N(0, 1)`.
 
-Values behind a failed selection (the generator value of a fake, the detector value of an
-undetected event) are set to 0 and carry no meaning: always use the pass flags.
+A simulation is a :class:`~sbilab.paired.PairedEvents` (generator level ``gen``, detector level
+``reco``, the pass flags and, for importance-sampled truth, weights). Values behind a failed
+selection (the generator value of a fake, the detector value of an undetected event) are set to
+0 and carry no meaning: always use the pass flags.
 
 Observed **data** are drawn the same way at the data's truth, and each data row is instead a
 **background** event (detector level only, :math:`x \sim \mathcal N(\mu_b, \sigma_b)`) with
@@ -32,7 +34,7 @@ The two toys of issue 12 (arXiv:1911.09107's Gaussian example, extended):
 Example:
     >>> toy = full_toy()
     >>> sim = toy.simulation(1000, generator=torch.Generator().manual_seed(0))
-    >>> sim.gen.shape, sim.reco.shape, sim.pass_gen.dtype, bool((sim.pass_gen | sim.pass_reco).all())
+    >>> sim.gen.x.shape, sim.reco.x.shape, sim.pass_gen.dtype, bool((sim.pass_gen | sim.pass_reco).all())
     (torch.Size([1000, 1]), torch.Size([1000, 1]), torch.bool, True)
 """
 
@@ -44,37 +46,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..exceptions import ConfigError, ShapeMismatchError
+from ..events import Events
+from ..exceptions import ConfigError
+from ..paired import PairedEvents
+from ..simulators.registry import register_toy
 
-__all__ = ["PairedSample", "ToyData", "GaussianUnfoldingToy", "minimal_toy", "full_toy"]
-
-
-@dataclass(frozen=True)
-class PairedSample:
-    """Simulated events at generator and detector level, row by row.
-
-    Attributes:
-        gen: Generator-level observables ``(N, D)`` (meaningless where ``pass_gen`` is False).
-        reco: Detector-level observables ``(N, D)`` (meaningless where ``pass_reco`` is False).
-        pass_gen: Generator-level selection ``(N,)`` bool.
-        pass_reco: Detector-level selection ``(N,)`` bool.
-        weights: Event weights ``(N,)``.
-    """
-
-    gen: Tensor
-    reco: Tensor
-    pass_gen: Tensor
-    pass_reco: Tensor
-    weights: Tensor
-
-    def __post_init__(self) -> None:
-        n = self.gen.shape[0]
-        for name in ("reco", "pass_gen", "pass_reco", "weights"):
-            if getattr(self, name).shape[0] != n:
-                raise ShapeMismatchError(f"PairedSample.{name} has {getattr(self, name).shape[0]} rows, gen has {n}.")
-
-    def __len__(self) -> int:
-        return self.gen.shape[0]
+__all__ = ["ToyData", "GaussianUnfoldingToy", "minimal_toy", "full_toy"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +59,8 @@ class ToyData:
     """Observed toy data and the truth it comes from.
 
     Attributes:
-        reco: Detector-level values of every observed event ``(M, D)`` (signal, fakes, background).
+        reco: Detector-level values of every observed event ``(M, D)`` (signal, fakes, background);
+            :attr:`events` gives them as observed :class:`~sbilab.events.Events`.
         truth: Generator-level values of the data's fiducial events ``(T, D)``, detected or not.
         is_fake: Which observed events are fakes ``(M,)`` (for validation only).
         is_background: Which observed events are background ``(M,)`` (for validation only).
@@ -95,14 +73,23 @@ class ToyData:
     is_background: Tensor
     rows: int
 
+    @property
+    def events(self) -> Events:
+        """The observed detector-level events, ``Events.observed(reco)``."""
+        return Events.observed(self.reco)
+
 
 def _normal_pdf(x: Tensor, mean: float, std: float) -> Tensor:
     return torch.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
 
 
+@register_toy("unfolding_gaussian")
 @dataclass(frozen=True)
 class GaussianUnfoldingToy:
     r"""A one-observable Gaussian unfolding problem (see the module docstring for the process).
+
+    Registered as the toy ``"unfolding_gaussian"`` (its fields are the ``[simulator]`` options of
+    an analysis; the data truth ``data_mean``/``data_std`` its ``[truth]``).
 
     Attributes:
         sim_mean, sim_std: Simulation truth :math:`\mathcal N(\mu, \sigma)`.
@@ -160,7 +147,7 @@ class GaussianUnfoldingToy:
         """Detector-level density of the background."""
         return _normal_pdf(x, self.background_mean, self.background_std)
 
-    def _rows(self, n: int, mean: float, std: float, scale: float | None, g: torch.Generator | None) -> PairedSample:
+    def _rows(self, n: int, mean: float, std: float, scale: float | None, g: torch.Generator | None) -> PairedEvents:
         fake = torch.rand(n, generator=g, dtype=torch.float64) < self.fake_fraction
         width = std * (scale or 1.0)
         z = mean + width * torch.randn(n, generator=g, dtype=torch.float64)
@@ -170,13 +157,14 @@ class GaussianUnfoldingToy:
         pass_gen, pass_reco = ~fake, fake | detected
         gen = torch.where(pass_gen, z, 0.0)
         reco = torch.where(fake, x_fake, torch.where(detected, x, 0.0))
-        w = torch.ones(n, dtype=torch.float64)
+        w = None
         if scale is not None:  # importance weights p/q: non-uniform MC weights, same weighted distribution
             w = torch.where(pass_gen, _normal_pdf(z, mean, std) / _normal_pdf(z, mean, width), 1.0)
-        return PairedSample(gen[:, None], reco[:, None], pass_gen, pass_reco, w)
+        return PairedEvents(Events.observed(gen[:, None]), Events.observed(reco[:, None]), pass_gen=pass_gen,
+                            pass_reco=pass_reco, weights=w)
 
-    def simulation(self, n: int, *, generator: torch.Generator | None = None, proposal_scale: float | None = None) -> PairedSample:
-        r"""``n`` simulated rows at the simulation truth.
+    def simulation(self, n: int, *, generator: torch.Generator | None = None, proposal_scale: float | None = None) -> PairedEvents:
+        r"""``n`` simulated rows at the simulation truth, paired generator/detector events.
 
         Args:
             n: Number of produced rows (fakes included).
@@ -196,17 +184,34 @@ class GaussianUnfoldingToy:
         bkg = torch.rand(n, generator=generator, dtype=torch.float64) < self.background_fraction
         x_bkg = self.background_mean + self.background_std * torch.randn(n, generator=generator, dtype=torch.float64)
         observed = bkg | rows.pass_reco
-        reco = torch.where(bkg, x_bkg, rows.reco[:, 0])[observed]
-        truth = rows.gen[~bkg & rows.pass_gen]
+        reco = torch.where(bkg, x_bkg, rows.reco.x[:, 0])[observed]
+        truth = rows.gen.x[~bkg & rows.pass_gen]
         return ToyData(reco=reco[:, None], truth=truth, is_fake=(~bkg & ~rows.pass_gen)[observed],
                        is_background=bkg[observed], rows=n)
 
-    def background(self, n: int, *, data_rows: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Background Monte Carlo: detector values ``(n, 1)`` and weights ``(n,)`` summing to the
-        expected background count of ``data_rows`` produced data rows."""
+    def smearing_weights(self, sim: PairedEvents, scale: float) -> Tensor:
+        r"""Per-event weights that turn ``sim`` into a simulation with resolution ``scale`` times :math:`\sigma_s`.
+
+        Matched events get the exact ratio of detector responses
+        :math:`K(x|z;\,s\sigma_s)/K(x|z;\,\sigma_s)` (times their weight); misses and fakes keep their
+        weight: a detector systematic as per-event weights ``(N,)`` float64.
+
+        Raises:
+            ConfigError: ``scale`` not positive.
+        """
+        if not scale > 0:
+            raise ConfigError(f"scale must be positive; got {scale}.")
+        w = sim.weights_or_ones().to(torch.float64)
+        delta = (sim.reco.x - sim.gen.x)[:, 0].to(torch.float64)
+        ratio = _normal_pdf(delta, 0.0, scale * self.smearing) / _normal_pdf(delta, 0.0, self.smearing)
+        return torch.where(sim.matched, w * ratio, w)
+
+    def background(self, n: int, *, data_rows: int, generator: torch.Generator | None = None) -> Events:
+        """Background Monte Carlo: ``n`` detector-level events ``(n, 1)`` whose weights ``(n,)`` sum
+        to the expected background count of ``data_rows`` produced data rows."""
         x = self.background_mean + self.background_std * torch.randn(int(n), generator=generator, dtype=torch.float64)
         w = torch.full((int(n),), self.background_fraction * data_rows / max(int(n), 1), dtype=torch.float64)
-        return x[:, None], w
+        return Events.observed(x[:, None], weights=w)
 
 
 def minimal_toy() -> GaussianUnfoldingToy:

@@ -27,10 +27,14 @@ from ..likelihood import MatrixElementLikelihood
 from ..mappings import cauchy_log_prob, cauchy_map
 from ..model import HardProcess, MatrixElement
 from ..noise import Sequence
-from ..proposals import Proposal
+from ..learned import ACCEPTANCE_TRAINING, TRANSFER_TRAINING, AcceptedProcess, detector_pairs, fit_acceptance, fit_transfer
+from ..proposals import BoxProposal, Proposal
 from ..transfer import GaussianTransfer
+from ...nets.flows import FlowSpec
+from ...training import TrainingConfig
 
-__all__ = ["CauchyLine", "PeakChannel", "SmearingChannel", "resonance_model", "resonance_proposal", "resonance_likelihood"]
+__all__ = ["CauchyLine", "PeakChannel", "SmearingChannel", "resonance_model", "resonance_proposal", "resonance_likelihood", "peak_channel",
+           "learned_resonance_model"]
 
 
 class CauchyLine(HardProcess):
@@ -114,17 +118,64 @@ def resonance_proposal(simulator: Resonance | None = None) -> SmearingChannel:
 def resonance_likelihood(
     simulator: Resonance | None = None,
     *,
+    model: MatrixElement | None = None,
+    proposal: Proposal | None = None,
     samples: int = 1024,
     sequence: Sequence = "sobol",
     replicas: int = 8,
     fiducial_samples: int = 2**17,
+    draws: int = 32,
     seed: int = 0,
+    coverage: Proposal | None = None,
+    coverage_events: int = 16,
 ) -> MatrixElementLikelihood:
-    """The MEM likelihood of toy 1 over the simulator's space (M, Γ), ready for ``UnbinnedLikelihood``."""
+    """The MEM likelihood of toy 1 over the simulator's space (M, Γ), ready for ``UnbinnedLikelihood``.
+
+    ``model`` and ``proposal`` default to the analytic ones (:func:`resonance_model`,
+    :func:`resonance_proposal`); pass learned ones (:func:`learned_resonance_model`, a
+    :class:`~sbilab.mem.flows.FlowProposal`) to build the ML-MEM on the same footing.
+    ``coverage`` is the broad proposal of the likelihood's coverage check (e.g. :func:`peak_channel`)
+    on its first ``coverage_events`` events;
+    ``draws`` detector draws per fiducial point smooth the window's edges (each costs a transfer
+    function draw: few for a learned one).
+    """
     sim = simulator or Resonance()
-    model = resonance_model(sim)
+    model = model or resonance_model(sim)
+    fid = FiducialCrossSection(model, peak_channel(sim), samples=fiducial_samples, sequence="sobol", seed=seed, draws=draws)
+    return MatrixElementLikelihood(model, proposal or resonance_proposal(sim), sim.space, fiducial=fid, samples=samples,
+                                   sequence=sequence, replicas=replicas, seed=seed, coverage=coverage,
+                                   coverage_events=coverage_events)
+
+
+def peak_channel(simulator: Resonance | None = None) -> PeakChannel:
+    """The Breit–Wigner at the reference point over the box: the fiducial sampler and a defensive (broad) proposal."""
+    sim = simulator or Resonance()
     mass, width = sim.space.reference.tolist()
-    peak = PeakChannel(mass, width, tuple(model.bounds[0].tolist()))
-    fid = FiducialCrossSection(model, peak, samples=fiducial_samples, sequence="sobol", seed=seed, draws=32)
-    return MatrixElementLikelihood(model, resonance_proposal(sim), sim.space, fiducial=fid, samples=samples,
-                                   sequence=sequence, replicas=replicas, seed=seed)
+    return PeakChannel(mass, width, tuple(CauchyLine().bounds[0].tolist()))
+
+
+def learned_resonance_model(
+    simulator: Resonance | None = None,
+    *,
+    pairs: int = 20_000,
+    flow: FlowSpec = FlowSpec("nsf", transforms=3, hidden=(32, 32)),
+    hidden: tuple[int, ...] = (32, 32),
+    training: TrainingConfig = TRANSFER_TRAINING,
+    acceptance_training: TrainingConfig = ACCEPTANCE_TRAINING,
+    seed: int = 0,
+    progress: bool = False,
+) -> MatrixElement:
+    r"""Toy 1 with a learned detector: :math:`W_\mathrm{acc}(x|m)` and :math:`\epsilon(m)` from simulated (reco, parton) pairs.
+
+    The pairs have parton masses uniform over the process's box and the simulator's smearing
+    and window as the detector (:func:`~sbilab.mem.learned.detector_pairs`); the transfer
+    density models the residual x - m of the accepted pairs, the acceptance is a classifier of m
+    (:func:`~sbilab.mem.learned.fit_transfer`, :func:`~sbilab.mem.learned.fit_acceptance`).
+    """
+    sim = simulator or Resonance()
+    exact = resonance_model(sim)
+    z = BoxProposal(exact.bounds).sample(int(pairs), None, torch.Generator().manual_seed(seed))[0][0]
+    data = detector_pairs(exact, z, generator=torch.Generator().manual_seed(seed + 1))
+    transfer = fit_transfer(data, response="residual", flow=flow, training=training, progress=progress)
+    acceptance = fit_acceptance(data, hidden=hidden, training=acceptance_training, progress=progress)
+    return MatrixElement(AcceptedProcess(CauchyLine(), acceptance), transfer, selection=exact.selection)

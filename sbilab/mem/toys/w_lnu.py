@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ...events import Events
-from ...exceptions import SamplingError
+from ...exceptions import ConfigError, SamplingError
 from ...simulators.base import Simulator
 from ...simulators.space import ParameterSpace
 from ..mappings import cauchy_log_prob, cauchy_map, normal_log_prob, normal_map, truncated_normal_log_prob, truncated_normal_map
@@ -44,7 +44,7 @@ from ..model import HardProcess, MatrixElement
 from ..proposals import MultiChannel, Proposal
 from ..transfer import GaussianTransfer
 
-__all__ = ["WDecay", "WToLeptonNeutrino", "WGenerator", "w_model", "w_proposal"]
+__all__ = ["WDecay", "WToLeptonNeutrino", "WGenerator", "WAnchor", "w_model", "w_proposal"]
 
 _LOG_4PI = math.log(4 * math.pi)
 
@@ -253,6 +253,50 @@ def w_proposal(model: MatrixElement, *, mass: float = 80.4, width: float = 2.1, 
     assert isinstance(process, WDecay) and isinstance(transfer, GaussianTransfer)
     return MultiChannel([_Inverted(process, transfer, mass, width, widen=widen, mode="mass"),
                          _Inverted(process, transfer, mass, width, widen=widen, mode="turning")], [1 - turning_weight, turning_weight])
+
+
+class WAnchor:
+    r"""The frame of a learned W → ℓν proposal (:data:`sbilab.mem.flows.Anchor`): the measurement and the W-mass solutions.
+
+    Shift and scale per integration variable: the lepton at its measured (pT, η, φ) with the
+    transfer function's widths, the neutrino pT at the missing momentum with its resolution, and
+    :math:`p_z^
+u` at the midpoint of the two W-mass solutions
+    :math:`p_z = (a\,p_{z,\ell} \pm E_\ell\sqrt{a^2 - p_{T,\ell}^2 E_{T,
+u}^2})/p_{T,\ell}^2`,
+    :math:`a = M^2/2 + ec p_{T,\ell}\cdotec p_{T,
+u}`, scaled by their half distance (at
+    least ``pz_floor``; the real part when there is no real solution), so the flow learns
+    residuals of order one with two modes near ±1.
+
+    Args:
+        model: The W model (its transfer function gives the widths).
+        mass: W mass of the solutions.
+        pz_floor: Smallest p_z scale, GeV.
+    """
+
+    def __init__(self, model: MatrixElement, *, mass: float = 80.4, pz_floor: float = 20.0) -> None:
+        transfer = model.transfer
+        if not isinstance(transfer, GaussianTransfer):
+            raise ConfigError(f"WAnchor: model.transfer must be the W model's GaussianTransfer (its widths set the frame), "
+                              f"got {type(transfer).__name__}; build the model with w_model().")
+        self.rel_pt = float(transfer.relative[0])
+        self.angles = (float(transfer.absolute[1]), float(transfer.absolute[2]))
+        self.sigma_met = float(transfer.absolute[3])
+        self.mass, self.pz_floor = float(mass), float(pz_floor)
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(shift (N, 6), scale (N, 6))`` for events ``x (N, 5)``."""
+        pt, eta, phi, mx, my = x.to(torch.float64).unbind(-1)
+        lx, ly, lz, le = pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta), pt * torch.cosh(eta)
+        a = self.mass**2 / 2 + lx * mx + ly * my
+        mid = a * lz / pt**2
+        half = le * torch.sqrt((a**2 - pt**2 * (mx**2 + my**2)).clamp(min=0)) / pt**2
+        shift = torch.stack([pt, eta, phi, mx, my, mid], dim=-1)
+        ones = torch.ones_like(pt)
+        scale = torch.stack([self.rel_pt * pt, self.angles[0] * ones, self.angles[1] * ones, self.sigma_met * ones,
+                             self.sigma_met * ones, half.clamp(min=self.pz_floor)], dim=-1)
+        return shift, scale
 
 
 class WToLeptonNeutrino(Simulator):

@@ -40,12 +40,17 @@ import torch
 from torch import Tensor
 
 from .history import COLUMNS, HISTORY_VERSION
-from .kernels import CA, CF, KERNEL_GG, KERNEL_GQ, KERNEL_QQ, NF, TR, Overestimate, RunningCoupling, p_gg, p_gq
+from .kernels import CA, CF, NF, TR, Overestimate, RunningCoupling
 
-__all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot"]
+__all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot", "z_minus"]
 
 _F64 = torch.float64
 GLUON = 21
+COMPACT = 0.5
+"""Live rows are compacted when fewer than this fraction of them still shower."""
+_COMPONENTS = ("p0", "p1", "p2", "p3")
+_DIPOLE = ("m2", "zm", "L", "r0", "rt")
+_OUTPUT = ("orig", *_COMPONENTS, "pid", "npart", "count")
 
 
 @dataclass(frozen=True)
@@ -108,20 +113,27 @@ def hard_process(n: int, ecms: float, generator: torch.Generator | None) -> tupl
 
 
 def _transverse_basis(pij: Tensor, pk: Tensor) -> tuple[Tensor, Tensor]:
-    """Two unit spacelike vectors ``(B, 4)`` orthogonal to the massless ``pij``, ``pk`` and to each other."""
-    pp = mdot(pij, pk).unsqueeze(-1).unsqueeze(-1)
-    axes = torch.eye(4, dtype=pij.dtype, device=pij.device)[1:]  # (3, 4): (0, e_a)
-    # project (0, e_a) on the plane orthogonal to pij and pk: n = r - [(r.pk) pij + (r.pij) pk]/(pij.pk)
-    n = axes + (pk[:, None, 1:].transpose(1, 2) * pij[:, None, :] + pij[:, None, 1:].transpose(1, 2) * pk[:, None, :]) / pp
-    norm2 = -mdot(n, n)
-    best = norm2.argmax(dim=1)
-    rows = torch.arange(len(pij), device=pij.device)
-    n1 = n[rows, best] / norm2[rows, best].sqrt().unsqueeze(-1)
-    v = n + mdot(n, n1.unsqueeze(1)).unsqueeze(-1) * n1.unsqueeze(1)  # remove the n1 component (n1.n1 = -1)
-    vnorm2 = -mdot(v, v)
-    second = vnorm2.argmax(dim=1)
-    n2 = v[rows, second] / vnorm2[rows, second].sqrt().unsqueeze(-1)
-    return n1, n2
+    r"""Two unit spacelike vectors ``(B, 4)`` orthogonal to the massless ``pij``, ``pk`` ``(B, 4)`` and to each other.
+
+    :math:`n_1` is the axis :math:`r = (0, \hat e)` projected on the plane orthogonal to both,
+    :math:`n = r - [(r\cdot p_k)\,p_{ij} + (r\cdot p_{ij})\,p_k]/(p_{ij}\cdot p_k)`, with
+    :math:`n^2 = -1 - 2 a_e b_e/(p_{ij}\cdot p_k)` for the spatial parts a, b: the axis with the
+    largest :math:`a_e b_e` keeps :math:`|n^2| \ge 2/3`. :math:`n_2 = \epsilon(p_{ij}, p_k, n_1)/(p_{ij}\cdot p_k)`,
+    in three-vector form :math:`(\vec a\cdot(\vec b\times\vec w),\ A_0\,\vec b\times\vec w + B_0\,\vec w\times\vec a
+    + n_0\,\vec a\times\vec b)` for :math:`n_1 = (n_0, \vec w)`, orthogonal to all three by construction.
+    """
+    ea, a, eb, b = pij[:, 0], pij[:, 1:], pk[:, 0], pk[:, 1:]
+    pp = ea * eb - (a * b).sum(1)
+    best = (a * b).argmax(dim=1, keepdim=True)
+    ae, be = a.gather(1, best).squeeze(1), b.gather(1, best).squeeze(1)
+    onehot = torch.zeros_like(a).scatter_(1, best, 1.0)
+    scale = 1.0 / (pp * torch.sqrt(1.0 + 2.0 * ae * be / pp))
+    n0 = (be * ea + ae * eb) * scale
+    w = onehot * (pp * scale).unsqueeze(1) + (be * scale).unsqueeze(1) * a + (ae * scale).unsqueeze(1) * b
+    bw, wa, ab = torch.linalg.cross(b, w), torch.linalg.cross(w, a), torch.linalg.cross(a, b)
+    m0 = (a * bw).sum(1)
+    m = ea.unsqueeze(1) * bw + eb.unsqueeze(1) * wa + n0.unsqueeze(1) * ab
+    return torch.cat([n0.unsqueeze(1), w], 1), torch.cat([m0.unsqueeze(1), m], 1) / pp.unsqueeze(1)
 
 
 def dipole_map(pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,201 +153,252 @@ def dipole_map(pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: 
     return pi, pj, (1.0 - y_) * pk
 
 
-def _z_limits(m2: Tensor, t0: float) -> tuple[Tensor, Tensor]:
-    r""":math:`z_- = 2t_0/(m^2(1 + \sqrt{1 - 4t_0/m^2}))` (no cancellation) and :math:`z_+ = 1 - z_-`."""
-    root = torch.sqrt((1.0 - 4.0 * t0 / m2).clamp(min=0.0))
-    zm = 2.0 * t0 / (m2 * (1.0 + root))
-    return zm, 1.0 - zm
+def z_minus(m2: Tensor, t0: float) -> Tensor:
+    r""":math:`z_- = 2t_0/(m^2(1 + \sqrt{1 - 4t_0/m^2}))` (no cancellation; :math:`z_+ = 1 - z_-`), ``m2 (...)`` above :math:`4t_0`."""
+    return 2.0 * t0 / (m2 * (1.0 + torch.sqrt((1.0 - 4.0 * t0 / m2).clamp(min=0.0))))
 
 
 class _Veto:
-    """State of the batched veto algorithm for ``n`` events (see the module docstring).
+    """State of the batched veto algorithm over the still-showering events (module docstring).
 
-    Momenta are stored component-major, ``P (4, n, M)``, and every per-particle access goes through
-    flat indices ``e * M + i`` (one ``index_select`` / ``index_copy_`` per access).
+    Per-event state is kept for the *live* rows only (``orig`` maps a row to its event) and is
+    compacted when fewer than :data:`COMPACT` of the rows still shower. Every table is a
+    contiguous tensor gathered with flat indices (one ``index_select`` per quantity): momenta
+    component by component and flavours ``(B, M)`` at ``row * M + slot``; per dipole entry
+    (emitter slot, side) ``(B, 2M)`` at ``row * 2M + 2 slot + side``: the spectator slot ``part``,
+    :math:`m^2`, :math:`z_-`, :math:`L = \\ln(z_+/z_-)`, the rate ``r0`` of the emitter's first
+    kernel and the entry's total rate ``rt``; ``cum (B, 2M + 1)`` is the cumulative total with a
+    leading zero. Each step writes its trials straight into the padded history at their
+    event's next position (a spare last row takes the trials that are not stored).
     """
 
     def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None) -> None:
-        self.s = settings
-        self.gen = generator
-        self.theta = theta.to(_F64)
-        n = theta.shape[0]
-        self.n, self.m_cap = n, 8
-        self.P = torch.zeros(4, n, self.m_cap, dtype=_F64)
-        self.pid = torch.zeros(n, self.m_cap, dtype=torch.long)
-        self.nxt = torch.full((n, self.m_cap), -1, dtype=torch.long)
-        self.prv = torch.full((n, self.m_cap), -1, dtype=torch.long)
-        momenta, pid = hard_process(n, settings.ecms, generator)
-        self.P[:, :, :2] = momenta.permute(2, 0, 1)
-        self.pid[:, :2] = pid
-        self.nxt[:, 0], self.prv[:, 1] = 1, 0
-        self.npart = torch.full((n,), 2, dtype=torch.long)
-        self.t = torch.full((n,), settings.t_start, dtype=_F64)
-        self.trials: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: event (B,), stored? (B,), row (B, K)
-        self.rate = torch.zeros(n, self.m_cap, 4, dtype=_F64)  # candidate rates: (side, kind) per emitter slot
-        self.cum = torch.zeros(n, 4 * self.m_cap, dtype=_F64)
-        everyone = torch.arange(n)
-        self._update_rates(everyone, torch.tensor([[0, 1]]).expand(n, 2))
-        self.active = self.cum[:, -1] > 0
+        s, over = settings, settings.overestimate
+        self.s, self.gen, self.n = s, generator, theta.shape[0]
+        self.ell0 = math.log(s.t0 / s.coupling.lambda2)
+        self.k_scale = 2.0 * math.pi * s.coupling.b0
+        self.a_soft = torch.tensor([over.soft, CA, 0.0], dtype=_F64)  # P-hat(z) = a_s/(1-z) + a_f per kernel code
+        self.a_flat = torch.tensor([over.flat, 0.0, NF * 0.5 * TR], dtype=_F64)
+        n, m = self.n, 8
+        self.m = m
+        th = theta.to(_F64)
+        momenta, pid = hard_process(n, s.ecms, generator)
+        st: dict[str, Tensor] = {"orig": torch.arange(n)}
+        for c, key in enumerate(_COMPONENTS):
+            st[key] = torch.cat([momenta[:, :, c], torch.zeros(n, m - 2, dtype=_F64)], 1)
+        st["pid"] = torch.cat([pid.to(_F64), torch.zeros(n, m - 2, dtype=_F64)], 1)
+        st["part"] = torch.full((n, 2 * m), -1, dtype=torch.long)
+        st["part"][:, 0], st["part"][:, 3] = 1, 0  # quark (slot 0) colour -> antiquark (slot 1) anticolour
+        for key in _DIPOLE:
+            st[key] = torch.zeros(n, 2 * m, dtype=_F64)
+        st["cum"] = torch.zeros(n, 2 * m + 1, dtype=_F64)
+        st["npart"], st["count"] = torch.full((n,), 2, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        st["live"] = torch.ones(n, dtype=torch.bool)
+        st["ell"] = torch.full((n,), math.log(s.t_start / s.coupling.lambda2), dtype=_F64)
+        st["kappa"] = torch.zeros(n, dtype=_F64)
+        st["cD"], st["cF"], st["cC"] = 2.0 * CF * th[:, 0], CF * th[:, 1], CF * th[:, 2]
+        self.state = st
+        self._index()
+        self._refresh(torch.arange(n), torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long))
+        self.finished: list[dict[str, Tensor]] = []
+        self.t_cap = 32  # history rows per event; the last row of `history` takes the trials that are not stored
+        self.history = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
+        self.version = torch.full((n,), float(HISTORY_VERSION), dtype=_F64)
+        self.np_bound, self.count_bound = 2, 0  # upper bounds of the live rows' largest parton and trial counts
 
-    # ------------------------------------------------------------------ storage
-    def _get(self, flat: Tensor) -> Tensor:
-        """Momenta ``(4, B)`` of the particles at flat indices ``flat (B,)``."""
-        return self.P.view(4, -1).index_select(1, flat)
+    def _index(self) -> None:
+        """Row bases of the flat tables for the current rows and capacity."""
+        rows, m = torch.arange(self.state["orig"].numel()), self.m
+        self.base_m, self.base_d, self.base_c = rows * m, rows * (2 * m), rows * (2 * m + 1)
 
-    def _grow_particles(self, needed: int) -> None:
-        add = max(self.m_cap, needed - self.m_cap)
-        n = self.n
-        self.P = torch.cat([self.P, self.P.new_zeros(4, n, add)], 2)
-        self.pid = torch.cat([self.pid, self.pid.new_zeros(n, add)], 1)
-        self.nxt = torch.cat([self.nxt, self.nxt.new_full((n, add), -1)], 1)
-        self.prv = torch.cat([self.prv, self.prv.new_full((n, add), -1)], 1)
-        self.rate = torch.cat([self.rate, self.rate.new_zeros(n, add, 4)], 1)
-        self.cum = torch.cat([self.cum, self.cum[:, -1:].expand(n, 4 * add)], 1)
-        self.m_cap += add
+    # ------------------------------------------------------------------ layout
+    def _compact(self) -> None:
+        """Keep the live rows only; the finished rows' final state goes to ``finished``."""
+        st = self.state
+        done = torch.nonzero(~st["live"]).squeeze(1)
+        if done.numel():
+            self.finished.append({key: st[key].index_select(0, done) for key in _OUTPUT})
+        keep = torch.nonzero(st["live"]).squeeze(1)
+        for key, value in st.items():
+            st[key] = value.index_select(0, keep)
+        self._index()
+
+    def _grow(self) -> None:
+        """Double the parton capacity ``M``."""
+        st, m = self.state, self.m
+        b = st["orig"].numel()
+        for key in _COMPONENTS + ("pid",):
+            st[key] = torch.cat([st[key], st[key].new_zeros(b, m)], 1)
+        st["part"] = torch.cat([st["part"], st["part"].new_full((b, 2 * m), -1)], 1)
+        for key in _DIPOLE:
+            st[key] = torch.cat([st[key], st[key].new_zeros(b, 2 * m)], 1)
+        st["cum"] = torch.cat([st["cum"], st["cum"][:, -1:].expand(b, 2 * m)], 1)
+        self.m = 2 * m
+        self._index()
+
+    def _grow_history(self) -> None:
+        """Make room for more trials per event once some live event may have filled its rows."""
+        top = int(self.state["count"].max())
+        if top >= self.t_cap:
+            n, old, self.t_cap = self.n, self.t_cap, self.t_cap + 16
+            grown = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
+            grown[:-1].view(n, self.t_cap, -1)[:, :old] = self.history[:-1].view(n, old, -1)
+            self.history = grown
+        self.count_bound = top
 
     # ------------------------------------------------------------------ rates
-    def _update_rates(self, e: Tensor, slots: Tensor) -> None:
-        """Recompute the rates of emitter ``slots (B, S)`` of events ``e (B,)`` (-1: none), then ``cum[e] (B, 4M)``.
+    def _refresh(self, rows: Tensor, x: Tensor, side: Tensor) -> None:
+        """Recompute the dipoles from slot ``x`` on ``side`` to its partner, ``x, side (R, P)``, of ``rows (R,)`` (unique).
 
-        Candidate c = 4i + 2·side + kind: side 0 is the colour partner ``nxt[i]``, side 1 the
-        anticolour partner ``prv[i]``; kind 0 is q → qg or g → gg, kind 1 g → qq̄.
+        Both entries of each dipole are written ((x, side) and (partner, 1 - side)); a slot without
+        a partner on that side gets zero rate. Then ``cum`` and ``kappa`` of the rows.
         """
-        b, width, m, t0 = e.numel(), slots.shape[1], self.m_cap, self.s.t0
-        valid = slots >= 0
-        flat = (e.unsqueeze(1) * m + slots.clamp(min=0)).reshape(-1)
-        pe = self._get(flat).view(4, b, width)
-        gluon = self.pid.view(-1).index_select(0, flat).view(b, width) == GLUON
-        over = self.s.overestimate
-        rates = []
-        for partner in (self.nxt, self.prv):
-            part = partner.view(-1).index_select(0, flat).view(b, width)
-            pk = self._get((e.unsqueeze(1) * m + part.clamp(min=0)).reshape(-1)).view(4, b, width)
-            m2 = 2.0 * (pe[0] * pk[0] - pe[1] * pk[1] - pe[2] * pk[2] - pe[3] * pk[3])
-            ok = (part >= 0) & (m2 > 4.0 * t0)
-            zm, zp = _z_limits(torch.where(ok, m2, 8.0 * t0), t0)
-            log_range, width_z = torch.log(zp / zm), zp - zm
-            r0 = torch.where(gluon, CA * log_range, over.soft * log_range + over.flat * width_z)
-            r1 = torch.where(gluon, NF * 0.5 * TR * width_z, 0.0)
-            rates += [r0 * ok, r1 * ok]
-        rate = torch.stack(rates, dim=-1)[valid]  # (valid slots, 4)
-        self.rate.view(-1, 4).index_copy_(0, flat[valid.reshape(-1)], rate)
-        self.cum.index_copy_(0, e, self.rate.index_select(0, e).view(b, 4 * m).cumsum(dim=-1))
+        st, t0, over = self.state, self.s.t0, self.s.overestimate
+        bm, bd = self.base_m.index_select(0, rows).unsqueeze(1), self.base_d.index_select(0, rows).unsqueeze(1)
+        flat_x = (bd + 2 * x + side).reshape(-1)
+        partner = st["part"].view(-1).index_select(0, flat_x).view_as(x)
+        has = partner >= 0
+        other = partner.clamp(min=0)
+        fx, fp = (bm + x).reshape(-1), (bm + other).reshape(-1)
+        flat_p = torch.where(has, bd + 2 * other + 1 - side, bd + 2 * x + side).reshape(-1)
+        has = has.reshape(-1)
+        e, s_ = (torch.stack([st[key].view(-1).index_select(0, idx) for key in _COMPONENTS]) for idx in (fx, fp))
+        m2 = 2.0 * (e[0] * s_[0] - e[1] * s_[1] - e[2] * s_[2] - e[3] * s_[3])
+        ok = has & (m2 > 4.0 * t0)
+        m2 = m2 * ok  # 0 for no dipole: every trial on it has y = inf and is vetoed
+        zm = torch.where(ok, z_minus(m2.clamp(min=8.0 * t0), t0), 0.25)
+        width = 1.0 - 2.0 * zm
+        log_range = torch.log((1.0 - zm) / zm)
+        gluon = torch.cat([st["pid"].view(-1).index_select(0, fx), st["pid"].view(-1).index_select(0, fp)]) == GLUON
+        ok2, width2, log2 = ok.repeat(2), width.repeat(2), log_range.repeat(2)
+        gluon &= ok2
+        r0 = (CA * log2) * gluon + (over.soft * log2 + over.flat * width2) * (ok2 & ~gluon)
+        rt = r0 + (NF * 0.5 * TR * width2) * gluon
+        flat = torch.cat([flat_x, flat_p])
+        for key, value in zip(_DIPOLE, (m2.repeat(2), zm.repeat(2), log2, r0, rt)):
+            st[key].view(-1).index_copy_(0, flat, value)
+        total = st["rt"].index_select(0, rows).T.cumsum(0)  # (2M, R): cumulative along contiguous rows
+        cum = torch.cat([torch.zeros(1, rows.numel(), dtype=_F64), total]).T
+        st["cum"].index_copy_(0, rows, cum)
+        st["kappa"].index_copy_(0, rows, self.k_scale / total[-1])
 
     # ------------------------------------------------------------------ one step
     def step(self) -> bool:
-        """One trial for every active event; returns whether any event is still active."""
-        idx = torch.nonzero(self.active).squeeze(1)
-        if idx.numel() == 0:
-            return False
-        s, over, m = self.s, self.s.overestimate, self.m_cap
-        u = torch.rand(7, idx.numel(), generator=self.gen, dtype=_F64)
-        total = self.cum.view(-1).index_select(0, idx * (4 * m) + (4 * m - 1))
-        t = s.coupling.next_scale(self.t.index_select(0, idx), total, u[0])
-        self.t.index_copy_(0, idx, t)
-        go = t > s.t0
-        if not bool(go.all()):
-            self.active.index_fill_(0, idx[~go], False)
-            idx, u, t, total = idx[go], u[:, go], t[go], total[go]
-            if idx.numel() == 0:
-                return bool(self.active.any())
-        if 4 * idx.numel() > self.n:  # search every row (O(n log M)) rather than copy the active rows (O(B M))
-            target = torch.zeros(self.n, 1, dtype=_F64).index_copy_(0, idx, (u[1] * total).unsqueeze(1))
-            c = torch.searchsorted(self.cum, target, right=True).squeeze(1).index_select(0, idx)
-        else:
-            c = torch.searchsorted(self.cum.index_select(0, idx), (u[1] * total).unsqueeze(1), right=True).squeeze(1)
-        c = c.clamp(max=4 * m - 1)
-        i, side, kind = c // 4, (c // 2) % 2, c % 2
-        fi = idx * m + i
-        k = torch.where(side == 0, self.nxt.view(-1).index_select(0, fi), self.prv.view(-1).index_select(0, fi))
-        pij, pk = self._get(fi), self._get(idx * m + k)
-        m2 = 2.0 * (pij[0] * pk[0] - pij[1] * pk[1] - pij[2] * pk[2] - pij[3] * pk[3])
-        zm, zp = _z_limits(m2, s.t0)
-        flavour = self.pid.view(-1).index_select(0, fi)
-        ktype = torch.where(flavour == GLUON, KERNEL_GG + kind, torch.full_like(kind, KERNEL_QQ))
-        qq, gg = ktype == KERNEL_QQ, ktype == KERNEL_GG
-        log_range, width = torch.log(zp / zm), zp - zm
-        soft_w = torch.where(qq, over.soft * log_range, gg.to(_F64))
-        flat_w = torch.where(qq, over.flat * width, (ktype == KERNEL_GQ).to(_F64))
-        soft = u[2] * (soft_w + flat_w) < soft_w
-        omz_soft = zp * (zm / zp).pow(u[3])
-        z_flat = zm + width * u[3]
+        """One trial for every live event; returns whether any event still showers."""
+        st, s, m = self.state, self.s, self.m
+        b = st["orig"].numel()
+        u = torch.rand(5, b, generator=self.gen, dtype=_F64)
+        ell = st["ell"].mul_(u[0].log_().mul_(st["kappa"]).exp_())  # ln(t/Λ²) ← ln(t/Λ²) u^(2π b0/R)
+        go = st["live"].logical_and_(ell > self.ell0)
+        cum = st["cum"]
+        r = u[1].mul_(cum[:, -1])
+        c = torch.searchsorted(cum, r.unsqueeze(1), right=True).squeeze(1).sub_(1).clamp_(0, 2 * m - 1)
+        v = r - cum.view(-1).index_select(0, self.base_c + c)  # uniform on [0, rate of c), recycled below
+        flat = self.base_d + c
+        m2, zm, log_range, r0 = (st[key].view(-1).index_select(0, flat) for key in _DIPOLE[:4])
+        k = st["part"].view(-1).index_select(0, flat)
+        i = c >> 1
+        flavour = st["pid"].view(-1).index_select(0, self.base_m + i)
+        gluon = flavour == GLUON
+        second = v >= r0  # g -> q qbar (never for quarks: their r0 is the whole rate)
+        v -= r0 * second
+        ktype = gluon.long() + second
+        a_s, a_f = self.a_soft.index_select(0, ktype), self.a_flat.index_select(0, ktype)
+        soft = v < a_s * log_range
+        u2 = u[2]
+        omz_soft = torch.exp(-u2 * log_range).mul_(1.0 - zm)  # z_+ (z_-/z_+)^u
+        z_flat = torch.addcmul(zm, 1.0 - 2.0 * zm, u2)
         omz = torch.where(soft, omz_soft, 1.0 - z_flat)
         z = torch.where(soft, 1.0 - omz_soft, z_flat)
-        y = t / (m2 * z * omz)
-        inside = y < 1.0
-        p_hat = torch.where(qq, over.soft / omz + over.flat, torch.where(gg, CA / omz, torch.full_like(z, NF * 0.5 * TR)))
-        th = self.theta.index_select(0, idx)
-        zy, yz_omz = omz + z * y, y * z * omz
-        p_qq = CF * (th[:, 0] * 2.0 * z * (1.0 - y) / zy + th[:, 1] * omz + th[:, 2] * yz_omz)
-        value = torch.where(qq, p_qq, torch.where(gg, p_gg(z, y), p_gq(z)))
-        accept = inside & (u[4] < (1.0 - y) * value / p_hat)
-        phi = 2.0 * math.pi * u[5]
-        quark = 1 + (u[6] * NF).long().clamp(max=NF - 1)
-        emitted = torch.where(ktype == KERNEL_GQ, -quark, torch.full_like(quark, GLUON))
-        self._record(idx, inside, (t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat))
+        t = torch.exp(ell).mul_(s.coupling.lambda2)
+        zomz = z * omz
+        y = t / (m2 * zomz)
+        omy = 1.0 - y
+        p_hat = a_s / omz + a_f
+        soft_term = z * omy / (omz + z * y)  # z(1-y)/(1-z(1-y))
+        p_qq = torch.addcmul(torch.addcmul(st["cD"] * soft_term, st["cF"], omz), st["cC"], y * zomz)
+        p_gg = torch.addcmul(CA * soft_term, zomz, self.half_ca)
+        p_gq = torch.addcmul(self.nf_tr_half, zomz, self.minus_nf_tr)
+        value = torch.where(gluon, torch.where(second, p_gq, p_gg), p_qq)
+        inside = (y < 1.0).logical_and_(go)
+        accept = (u[3] * p_hat < omy * value).logical_and_(inside)
+        q = torch.floor(u[4] * NF)
+        phi = (u[4] * NF - q).mul_(2.0 * math.pi)
+        emitted = torch.where(second, -1.0 - q, self.gluon_code)
+        if self.count_bound >= self.t_cap:
+            self._grow_history()
+        rows = torch.stack([t, z, y, phi, ktype.to(_F64), i.to(_F64), k.to(_F64), flavour, emitted, accept.to(_F64), p_hat,
+                            self.version[:b]], 1)
+        self.history.index_copy_(0, torch.where(inside, st["orig"] * self.t_cap + st["count"], self.n * self.t_cap), rows)
+        st["count"] += inside
+        self.count_bound += 1
         a = torch.nonzero(accept).squeeze(1)
         if a.numel():
-            self._emit(idx[a], i[a], k[a], side[a], ktype[a], quark[a], pij[:, a], pk[:, a], z[a], omz[a], y[a], phi[a])
-        return bool(self.active.any())
+            if self.np_bound >= m:
+                if int(st["npart"].max()) >= self.m:
+                    self._grow()
+                self.np_bound = int(st["npart"].max())
+            self._emit(a, *(x.index_select(0, a) for x in (i, k, c & 1, second, emitted, flavour, z, omz, y, phi)))
+            self.np_bound += 1
+        live = int(go.sum())
+        if live and live < COMPACT * b:
+            self._compact()
+        return live > 0
 
-    def _record(self, idx: Tensor, inside: Tensor, values: tuple[Tensor, ...]) -> None:
-        """Log this step's trials; those with ``inside`` False (vetoed by y >= 1) are dropped in :meth:`result`."""
-        version = torch.full_like(values[0], float(HISTORY_VERSION))
-        self.trials.append((idx, inside, torch.stack([v.to(_F64) for v in values] + [version], dim=1)))
+    half_ca = torch.tensor(0.5 * CA, dtype=_F64)
+    nf_tr_half = torch.tensor(NF * 0.5 * TR, dtype=_F64)
+    minus_nf_tr = torch.tensor(-NF * TR, dtype=_F64)
+    gluon_code = torch.tensor(float(GLUON), dtype=_F64)
 
-    def _emit(self, e: Tensor, i: Tensor, k: Tensor, side: Tensor, ktype: Tensor, quark: Tensor,
-              pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> None:
-        """Apply accepted splittings: new momenta, flavours and colour partners; refresh the rates."""
-        j = self.npart.index_select(0, e)
-        if int(j.max()) + 1 > self.m_cap:
-            self._grow_particles(int(j.max()) + 1)
-        m = self.m_cap
-        fi, fk, fj = e * m + i, e * m + k, e * m + j
-        pi, pj, pk_new = dipole_map(pij.T, pk.T, z, omz, y, phi)
-        flat_p = self.P.view(4, -1)
-        flat_p.index_copy_(1, fi, pi.T.contiguous())
-        flat_p.index_copy_(1, fk, pk_new.T.contiguous())
-        flat_p.index_copy_(1, fj, pj.T.contiguous())
-        self.npart.index_copy_(0, e, j + 1)
-        nxt, prv, pid = self.nxt.view(-1), self.prv.view(-1), self.pid.view(-1)
-        insert = ktype != KERNEL_GQ
-        for which, forward, backward in ((insert & (side == 0), nxt, prv), (insert & (side == 1), prv, nxt)):
-            ii, kk, jj, base = fi[which], fk[which], fj[which], e[which] * m  # flat indices; the lists hold local ones
-            forward[ii], backward[jj], forward[jj], backward[kk] = jj - base, ii - base, kk - base, jj - base
-        pid[fj[insert]] = GLUON
-        split = ~insert  # g -> q qbar: i becomes the quark (keeps its colour line), j the antiquark (takes the anticolour line)
-        es, ii, jj, fl = e[split], fi[split], fj[split], quark[split]
-        before = prv[ii]
-        pid[ii], pid[jj] = fl, -fl
-        prv[jj], nxt[es * m + before] = before, jj - es * m
-        prv[ii] = -1
-        # rates change for the three partons whose momenta changed and for their colour partners
-        moved = torch.stack([fi, fk, fj], dim=1)
-        around = torch.cat([moved, nxt[moved.reshape(-1)].view(-1, 3), prv[moved.reshape(-1)].view(-1, 3)], dim=1)
-        around[:, :3] -= e.unsqueeze(1) * m
-        self._update_rates(e, around)
-        self.active[e] &= self.cum[e, -1] > 0
+    def _emit(self, a: Tensor, i: Tensor, k: Tensor, side: Tensor, split: Tensor, emitted: Tensor, flavour: Tensor,
+              z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> None:
+        """Apply the accepted splittings of rows ``a (A,)``: momenta, flavours, colour partners, rates."""
+        st = self.state
+        j = st["npart"].index_select(0, a)
+        bm, bd = self.base_m.index_select(0, a), self.base_d.index_select(0, a)
+        fi, fk, fj = bm + i, bm + k, bm + j
+        pij, pk = (torch.stack([st[key].view(-1).index_select(0, idx) for key in _COMPONENTS], 1) for idx in (fi, fk))
+        pi, pj, pk = dipole_map(pij, pk, z, omz, y, phi)
+        where = torch.cat([fi, fk, fj])
+        new = torch.cat([pi, pk, pj]).T
+        for c, key in enumerate(_COMPONENTS):
+            st[key].view(-1).index_copy_(0, where, new[c])
+        st["pid"].view(-1).index_copy_(0, torch.cat([fj, fi]), torch.cat([emitted, torch.where(split, -emitted, flavour)]))
+        st["npart"].index_add_(0, a, torch.ones_like(a))
+        part = st["part"].view(-1)
+        before = part.index_select(0, bd + 2 * i + 1).clamp(min=0)  # anticolour partner of a splitting gluon
+        other = 1 - side
+        one, zero, none = torch.ones_like(side), torch.zeros_like(side), torch.full_like(side, -1)
+        # gluon j inserted between i and k on side s: (i,s)<-j, (j,1-s)<-i, (j,s)<-k, (k,1-s)<-j
+        # g -> q qbar (i quark, j antiquark):         (i,1)<-none, (j,1)<-before, (j,0)<-none, (before,0)<-j
+        entries = [(i, torch.where(split, one, side)), (j, torch.where(split, one, other)), (j, torch.where(split, zero, side)),
+                   (torch.where(split, before, k), torch.where(split, zero, other))]
+        values = [torch.where(split, none, j), torch.where(split, before, i), torch.where(split, none, k), j]
+        part.index_copy_(0, torch.cat([bd + 2 * sl + sd for sl, sd in entries]), torch.cat(values))
+        # dipoles whose kinematics or partners changed (module docstring): insertion (i,s) (j,s) (i,1-s) (k,s) (j,1-s);
+        # splitting (i,0) (j,1) (k,0) (k,1) (i,1)
+        x = torch.stack([i, j, torch.where(split, k, i), k, torch.where(split, i, j)], 1)
+        sides = torch.stack([torch.where(split, zero, side), torch.where(split, one, side), torch.where(split, zero, other),
+                             torch.where(split, one, side), torch.where(split, one, other)], 1)
+        self._refresh(a, x, sides)
+
 
     def result(self) -> ShowerState:
-        m = int(self.npart.max())
-        count = torch.zeros(self.n, dtype=torch.long)
-        e = torch.zeros(0, dtype=torch.long)
-        rows = torch.zeros(0, len(COLUMNS), dtype=_F64)
-        if self.trials:
-            e, keep, rows = (torch.cat(parts) for parts in zip(*self.trials))
-            e, rows = e[keep], rows[keep]
-            count = torch.bincount(e, minlength=self.n)
-        t = int(count.max()) if self.n else 0
-        # position of each trial in its event's history: its rank among the event's trials, in step order
-        order = torch.sort(e, stable=True).indices
-        start = torch.cumsum(count, 0) - count
-        pos = torch.empty_like(e)
-        pos[order] = torch.arange(len(e)) - start[e[order]]
-        hist = torch.zeros(self.n * t, len(COLUMNS), dtype=_F64)
-        hist.index_copy_(0, e * t + pos, rows)
-        return ShowerState(self.P[:, :, :m].permute(1, 2, 0).contiguous(), self.pid[:, :m].clone(), self.npart.clone(),
-                           hist.view(self.n, t, len(COLUMNS)), count)
+        self.finished.append({key: self.state[key] for key in _OUTPUT})
+        n = self.n
+        out = {key: torch.cat([f[key] for f in self.finished]) for key in ("orig", "npart", "count")}
+        width = int(out["npart"].max()) if n else 2
+        momenta = torch.zeros(n, width, 4, dtype=_F64)
+        pid = torch.zeros(n, width, dtype=torch.long)
+        for f in self.finished:
+            w = min(width, f["pid"].shape[1])
+            momenta[f["orig"], :w] = torch.stack([f[key][:, :w] for key in _COMPONENTS], 2)
+            pid[f["orig"], :w] = f["pid"][:, :w].long()
+        npart = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["npart"])
+        count = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["count"])
+        t_max = int(count.max()) if n else 0
+        history = self.history[:-1].view(n, self.t_cap, len(COLUMNS))[:, :t_max]
+        return ShowerState(momenta, pid, npart, history.contiguous(), count)
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,

@@ -13,9 +13,11 @@ hadronisation**, so they describe partons above the cutoff :math:`t_0`, not hadr
 * energy correlators :math:`e_2^{(\beta)} = \sum_{i<j} E_i E_j\,(2(1-\cos\theta_{ij}))^{\beta/2}/E_\mathrm{vis}^2`
   (Larkoski, Salam, Thaler, arXiv:1305.0007) (:func:`energy_correlator`) and the energy–energy
   correlation histogram (:func:`eec_histogram`),
-* multiplicity.
+* multiplicity,
+* each particle in the thrust frame (:func:`thrust_frame`): the rotation-invariant per-particle
+  input of set embeddings.
 
-:func:`event_observables` stacks them into ``(N, D)`` with :data:`OBSERVABLES` as names.
+:func:`event_observables` stacks the event shapes into ``(N, D)`` with :data:`OBSERVABLES` as names.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["OBSERVABLES", "Y_FLOOR", "thrust", "hemisphere_masses", "durham_rates", "c_parameter", "energy_correlator",
-           "eec_histogram", "multiplicity", "event_observables"]
+           "eec_histogram", "multiplicity", "thrust_frame", "FRAME_FEATURES", "event_observables"]
 
 _F64 = torch.float64
 Y_FLOOR = 1e-6
@@ -179,6 +181,25 @@ def eec_histogram(p: Tensor, mask: Tensor, bins: Tensor, *, weights: Tensor | No
     index = torch.bucketize(cos, edges, right=True) - 1
     inside = (index >= 0) & (index < len(edges) - 1)
     return torch.zeros(len(edges) - 1, dtype=_F64).index_add_(0, index[inside], w[pair][inside])
+
+
+FRAME_FEATURES = ("x_E", "x_L", "x_T")
+"""Features of :func:`thrust_frame`: energy, longitudinal and transverse momentum to the thrust axis over E_vis."""
+
+
+def thrust_frame(p: Tensor, mask: Tensor) -> Tensor:
+    r"""Every particle as :math:`(E_i, |\vec p_i\cdot\hat n_T|, |\vec p_i\times\hat n_T|)/E_\mathrm{vis}`, ``(N, M, 3)`` float64.
+
+    Invariant under rotations of the event and under the sign of the thrust axis
+    :math:`\hat n_T` (:func:`thrust`), so a set embedding need not learn the isotropy of the
+    hard process; the padding (``mask`` False) is zero.
+    """
+    q = _clean(p, mask)
+    _, axis = thrust(p, mask)
+    longitudinal = torch.einsum("nmk,nk->nm", q[..., 1:], axis)
+    transverse = (q[..., 1:] - longitudinal.unsqueeze(-1) * axis.unsqueeze(1)).norm(dim=-1)
+    evis = q[..., 0].sum(1, keepdim=True).clamp(min=1e-300)
+    return torch.stack([q[..., 0], longitudinal.abs(), transverse], dim=-1) / evis.unsqueeze(-1)
 
 
 def event_observables(p: Tensor, mask: Tensor) -> Tensor:

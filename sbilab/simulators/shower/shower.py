@@ -26,7 +26,7 @@ from .detector import Smearing
 from .engine import ShowerSettings, ShowerState, run_shower
 from .history import HISTORY_VERSION, check_history, history_log_prob
 from .kernels import Overestimate, RunningCoupling, check_kernel
-from .observables import OBSERVABLES, event_observables
+from .observables import FRAME_FEATURES, OBSERVABLES, event_observables, thrust_frame
 
 __all__ = ["PartonShower", "PARTICLE_FEATURES"]
 
@@ -49,7 +49,9 @@ class PartonShower(Simulator):
             non-negative kernel (:math:`D, F \ge 0`, :math:`F + C \ge 0`).
         reference: Reference point (default the standard kernel D = F = 1, C = 0).
         output: ``"particles"``: ``x`` is the padded set ``(N, M, 5)`` of :data:`PARTICLE_FEATURES`
-            with ``mask``; ``"observables"``: ``x (N, 9)`` of
+            with ``mask``; ``"thrust_frame"``: the padded set ``(N, M, 3)`` of every particle in
+            the thrust frame (:func:`~sbilab.simulators.shower.observables.thrust_frame`,
+            rotation invariant); ``"observables"``: ``x (N, 9)`` of
             :data:`~sbilab.simulators.shower.observables.OBSERVABLES`.
         smearing: Optional Gaussian detector (:class:`~.detector.Smearing`).
         chunk_size: Events showered together (memory is about 3 kB per event and step capacity).
@@ -78,7 +80,7 @@ class PartonShower(Simulator):
         low: tuple[float, float, float] = (0.5, 0.5, -0.5),
         high: tuple[float, float, float] = (1.5, 1.5, 1.5),
         reference: tuple[float, float, float] = (1.0, 1.0, 0.0),
-        output: Literal["particles", "observables"] = "particles",
+        output: Literal["particles", "thrust_frame", "observables"] = "particles",
         smearing: Smearing | None = None,
         chunk_size: int = 20_000,
         progress: bool = False,
@@ -94,8 +96,8 @@ class PartonShower(Simulator):
                 f"PartonShower: cutoff t0 = {t0} GeV^2 is not above Lambda^2 = {coupling.lambda2:.4g} GeV^2, where the "
                 "one-loop coupling diverges; use t0 >= 0.5 GeV^2."
             )
-        if output not in ("particles", "observables"):
-            raise ConfigError(f"PartonShower: output = {output!r}; choose 'particles' or 'observables'.")
+        if output not in ("particles", "thrust_frame", "observables"):
+            raise ConfigError(f"PartonShower: output = {output!r}; choose 'particles', 'thrust_frame' or 'observables'.")
         check_kernel(torch.tensor([low], dtype=torch.float64), argument="PartonShower low bounds")
         self.space = ParameterSpace(("D", "F", "C"), low=low, high=high, reference=reference)
         self.overestimate = Overestimate(*(float(h) for h in high))
@@ -104,7 +106,7 @@ class PartonShower(Simulator):
         self.smearing = smearing
         self.chunk_size = int(chunk_size)
         self.progress = bool(progress)
-        self.observable_names = PARTICLE_FEATURES if output == "particles" else OBSERVABLES
+        self.observable_names = {"particles": PARTICLE_FEATURES, "thrust_frame": FRAME_FEATURES, "observables": OBSERVABLES}[output]
 
     # ------------------------------------------------------------------ sampling
     def _theta(self, theta: Tensor, argument: str) -> Tensor:
@@ -145,6 +147,8 @@ class PartonShower(Simulator):
         if self.output == "particles":
             x = torch.cat([p, state.pid.to(torch.float64).unsqueeze(-1)], dim=-1).to(dtype)
             return Events(x=x, theta=theta, latent=state.history, latent_mask=latent_mask, mask=mask)
+        if self.output == "thrust_frame":
+            return Events(x=thrust_frame(p, mask).to(dtype), theta=theta, latent=state.history, latent_mask=latent_mask, mask=mask)
         return Events(x=event_observables(p, mask).to(dtype), theta=theta, latent=state.history, latent_mask=latent_mask)
 
     # ------------------------------------------------------------------ likelihood
