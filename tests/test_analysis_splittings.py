@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
-from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_splitting_ratio
+from sbilab.analysis.splittings import SplittingsSection, closure, hessian_widths, judged_parameters, normalised, train_splitting_ratio
 from sbilab.exceptions import ConfigError, FitError
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
 from sbilab.training import TrainingConfig
@@ -60,6 +60,9 @@ def test_pipeline_flags_an_undertrained_likelihood_and_reports(tmp_path):
     assert doc["valid"] is False and doc["hadronisation"] is False
     assert set(doc["shower"]["methods"]) == {"carl", "alices"}
     assert any(not r["closure"]["passed"] for r in doc["shower"]["methods"].values())
+    judging = doc["shower"]["closure_judging"]  # every parameter is either judged or reported with its reason
+    assert sorted(judging["judged"] + list(judging["not_judged"])) == ["C", "D", "F"] and judging["judge_width_fraction"] == 0.25
+    assert all(r["closure"]["judged"] == judging["judged"] for r in doc["shower"]["methods"].values())
     for r in doc["shower"]["methods"].values():  # the correction normalises on its own sample; the check uses another
         assert len(r["normalisation_corrected"]["normalisation"]) == 6
         worst = max(abs(c - 1) for c in r["normalisation_corrected"]["normalisation"])
@@ -107,6 +110,40 @@ def test_closure_passes_for_the_exact_ratio_and_fails_for_a_shifted_one():
     assert good["passed"] and len(good["pulls"]) == 2
     shifted = closure(lambda x, th, mask=None: exact(x, th, mask) + 0.05 * th[:, 0], toy.space, data, truth)  # a per-theta offset: ~9 sigma in D
     assert not shifted["passed"] and any("D" in p for p in shifted["problems"])
+
+
+def test_judged_parameters_compares_the_expected_width_with_a_fraction_of_the_range():
+    space = PrimaryEmissions().space  # D, F in [0.5, 1.5], C in [-0.5, 1.5]
+    assert judged_parameters(space, None, 0.25) == {}
+    out = judged_parameters(space, torch.tensor([0.25, 0.2501, 0.5]), 0.25)  # limits 0.25, 0.25, 0.5: F just above
+    assert list(out) == ["F"] and "0.25" in out["F"]
+    assert list(judged_parameters(space, torch.tensor([0.01, math.nan, 0.1]), 0.25)) == ["F"]  # no width: not constrained
+    with pytest.raises(ConfigError, match="judge_width_fraction"):
+        SplittingsSection(judge_width_fraction=0.0).check("[qcd_splittings]")
+
+
+def test_closure_profiles_an_unconstrained_parameter_and_still_fails_a_biased_judged_one():
+    toy = PrimaryEmissions()
+    truth = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    n = 2000  # Cramer-Rao widths (0.031, 0.131, 2.14): C's exceeds a quarter of its range (0.5), D's and F's do not
+    data = [toy.simulate(n, theta=truth.float(), generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    widths = torch.sqrt(torch.diag(torch.linalg.inv(n * toy.fisher_information(truth))))
+    ref = toy.space.reference
+
+    def exact(x, th, mask=None):
+        return toy.log_prob(x, th, mask) - toy.log_prob(x, ref.to(th), mask)
+
+    judged_all = closure(exact, toy.space, data, truth)  # the exact likelihood: C runs to a limit of its box
+    assert not judged_all["passed"] and all("C" in p for p in judged_all["problems"])
+    good = closure(exact, toy.space, data, truth, expected_widths=widths, max_width_fraction=0.25)
+    assert good["passed"], good["problems"]
+    assert good["judged"] == ["D", "F"] and list(good["not_judged"]) == ["C"] and "not constrained" in good["not_judged"]["C"]
+    assert any(not f["valid"] and f["accepted"] for f in good["fits"])  # C at a limit made a fit not valid; not judged
+    # a per-event offset 0.08 D shifts D by about 0.08 n / (n I_DD) ~ 5 sigma: the judged D must still fail
+    biased = closure(lambda x, th, mask=None: exact(x, th, mask) + 0.08 * th[:, 0], toy.space, data, truth,
+                     expected_widths=widths, max_width_fraction=0.25)
+    assert not biased["passed"] and any(p.startswith("D: mean pull") for p in biased["problems"])
+    assert not any(p.startswith("C") for p in biased["problems"])
 
 
 def test_gold_ratio_on_particle_sets_plugs_into_the_normalised_unbinned_fit():

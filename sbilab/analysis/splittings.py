@@ -17,7 +17,10 @@ A composition of the core (arXiv:2012.09873 for the physics; 1805.00020 for the 
    on the corrected ratio at six points, on reference events independent of both. **Closure:**
    ``closure_datasets`` independent data sets at the truth are fitted too; the pulls must be
    consistent with N(0, 1) (:func:`closure`), otherwise the result is marked invalid and, with
-   ``strict``, the run fails. Hessian widths at the truth for 10³ and N events sit beside the
+   ``strict``, the run fails. Only parameters the data constrain are judged: one whose expected 1σ
+   width (Cramér–Rao of SALLY's Fisher information, of the joint one where SALLY's is singular)
+   exceeds ``judge_width_fraction`` of its range is profiled but reported "not constrained at this
+   N" (:func:`judged_parameters`; at 10⁴ events, C). Hessian widths at the truth for 10³ and N events sit beside the
    Cramér–Rao widths of the joint (history) and of SALLY's Fisher information.
 3. **Posterior.** A cINN :math:`q(\theta|\{x_e\})` of data sets of ``set_size`` events, each event
    its set of partons in the thrust frame (:func:`~sbilab.simulators.shower.observables.thrust_frame`):
@@ -56,7 +59,8 @@ from .estimation import truth_point
 from .run import register_pipeline, write_results
 from .splittings_plots import plot_all
 
-__all__ = ["run_qcd_splittings", "SplittingsSection", "train_splitting_ratio", "normalised", "hessian_widths", "closure", "NAMES"]
+__all__ = ["run_qcd_splittings", "SplittingsSection", "train_splitting_ratio", "normalised", "hessian_widths", "closure",
+           "judged_parameters", "NAMES"]
 
 NAMES = ("D", "F", "C")
 TOY_EMBEDDING = {"kind": "deepsets", "out_features": 32, "hidden": [64, 64], "latent": 32, "pooling": "sum"}
@@ -73,6 +77,10 @@ class SplittingsSection:
         closure_datasets: Independent data sets of ``[observed] n_events`` at the truth fitted for the closure test.
         pull_limit: The closure fails if a pull exceeds this, or a mean pull exceeds it over sqrt(closure_datasets).
         strict: Raise :class:`~sbilab.exceptions.FitError` (after writing the results) when the closure fails.
+        judge_width_fraction: The closure judges a parameter only if its expected 1σ width at
+            ``[observed] n_events`` (Cramér–Rao of SALLY's Fisher information, the information in
+            the observables; the joint history's where SALLY's is singular) is at most this
+            fraction of its range; wider ones are profiled and reported "not constrained at this N".
         set_size: Events per data set of the cINN posterior.
         block: Parton slots per event in the posterior's input (events with more partons are refused).
         posterior_sets: Training data sets of the posterior.
@@ -82,13 +90,15 @@ class SplittingsSection:
     closure_datasets: int = 4
     pull_limit: float = 3.0
     strict: bool = True
+    judge_width_fraction: float = 0.25
     set_size: int = 50
     block: int = 32
     posterior_sets: int = 2000
 
     def check(self, where: str) -> None:
-        if min(self.reference_events, self.closure_datasets, self.set_size, self.block, self.posterior_sets) < 1 or not self.pull_limit > 0:
-            raise ConfigError(f"{where}: every count must be positive and pull_limit > 0, got {self}.")
+        if min(self.reference_events, self.closure_datasets, self.set_size, self.block, self.posterior_sets) < 1 or not self.pull_limit > 0 or not self.judge_width_fraction > 0:
+            raise ConfigError(f"{where}: every count must be positive, pull_limit > 0 and judge_width_fraction > 0 "
+                              f"(e.g. 0.25: widths up to a quarter of the range are judged), got {self}.")
 
 
 # ---------------------------------------------------------------------------- compositions
@@ -142,27 +152,67 @@ def hessian_widths(log_ratio: Callable[..., Tensor], space: Any, x: Tensor, thet
     return torch.sqrt(torch.diagonal(torch.linalg.inv(information)))
 
 
-def closure(log_ratio: Callable[..., Tensor], space: Any, datasets: list[Events], truth: Tensor, *, pull_limit: float = 3.0) -> dict[str, Any]:
+def judged_parameters(space: Any, expected_widths: Tensor | None, max_width_fraction: float) -> dict[str, str]:
+    r"""The parameters a closure test cannot judge at this N: ``{name: why}``.
+
+    A parameter whose expected 1σ width :math:`\sigma_p` (e.g. Cramér–Rao,
+    :func:`~sbilab.stats.cramer_rao`) exceeds ``max_width_fraction`` of its range
+    :math:`h_p - l_p` is not constrained by the data: its fits wander to the limits of the box
+    whatever the estimator, so limits and pulls of it say nothing about a bias. A non-finite
+    width counts as unconstrained. ``expected_widths=None`` judges every parameter.
+    """
+    if expected_widths is None:
+        return {}
+    out = {}
+    for i, name in enumerate(space.names):
+        width, span = float(expected_widths[i]), float(space.high[i] - space.low[i])
+        if not width <= max_width_fraction * span:
+            out[name] = (f"not constrained at this N: expected width {width:.3g} > {max_width_fraction:g} x range {span:g} "
+                         f"= {max_width_fraction * span:.3g}; profiled, not judged")
+    return out
+
+
+def closure(log_ratio: Callable[..., Tensor], space: Any, datasets: list[Events], truth: Tensor, *, pull_limit: float = 3.0,
+            expected_widths: Tensor | None = None, max_width_fraction: float = 0.25) -> dict[str, Any]:
     r"""Fit every data set drawn at ``truth (P,)``; pulls :math:`(\hat\theta - \theta)/\sigma` must look like N(0, 1).
 
     Fails when a fit is invalid or stops at a limit, a pull exceeds ``pull_limit``, or a
     parameter's mean pull exceeds ``pull_limit / sqrt(K)`` (a bias common to the K data sets).
+    Only *judged* parameters count: with ``expected_widths (P,)`` (the expected 1σ widths of a fit
+    of one data set), a parameter wider than ``max_width_fraction`` of its range is floated
+    (profiled) in every fit but reported as not constrained (:func:`judged_parameters`): its
+    limits and pulls are recorded, never a failure. A fit made not valid only by such a
+    parameter at a limit is not a failure either; the judged parameters' pulls still are.
     """
     names = list(space.names)
+    unjudged = judged_parameters(space, expected_widths, max_width_fraction)
     pulls, fits, problems = [], [], []
     for k, data in enumerate(datasets):
         result = UnbinnedLikelihood(log_ratio, Events.observed(data.x, mask=data.mask), space, tolerance=0.01).fit()
-        fits.append({"best": result.best, "errors": result.errors, "valid": result.valid, "reason": result.reason, "notes": list(result.notes)})
         at_limit = [n for i, n in enumerate(names) if min(result.best[n] - float(space.low[i]), float(space.high[i]) - result.best[n]) < 1e-4]
-        if not result.valid or at_limit:
-            problems.append(f"data set {k}: fit {'invalid' if not result.valid else 'at the limit of ' + ', '.join(at_limit)}")
+        free_at_limit = set(result.at_bound) | set(at_limit)
+        judged_at_limit = [n for n in at_limit if n not in unjudged]
+        explained = bool(free_at_limit) and free_at_limit <= set(unjudged)  # invalid only through an unjudged parameter at a limit
+        accepted = (result.valid or explained) and not judged_at_limit
+        fits.append({"best": result.best, "errors": result.errors, "valid": result.valid, "accepted": accepted, "reason": result.reason,
+                     "notes": list(result.notes) + ([f"not judged: {', '.join(sorted(free_at_limit))} at a limit ({result.reason})"]
+                                                    if explained and not result.valid else [])})
+        if judged_at_limit:
+            problems.append(f"data set {k}: fit at the limit of {', '.join(judged_at_limit)}")
+        elif not accepted:
+            problems.append(f"data set {k}: fit invalid")
         pulls.append([(result.best[n] - float(truth[i])) / result.errors[n] if result.errors[n] > 0 else math.inf for i, n in enumerate(names)])
     p = torch.tensor(pulls, dtype=torch.float64)
     mean = p.mean(0)
     limit = pull_limit / math.sqrt(len(datasets))
-    problems += [f"{n}: pull {v:+.2f} in data set {k}" for k, row in enumerate(pulls) for n, v in zip(names, row) if not abs(v) <= pull_limit]
-    problems += [f"{n}: mean pull {m:+.2f} over {len(datasets)} data sets (limit {limit:.2f})" for n, m in zip(names, mean.tolist()) if not abs(m) <= limit]
-    return {"fits": fits, "pulls": pulls, "mean_pull": dict(zip(names, mean.tolist())), "passed": not problems, "problems": problems}
+    problems += [f"{n}: pull {v:+.2f} in data set {k}" for k, row in enumerate(pulls) for n, v in zip(names, row)
+                 if n not in unjudged and not abs(v) <= pull_limit]
+    problems += [f"{n}: mean pull {m:+.2f} over {len(datasets)} data sets (limit {limit:.2f})" for n, m in zip(names, mean.tolist())
+                 if n not in unjudged and not abs(m) <= limit]
+    return {"fits": fits, "pulls": pulls, "mean_pull": dict(zip(names, mean.tolist())), "passed": not problems, "problems": problems,
+            "judged": [n for n in names if n not in unjudged], "not_judged": unjudged,
+            "expected_widths": None if expected_widths is None else [float(w) for w in expected_widths],
+            "max_width_fraction": max_width_fraction}
 
 
 def _widths(values: Tensor) -> dict[str, float | None]:
@@ -220,25 +270,6 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
     datasets = [_without_history(d) for d in datasets]
     out: dict[str, Any] = {"n_observed": n, "joint_fisher_widths": _widths(cramer_rao(fisher, n)),
                            "joint_fisher_widths_1000_events": _widths(cramer_rao(fisher, 1000)), "methods": {}}
-    check_ref = _without_history(shower.simulate(n, theta=shower.space.reference, generator=torch.Generator().manual_seed(seed + 202)))
-    gold = None
-    for method in methods:
-        est = train_splitting_ratio(shower, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method),
-                          hidden=tuple(cfg.estimator.hidden), device=device)
-        fn = normalised(est, shower, section.reference_events, seed=seed + 101)
-        check = closure(fn, shower.space, datasets, truth, pull_limit=section.pull_limit)
-        first = check["fits"][0]
-        points = _check_points(shower, truth)
-        out["methods"][method] = {"best": first["best"], "errors": first["errors"], "valid": first["valid"] and check["passed"],
-                                  "reason": first["reason"] or ("" if check["passed"] else "closure test failed: " + "; ".join(check["problems"])),
-                                  "notes": first["notes"],
-                                  "closure": check,
-                                  "normalisation_raw": ratio_normalisation(est, check_ref.x, points, names=NAMES).to_dict(),
-                                  "normalisation_corrected": ratio_normalisation(fn, check_ref.x, points, names=NAMES).to_dict(),
-                                  "widths": _widths(hessian_widths(fn, shower.space, observed.x, truth)),
-                                  "widths_1000_events": _widths(hessian_widths(fn, shower.space, observed.x[:1000], truth))}
-        log(f"shower {method}: fit {first['best']} ± {first['errors']}; closure passed {check['passed']} {check['problems']}")
-        gold = est
     generator = torch.Generator().manual_seed(cfg.training.seed + 5)
     data = _chunked(lambda k: score_training_data(shower, k, generator=generator), cfg.estimator.n_simulations // 2)
     with torch.random.fork_rng():
@@ -249,6 +280,34 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
         fisher_sally = sally.fisher_information(observed.x).double()
     out["sally_fisher_widths"] = _widths(cramer_rao(fisher_sally, n))
     out["joint_minus_sally_eigenvalues"] = torch.linalg.eigvalsh(fisher - fisher_sally).tolist()
+    sally_cr, joint_cr = cramer_rao(fisher_sally, n), cramer_rao(fisher, n)
+    expected = torch.where(torch.isfinite(sally_cr), sally_cr, joint_cr)  # SALLY: the observables' information; else the joint bound
+    unjudged = judged_parameters(shower.space, expected, section.judge_width_fraction)
+    out["closure_judging"] = {"rule": f"judged iff expected 1-sigma width at N = {n} <= {section.judge_width_fraction:g} x range",
+                              "width_source": "Cramer-Rao of SALLY's Fisher information (joint history's where not finite)",
+                              "expected_widths": _widths(expected), "judge_width_fraction": section.judge_width_fraction,
+                              "judged": [k for k in NAMES if k not in unjudged], "not_judged": unjudged}
+    check_ref = _without_history(shower.simulate(n, theta=shower.space.reference, generator=torch.Generator().manual_seed(seed + 202)))
+    gold = None
+    for method in methods:
+        est = train_splitting_ratio(shower, method, cfg.estimator.n_simulations // 2, cfg.training, alpha=_alpha(cfg, method),
+                          hidden=tuple(cfg.estimator.hidden), device=device)
+        fn = normalised(est, shower, section.reference_events, seed=seed + 101)
+        check = closure(fn, shower.space, datasets, truth, pull_limit=section.pull_limit, expected_widths=expected,
+                        max_width_fraction=section.judge_width_fraction)
+        first = check["fits"][0]
+        points = _check_points(shower, truth)
+        out["methods"][method] = {"best": first["best"], "errors": first["errors"], "valid": first["accepted"] and check["passed"],
+                                  "reason": ("" if first["accepted"] else first["reason"])
+                                            or ("" if check["passed"] else "closure test failed: " + "; ".join(check["problems"])),
+                                  "notes": first["notes"],
+                                  "closure": check,
+                                  "normalisation_raw": ratio_normalisation(est, check_ref.x, points, names=NAMES).to_dict(),
+                                  "normalisation_corrected": ratio_normalisation(fn, check_ref.x, points, names=NAMES).to_dict(),
+                                  "widths": _widths(hessian_widths(fn, shower.space, observed.x, truth)),
+                                  "widths_1000_events": _widths(hessian_widths(fn, shower.space, observed.x[:1000], truth))}
+        log(f"shower {method}: fit {first['best']} ± {first['errors']}; closure passed {check['passed']} {check['problems']}")
+        gold = est
     return out, gold, observed
 
 
@@ -318,7 +377,11 @@ def run_qcd_splittings(config: AnalysisConfig, *, out: Path, quick: bool = False
     lines = [f"{cfg.name}: (D, F, C) from {len(observed)} parton-level events (no hadronisation), truth {document['truth']}"]
     for method, r in showered["methods"].items():
         lines.append(f"  {method:>7}: fit " + ", ".join(f"{k} = {r['best'][k]:.3f} ± {r['errors'][k]:.3f}" for k in NAMES)
-                     + f"; closure {'passed' if r['closure']['passed'] else 'FAILED'}")
+                     + f"; closure {'passed' if r['closure']['passed'] else 'FAILED'} (judged: {', '.join(r['closure']['judged']) or 'none'})")
+    judging = showered["closure_judging"]
+    if judging["not_judged"]:
+        lines.append(f"  NOT JUDGED by the closure (not constrained at N = {len(observed)}): "
+                     + "; ".join(f"{k}: {why}" for k, why in judging["not_judged"].items()))
     lines.append("  Cramér–Rao, joint history: " + ", ".join(f"{k} {v:.3f}" for k, v in showered["joint_fisher_widths"].items())
                  + "; SALLY: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in showered["sally_fisher_widths"].items()))
     lines.append("  toy: MSE " + ", ".join(f"{m} {r['mse']:.3g}" for m, r in toy["methods"].items())
