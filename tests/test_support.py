@@ -104,3 +104,13 @@ def test_old_file_without_support_loads_with_the_check_unavailable(tmp_path: Pat
         old.log_ratio(FAR, [0.5])  # nothing to warn about: the range is unknown
     res = UnbinnedLikelihood(old, Events.observed(torch.cat([PAIRS.x[:20], FAR])), SIM.space).fit()
     assert math.isnan(res.outside_support) and "training-support check unavailable" in res.notes[0]
+
+
+def test_pyhf_torch_backend_leaves_torch_default_dtype_as_it_was() -> None:
+    """pyhf's torch backend sets torch's global default dtype to float64; leaving it so made later float32 code silently float64."""
+    from sbilab.stats.histfactory import pyhf_backend
+
+    assert torch.get_default_dtype() == torch.float32
+    with pyhf_backend("torch"):
+        pass
+    assert torch.get_default_dtype() == torch.float32

@@ -163,7 +163,7 @@ def run_measurement(config: AnalysisConfig, *, out: Path, quick: bool = False, d
 def _summary(cfg: AnalysisConfig, results: dict[str, Any], n_observed: int, out: Path, plotted: bool, checks: dict[str, Any],
              quality: dict[str, dict[str, Any]]) -> str:
     notes = check_lines(checks)
-    lines = fit_lines(quality) + [n for n in notes if n.startswith("!!!")]
+    lines = [n for n in notes if n.startswith("!!!")] + fit_lines(quality)  # a failed check first: it explains a bad fit
     lines += [f"{cfg.name}: {cfg.estimator.method.upper()} from {cfg.estimator.n_simulations} simulations, {n_observed} observed events",
              f"{'param':>10} {'truth':>9} {'learned (' + format(cfg.fit.cl, '.1%') + ' CL)':>30} {'exact likelihood':>30} {'width ratio':>12}"]
     for n, r in results.items():

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyhf
+import torch
 
 from ..exceptions import FitError, WorkspaceError
 
@@ -58,6 +59,7 @@ def pyhf_backend(backend: Literal["numpy", "torch"] = "numpy", optimizer: Litera
             and getattr(old_optimizer, "strategy", None) == strategy):
         yield
         return
+    default_dtype = torch.get_default_dtype()  # pyhf's torch backend sets torch's global default to float64
     tensorlib = "numpy" if backend == "numpy" else pyhf.tensor.pytorch_backend(precision="64b")
     if optimizer == "minuit":
         opt = pyhf.optimize.minuit_optimizer(tolerance=0.1 if tolerance is None else tolerance, strategy=strategy)
@@ -68,6 +70,7 @@ def pyhf_backend(backend: Literal["numpy", "torch"] = "numpy", optimizer: Litera
         yield
     finally:
         _set_backend(old_tensorlib, old_optimizer)
+        torch.set_default_dtype(default_dtype)
 
 
 def _set_backend(tensorlib: Any, optimizer: Any) -> None:
