@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sbilab.nets.ensemble import Ensemble  # noqa: E402
 from sbilab.estimators.losses import npe_loss  # noqa: E402
 from sbilab.estimators.posterior import PosteriorEstimator, PosteriorMixture  # noqa: E402
 from sbilab.events import Events  # noqa: E402
@@ -94,8 +95,9 @@ def run_sbilab(theta, x, prior, names, x_obs, n_samples, seed):
     space = ParameterSpace.from_prior(names, prior)
     events = Events(x=x, theta=theta)
     est = PosteriorEstimator.from_events(events, space, **opts["flow"])
-    res = fit(est, npe_loss, events, seed=seed, progress=False, device="cpu", **opts["fit"])
-    posterior = PosteriorMixture(res.model.eval()) if opts["fit"].get("ensemble", 1) > 1 else res.model
+    k = opts["fit"].pop("ensemble", 1)
+    res = fit(Ensemble(est, k) if k > 1 else est, npe_loss, events, seed=seed, progress=False, device="cpu", **opts["fit"])
+    posterior = PosteriorMixture(res.model.eval()) if k > 1 else res.model
     samples = posterior.sample(n_samples, x_obs, generator=torch.Generator().manual_seed(seed))  # (n, B, P)
     return samples, time.perf_counter() - t0, len(res.history["train_loss"]), posterior.log_prob
 

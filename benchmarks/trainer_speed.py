@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from sbilab import Events
-from sbilab.nets import ResidualMLP, Standardize
+from sbilab.nets import Ensemble, ResidualMLP, Standardize
 from sbilab.training import fit
 
 try:  # the library's CARL loss, if present; else the same BCE written here
@@ -96,7 +96,7 @@ def run_fit(data: Events, *, ensemble: int = 1, seed: int = 0, **options) -> dic
     torch.manual_seed(seed)
     model = Classifier(data)
     t0 = time.perf_counter()
-    res = fit(model, ratio_loss, data, ensemble=ensemble, seed=seed, progress=False, **options)
+    res = fit(Ensemble(model, ensemble) if ensemble > 1 else model, ratio_loss, data, seed=seed, progress=False, **options)
     wall = time.perf_counter() - t0
     return {"model": res.model, "wall": wall, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
             "per_epoch": statistics.median(res.history["time"]), "config": res.config}

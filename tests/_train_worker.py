@@ -1,12 +1,17 @@
 """Subprocess used by tests/test_training.py: a training run that the test SIGKILLs and resumes.
 
-Usage: python tests/_train_worker.py CHECKPOINT OUT [--slow]   (or import and call train())
-Trains a small dropout network (so the global RNG state matters) with a checkpoint every
-epoch and ``resume=True``, then writes the final state dict to OUT.
+Usage: python tests/_train_worker.py CHECKPOINT OUT [--slow] [--stop-early [--kill-after-stop]]
+(or import and call train()). Trains a small dropout network (so the global RNG state matters)
+with a checkpoint every epoch and ``resume=True``, then writes the final state dict to OUT.
+``--stop-early`` trains with early stopping (patience 3, it stops before its 60 epochs);
+``--kill-after-stop`` makes the process SIGKILL itself right after the per-epoch checkpoint in
+which the stopper fired, i.e. between the last per-epoch checkpoint and the final save.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -26,8 +31,8 @@ def problem() -> tuple[nn.Module, Events]:
     return model, Events(x=x, theta=y)
 
 
-def train(checkpoint: str | None, *, slow: bool = False) -> dict:
-    """Run the training; returns the final state dict and the training-loss history."""
+def train(checkpoint: str | None, *, slow: bool = False, stop_early: bool = False) -> dict:
+    """Run the training; returns the final state dict, the training-loss history and whether it stopped early."""
     model, events = problem()
 
     def mse(m: nn.Module, batch: Events) -> torch.Tensor:
@@ -35,14 +40,32 @@ def train(checkpoint: str | None, *, slow: bool = False) -> dict:
             time.sleep(0.05)  # only wall time: leaves the numbers untouched
         return (m(batch.x) - batch.theta).pow(2).squeeze(-1)
 
-    result = fit(model, mse, events, epochs=12, batch_size=100, learning_rate=1e-2, patience=None,
-                 checkpoint=checkpoint, resume=True, seed=3, progress=False)
-    return {"state": result.model.state_dict(), "train_loss": result.history["train_loss"]}
+    stopping = dict(epochs=60, patience=3) if stop_early else dict(epochs=12, patience=None)
+    result = fit(model, mse, events, batch_size=100, learning_rate=1e-2, checkpoint=checkpoint, resume=True, seed=3,
+                 progress=False, **stopping)
+    return {"state": result.model.state_dict(), "train_loss": result.history["train_loss"],
+            "stopped_early": result.stopped_early}
+
+
+def kill_after_stop() -> None:
+    """SIGKILL this process right after the first checkpoint written once the stopper has fired."""
+    import sbilab.training.loop as loop
+
+    save = loop.save_checkpoint
+
+    def save_then_die(path: str, state: dict) -> None:
+        save(path, state)
+        if all(bad >= state["config"]["patience"] for bad in state["stopper"]["bad_epochs"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.save_checkpoint = save_then_die
 
 
 def main() -> None:
     checkpoint, out = sys.argv[1], sys.argv[2]
-    torch.save(train(checkpoint, slow="--slow" in sys.argv), out)
+    if "--kill-after-stop" in sys.argv:
+        kill_after_stop()
+    torch.save(train(checkpoint, slow="--slow" in sys.argv, stop_early="--stop-early" in sys.argv), out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ PUBLIC = {
         "check_spectator_not_input", "ClassifierPair", "get_loss", "LOSSES", "ensemble_log_ratio", "ensemble_score",
         "ensemble_log_prob", "member_spread", "EnsembleMean", "DensityRatio", "LossInfo", "loss_info", "register_loss",
     },
-    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint", "DataParallel"},
+    "sbilab.training": {"fit", "TrainingResult", "TrainingConfig", "Schedule", "Loss", "learning_rate_factor", "load_checkpoint", "DataParallel",
+                        "OverfittingWarning"},
     "sbilab.distributed": {
         "simulate_to_store", "FanoutResult", "SimulatorSpec", "chunk_seed", "launch", "free_port", "DataParallel",
         "train_replicas", "ReplicaResult", "TrainingTask", "join_ensembles",

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from sbilab.nets.ensemble import Ensemble
 from sbilab.estimators import (
     Classifier,
     ClassifierWeights,
@@ -159,7 +160,7 @@ def test_seeded_construction_and_ensembles():
     Classifier.from_events(train, seed=4)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    result = fit(a, carl_loss, train, epochs=2, ensemble=3, **QUIET)
+    result = fit(Ensemble(a, 3), carl_loss, train, epochs=2, **QUIET)
     assert result.model(train.x, train.theta).shape == (3, 300)
 
 

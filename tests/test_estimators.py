@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from sbilab.nets.ensemble import Ensemble
 from sbilab.estimators import (
     LikelihoodEstimator,
     RatioEstimator,
@@ -115,7 +116,7 @@ def test_nde_learns_the_exact_density_and_samples_it(sim, train, test_events) ->
 
 def test_ensemble_gives_mean_and_spread(sim, train, test_events) -> None:
     est = RatioEstimator.from_events(train, sim, hidden=(32, 32), activation="tanh")
-    ens = fit(est, alices_loss, train, epochs=4, ensemble=3, **FAST).model
+    ens = fit(Ensemble(est, 3), alices_loss, train, epochs=4, **FAST).model
     ev, exact = test_events
     with torch.no_grad():
         mean, std = ensemble_log_ratio(ens, ev.x, ev.theta)
@@ -126,7 +127,7 @@ def test_ensemble_gives_mean_and_spread(sim, train, test_events) -> None:
     with pytest.raises(OutOfSupportError):
         ensemble_log_ratio(ens, ev.x, torch.tensor([5.0]))
     data = score_training_data(sim, 500, generator=torch.Generator().manual_seed(1))
-    sens = fit(ScoreEstimator.from_events(data, sim, hidden=(8,)), sally_loss, data, epochs=1, ensemble=2, **FAST).model
+    sens = fit(Ensemble(ScoreEstimator.from_events(data, sim, hidden=(8,)), 2), sally_loss, data, epochs=1, **FAST).model
     assert ensemble_score(sens, ev.x[:10])[0].shape == (10, 1)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from sbilab.nets.ensemble import Ensemble
 from sbilab.estimators.losses import npe_loss
 from sbilab.estimators.posterior import FLOWS, PosteriorEstimator
 from sbilab.events import Events
@@ -102,7 +103,7 @@ def test_spec_roundtrip_publish_and_ensemble(trained, tmp_path):
     loaded = load(save(tmp_path / "post.h5", trained))
     assert loaded.log_prob(theta, x).item() == pytest.approx(trained.log_prob(theta, x).item(), abs=1e-5)
     data = gaussian_data(600, 3)
-    res = fit(PosteriorEstimator.from_events(data, SPACE, transforms=1, hidden=(8,)), npe_loss, data, epochs=2, ensemble=2,
+    res = fit(Ensemble(PosteriorEstimator.from_events(data, SPACE, transforms=1, hidden=(8,)), 2), npe_loss, data, epochs=2,
               batch_size=200, seed=0, progress=False)
     assert res.model(data.theta[:5], data.x[:5]).shape == (2, 5)
     assert math.isfinite(res.history["train_loss"][-1])
@@ -159,7 +160,7 @@ def test_trained_mixture_is_close_to_the_exact_posterior(tmp_path):
     data, test = gaussian_data(3000, 5), gaussian_data(2000, 6)
     torch.manual_seed(0)
     est = PosteriorEstimator.from_events(data, SPACE, transforms=2, hidden=(32, 32))
-    ens = fit(est, npe_loss, data, epochs=25, batch_size=256, learning_rate=3e-3, patience=None, ensemble=3, seed=0,
+    ens = fit(Ensemble(est, 3), npe_loss, data, epochs=25, batch_size=256, learning_rate=3e-3, patience=None, seed=0,
               progress=False).model
     mix = PosteriorMixture(ens.eval())
     exact = sum(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from sbilab import Events
 from sbilab.exceptions import ConfigError, ShapeMismatchError, TrainingDivergedError
 from sbilab.nets.ensemble import Ensemble
-from sbilab.training import TrainingResult, TrainingConfig, fit, load_checkpoint
+from sbilab.training import OverfittingWarning, TrainingResult, TrainingConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False)
@@ -105,7 +107,7 @@ def test_early_stopping_restores_best_weights() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
     res = fit(net, mse, train, validation=val, epochs=400, batch_size=10, learning_rate=3e-3, schedule="constant",
-              patience=5, smoothing=0.0, **QUIET)
+              patience=5, smoothing=0.0, keep="best", **QUIET)
     vals = res.history["val_loss"]
     assert res.stopped_early and res.epochs_run < 400
     assert res.best_epoch == 1 + min(range(len(vals)), key=vals.__getitem__)
@@ -126,6 +128,13 @@ def test_keep_chooses_raw_best_smoothed_best_or_last_epoch() -> None:
         for e, loss in enumerate(losses, 1):
             stopper.update(e, [loss])
         assert stopper.best_epoch == [epoch] and stopper.best_loss == [losses[epoch - 1]]
+    # "auto": the last epoch unless its loss is > 3 standard errors above the minimum (here 0.5 at epoch 2)
+    for error, epoch in ((0.2, 9), (0.1, 2), (None, 9)):  # 2.5 sigma: noise, keep the last; 5 sigma: overfit
+        stopper = EarlyStopping(1, TrainingConfig(keep="auto"))
+        for e, loss in enumerate(losses, 1):
+            stopper.update(e, [loss], None if error is None else [error])
+        assert stopper.finish() == ([0] if epoch == 9 else []) and stopper.best_epoch == [epoch]
+        assert stopper.best_loss == [losses[epoch - 1]]
     with pytest.raises(ConfigError, match="keep must be one of"):
         TrainingConfig(keep="lowest")
 
@@ -135,14 +144,35 @@ def test_fit_keep_smoothed_and_last() -> None:
     for keep in ("smoothed", "last"):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
-        res = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
-                  patience=None, smoothing=0.5, keep=keep, **QUIET)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
+                      patience=None, smoothing=0.5, keep=keep, **QUIET)
+        overfit = [w for w in caught if issubclass(w.category, OverfittingWarning)]
         vals, smoothed = res.history["val_loss"], res.history["val_loss_smoothed"]
         want = len(vals) if keep == "last" else 1 + min(range(len(smoothed)), key=smoothed.__getitem__)
         assert res.best_epoch == want
         with torch.no_grad():
             assert float(mse(res.model.eval(), val).mean()) == pytest.approx(vals[want - 1], rel=1e-5)
     assert want == 60 and vals[-1] > min(vals)  # "last" really returned worse-than-best weights
+    # keep="auto" sees the same overfitting and returns the minimum's weights, without a warning
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverfittingWarning)
+        auto = fit(net, mse, train, validation=val, epochs=60, batch_size=10, learning_rate=3e-3, schedule="constant",
+                   patience=None, keep="auto", **QUIET)
+    assert auto.history["val_loss"] == vals and auto.best_epoch == 1 + min(range(60), key=vals.__getitem__)
+    # ... and says so: the kept loss is many standard errors (history["val_loss_error"]) above the minimum
+    assert len(overfit) == 1 and re.search(r"epoch 60, keep='last'.*standard errors above the minimum", str(overfit[0].message))
+    assert (vals[-1] - min(vals)) / res.history["val_loss_error"][-1] > 3
+    # a noisy but flat validation loss (enough data, no overfitting) does not warn, and "auto" keeps the last epoch
+    for keep in ("last", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OverfittingWarning)
+            flat = fit(nn.Linear(2, 1), mse, linear_data(2000, noise=1.0), epochs=15, batch_size=50, keep=keep, patience=None,
+                       learning_rate=0.2, schedule="constant", **QUIET)
+        assert flat.best_epoch == 15 and min(flat.history["val_loss"]) < flat.history["val_loss"][-1]  # not the minimum
 
 
 def test_nan_loss_names_epoch_and_keeps_best_weights() -> None:
@@ -183,6 +213,50 @@ def test_deterministic_with_seed() -> None:
     assert a.history["val_loss"] != c.history["val_loss"]
 
 
+def test_seed_fixes_the_initial_weights_and_keeps_buffers() -> None:
+    ev = linear_data(300, noise=0.5)
+
+    def run(seed: int, global_seed: int, **options) -> nn.Module:
+        torch.manual_seed(global_seed)  # how the network was built must not matter, only fit's seed
+        net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+        return fit(net, mse, ev, epochs=2, batch_size=100, seed=seed, **options, **QUIET).model
+
+    a, b, c = run(4, 0), run(4, 1), run(5, 0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    kept = run(4, 0, init="keep"), run(4, 1, init="keep")  # init="keep": the weights it was built with
+    assert not any(torch.equal(p, q) for p, q in zip(kept[0].parameters(), kept[1].parameters()))
+    # an estimator's standardisation buffers survive the re-initialisation; a warm start continues
+    from sbilab.estimators import RatioEstimator, carl_loss
+    from sbilab.simulators import GaussianLatent, ratio_training_data
+
+    sim = GaussianLatent()
+    pairs = ratio_training_data(sim, 200, generator=torch.Generator().manual_seed(0))
+    est = RatioEstimator.from_events(pairs, sim.space, hidden=(8,))
+    buffers = {k: v.clone() for k, v in est.named_buffers()}
+    fit(est, carl_loss, pairs, epochs=1, seed=0, **QUIET)
+    assert buffers and all(torch.equal(v, dict(est.named_buffers())[k]) for k, v in buffers.items())
+    trained = {k: v.clone() for k, v in est.state_dict().items()}
+    fit(est, carl_loss, pairs, epochs=1, seed=1, learning_rate=1e-12, init="keep", **QUIET)  # (almost) no step
+    assert all(torch.allclose(v, est.state_dict()[k], atol=1e-8) for k, v in trained.items())
+
+
+def test_ensemble_is_trained_in_place_and_a_single_estimator_is_refused() -> None:
+    ev = linear_data(300, noise=0.5)
+    template = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    with pytest.raises(ConfigError, match=r"ensemble=2 with a single Sequential.*untrained.*Ensemble\(estimator, 2\)"):
+        fit(template, mse_ensemble, ev, ensemble=2, **QUIET)
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        ens = Ensemble(template, 2)
+        res = fit(ens, mse_ensemble, ev, epochs=2, batch_size=100, seed=7, **QUIET)
+        assert res.model is ens and res.config.ensemble == 2  # the object the caller holds is the trained one
+        runs.append(ens)
+    assert all(torch.equal(p, q) for p, q in zip(runs[0].parameters(), runs[1].parameters()))  # fit's seed decides
+    assert not torch.equal(runs[0].member(0)[0].weight, runs[0].member(1)[0].weight)
+
+
 def test_ensemble_members_train_like_independent_models() -> None:
     # y = sin(2x) + noise: members start apart, each ends close to the truth and to a solo run
     g = torch.Generator().manual_seed(5)
@@ -191,7 +265,7 @@ def test_ensemble_members_train_like_independent_models() -> None:
     template = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     ens = Ensemble(template, 3, generator=torch.Generator().manual_seed(0))
     initial = ens.member(1)
-    opts = dict(epochs=40, batch_size=100, learning_rate=1e-2, patience=None, **QUIET)
+    opts = dict(epochs=40, batch_size=100, learning_rate=1e-2, patience=None, init="keep", **QUIET)  # keep: start from `initial`
     res = fit(ens, mse_ensemble, ev, **opts)
     assert res.model is ens and len(res.history["val_loss_members"][0]) == 3
     grid = torch.linspace(-1.9, 1.9, 101).reshape(-1, 1)
@@ -229,8 +303,8 @@ def test_input_gradient_loss_trains_and_validates(k: int) -> None:
     g = torch.Generator().manual_seed(6)
     ev = Events(x=torch.randn(400, 2, generator=g), theta=torch.tensor([[1.5, -0.5]]).expand(400, 2))
     torch.manual_seed(0)
-    res = fit(nn.Linear(2, 1), score_matching, ev, epochs=60, batch_size=100, learning_rate=0.1, ensemble=k,
-              patience=None, **QUIET)
+    res = fit(Ensemble(nn.Linear(2, 1), k) if k > 1 else nn.Linear(2, 1), score_matching, ev, epochs=60, batch_size=100,
+              learning_rate=0.1, patience=None, **QUIET)
     members = [res.model.member(i) for i in range(k)] if k > 1 else [res.model]
     for m in members:
         torch.testing.assert_close(m.weight.detach().reshape(-1), torch.tensor([1.5, -0.5]), atol=1e-3, rtol=0)
@@ -318,9 +392,9 @@ def test_bad_options_and_loss_shape() -> None:
         fit(nn.Linear(2, 1), lambda m, b: mse(m, b).mean(), ev, **QUIET)
 
 
-def _run_worker(checkpoint: str, out: Path, *, slow: bool = False) -> subprocess.Popen:
+def _run_worker(checkpoint: str, out: Path, *flags: str, slow: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, str(ROOT / "tests" / "_train_worker.py"), checkpoint, str(out)] + (["--slow"] if slow else [])
+    args = [sys.executable, str(ROOT / "tests" / "_train_worker.py"), checkpoint, str(out), *flags] + (["--slow"] if slow else [])
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -350,6 +424,25 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path) -> None:
         assert torch.equal(a["state"][name], b["state"][name]), name
 
 
+def test_killed_between_stop_and_final_save_resumes_exactly(tmp_path: Path) -> None:
+    # the worker SIGKILLs itself right after the checkpoint of the epoch at which the stopper fired
+    ckpt = tmp_path / "ckpt.pt"
+    victim = _run_worker(str(ckpt), tmp_path / "never.pt", "--stop-early", "--kill-after-stop")
+    output = victim.communicate(timeout=120)[0].decode()
+    assert victim.returncode == -signal.SIGKILL, output
+    killed_at = load_checkpoint(ckpt)
+    resumed = _run_worker(str(ckpt), tmp_path / "resumed.pt", "--stop-early")
+    output = resumed.communicate(timeout=120)[0].decode()
+    assert resumed.returncode == 0, output
+    a = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    b = _worker_module().train(None, stop_early=True)  # the same run, uninterrupted, in this process
+    assert b["stopped_early"] and a["stopped_early"] and len(b["train_loss"]) < 60
+    assert a["train_loss"] == b["train_loss"] and len(a["train_loss"]) == killed_at["epoch"]  # trains no further epoch
+    for name in b["state"]:
+        assert torch.equal(a["state"][name], b["state"][name]), name
+    assert killed_at["finished"] and killed_at["stopped_early"]  # the checkpoint says the run is over
+
+
 def _worker_module():
     spec = importlib.util.spec_from_file_location("_train_worker", ROOT / "tests" / "_train_worker.py")
     module = importlib.util.module_from_spec(spec)
@@ -375,7 +468,7 @@ def test_ensemble_resume_after_crash_is_bitwise_identical(tmp_path: Path) -> Non
     def run(checkpoint: Path | None) -> TrainingResult:
         torch.manual_seed(0)
         template = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
-        return fit(template, loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,
+        return fit(Ensemble(template, 3), loss, ev, epochs=6, batch_size=90, ensemble=3, schedule="plateau", plateau_patience=1,
                    checkpoint=checkpoint, resume=True, **QUIET)
 
     straight = run(None)

@@ -53,7 +53,8 @@ def test_member_weights_equal_separate_runs_batch_by_batch() -> None:
     template = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
     ens = Ensemble(template, 2, generator=torch.Generator().manual_seed(3))
     starts = [ens.member(j) for j in range(2)]
-    opts = dict(epochs=5, batch_size=64, learning_rate=1e-2, validation_fraction=0, patience=None, progress=False, seed=4)
+    opts = dict(epochs=5, batch_size=64, learning_rate=1e-2, validation_fraction=0, patience=None, progress=False, seed=4,
+                init="keep")  # every run starts from the members' weights drawn above
     fit(ens, mse, Events(x=x, theta=y, weights=w), **opts)
     for j in range(2):
         solo = fit(starts[j], mse, Events(x=x, theta=y, weights=w[:, j]), **opts).model
@@ -66,4 +67,4 @@ def test_member_weights_need_a_matching_ensemble() -> None:
     with pytest.raises(ShapeMismatchError, match="K = 3"):
         fit(nn.Linear(2, 1), mse, ev, epochs=1, validation_fraction=0, patience=None, progress=False)
     with pytest.raises(ShapeMismatchError, match="K = 3"):
-        fit(nn.Linear(2, 1), mse, ev, epochs=1, ensemble=2, validation_fraction=0, patience=None, progress=False)
+        fit(Ensemble(nn.Linear(2, 1), 2), mse, ev, epochs=1, validation_fraction=0, patience=None, progress=False)

@@ -84,9 +84,11 @@ class Trained:
 def fit_estimator(estimator: nn.Module, loss, data, tr: TrainingConfig, *, device: str, progress: bool, started: float,
                   kind: str = "ratio") -> Trained:
     """Train ``estimator`` with ``loss`` on ``data`` with the ``[training]`` options ``tr``; the trained model on the CPU, in eval mode."""
+    from ..nets.ensemble import Ensemble
     from ..training import fit
 
-    result = fit(estimator, loss, data, **tr.to_dict(), device=device, progress=progress)
+    model = Ensemble(estimator, tr.ensemble) if tr.ensemble > 1 else estimator  # fit trains what it is given
+    result = fit(model, loss, data, **tr.to_dict(), device=device, progress=progress)
     return Trained(estimator, result.model.to("cpu").eval(), result.epochs_run, result.best_epoch, result.best_val_loss,
                    time.perf_counter() - started, str(result.device), len(data), kind)
 

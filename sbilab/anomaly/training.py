@@ -2,8 +2,8 @@ r"""Labelled training data with spectators, classifier training through ``fit``,
 
 Every classifier of :mod:`sbilab.anomaly` — DisCo, Double-DisCo, CWoLa, CATHODE, the idealised
 and supervised references — is a core :class:`~sbilab.estimators.Classifier` (or a
-:class:`~sbilab.estimators.ClassifierPair`) trained by :func:`sbilab.training.fit`; ensembles come
-from ``fit(..., ensemble=K)`` and their score is the members' mean logit (the logarithm of the
+:class:`~sbilab.estimators.ClassifierPair`) trained by :func:`sbilab.training.fit`; ensembles are an
+:class:`~sbilab.nets.Ensemble` of K members trained by ``fit`` and their score is the members' mean logit (the logarithm of the
 geometric mean of their likelihood ratios).
 
 Training runs the whole cosine schedule and keeps the last epoch (``validation_fraction=0``,
@@ -74,7 +74,8 @@ def train_classifier(
             pair ``functools.partial(double_disco_loss, lam=...)``.
         pair: Train two classifiers at once (Double-DisCo).
         hidden, epochs, batch_size, learning_rate, seed, device, progress: Network and ``fit`` options.
-        ensemble: Members K trained at once (``fit(..., ensemble=K)``); the result is then an Ensemble.
+        ensemble: Members K trained at once (an :class:`~sbilab.nets.Ensemble` of the classifier, trained
+            by ``fit``; its members' initial weights drawn from ``seed``); the result is then that Ensemble.
 
     Returns:
         The trained module (on CPU), in evaluation mode.
@@ -84,8 +85,12 @@ def train_classifier(
                                           Classifier.from_events(train, hidden=hidden, seed=seed + 7919))
     else:
         model = Classifier.from_events(train, hidden=hidden, seed=seed)
+    if ensemble > 1:
+        model = Ensemble(model, ensemble, generator=torch.Generator().manual_seed(seed))
+    # a single classifier keeps the weights drawn from ``seed`` above; fit draws an ensemble's members from ``seed``
+    init = "seed" if ensemble > 1 else "keep"
     result = fit(model, loss, train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, ensemble=ensemble,
-                 seed=seed, device=device, validation_fraction=0.0, patience=None, progress=progress)
+                 seed=seed, init=init, device=device, validation_fraction=0.0, patience=None, progress=progress)
     return result.model.cpu().eval()
 
 

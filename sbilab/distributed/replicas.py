@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -129,9 +128,6 @@ def _members(template: nn.Module, seeds: Sequence[int]) -> Ensemble:
     return join_ensembles([Ensemble(template, 1, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-_KEEP_INIT = {"init": "keep"} if "init" in inspect.signature(fit).parameters else {}  # fit versions that re-draw weights from their seed
-
-
 def run_group(recipe: str, options: dict[str, Any], init_seeds: list[int], bootstrap_seeds: list[int] | None, fit_seed: int,
               fit_options: dict[str, Any], device: str, threads: int) -> dict[str, Any]:
     """One group of replicas of one variant, in a worker: build the task, train it as one ensemble.
@@ -156,7 +152,7 @@ def run_group(recipe: str, options: dict[str, Any], init_seeds: list[int], boots
     if len(init_seeds) == 1:  # one replica: the plain network (fit trains an Ensemble of K >= 2 members)
         model = model.member(0)
     result = fit(model, task.loss, data, validation=task.validation, seed=fit_seed, device=device, progress=False,
-                 **_KEEP_INIT, **fit_options)
+                 init="keep", **fit_options)  # the members were drawn from init_seeds above
     trained = result.model
     if isinstance(trained, Ensemble):
         params, buffers = trained.stacked_parameters(), trained.stacked_buffers()

@@ -30,13 +30,28 @@ def as_space(space: Any) -> ParameterSpace:
     return space
 
 
+def _real(value: Any, argument: str) -> Tensor:
+    """``value`` as a tensor; a complex one is refused (casting would drop its imaginary part)."""
+    value = torch.as_tensor(value)
+    if value.is_complex():
+        raise ShapeMismatchError(
+            f"{argument} is complex ({value.dtype}); estimators take real inputs and the imaginary part would be dropped. "
+            f"Pass real and imaginary parts as separate columns (as in training), or {argument}.real if that is meant."
+        )
+    return value
+
+
 def check_x(x: Any, *, features: int, is_set: bool, like: Tensor, mask: Any = None, argument: str = "x") -> tuple[Tensor, Tensor | None]:
     """Validate ``x`` against the trained input shape; cast to the dtype/device of ``like``.
 
     Returns:
         ``x`` as ``(N, D)`` (or ``(N, M, F)``) and the mask (``None`` for vector inputs).
+
+    Raises:
+        ShapeMismatchError: ``x`` (or ``mask``) does not have the trained shape.
+        ShapeMismatchError: ``x`` is complex.
     """
-    x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
+    x = _real(x, argument).to(device=like.device, dtype=like.dtype)
     if is_set:
         if x.dim() != 3 or x.shape[-1] != features:
             raise ShapeMismatchError(
@@ -59,7 +74,7 @@ def check_x(x: Any, *, features: int, is_set: bool, like: Tensor, mask: Any = No
 
 def check_theta(theta: Any, n: int, space: ParameterSpace, *, like: Tensor, argument: str = "theta") -> Tensor:
     """Validate ``theta`` (``(P,)`` broadcast to all events, or ``(N, P)``) against the trained space."""
-    theta = torch.as_tensor(theta).to(device=like.device, dtype=like.dtype)
+    theta = _real(theta, argument).to(device=like.device, dtype=like.dtype)
     p = space.dim
     if theta.dim() == 0 and p == 1:
         theta = theta.reshape(1)

@@ -139,12 +139,10 @@ class Classifier(nn.Module):
                 est = cls(events.n_observables, theta_features=events.n_parameters, embedding=embedding, **options)
         return est.standardize_from(events)
 
-    def standardize_from(self, events: Events) -> "Classifier":
-        """Set the x/θ standardisation (weights respected) and ``class_totals`` from labelled training ``events``.
+    def check_training_events(self, events: Events) -> None:
+        """Raise :class:`ShapeMismatchError` unless ``events`` have the x and θ shapes this classifier was built for.
 
-        Raises:
-            ShapeMismatchError: the events' x or θ do not have the classifier's shapes.
-            InvalidEventsError: labels missing or not all 0/1, or a class with no positive total weight.
+        :func:`~sbilab.training.fit` calls it before the first epoch.
         """
         if events.is_set != self.is_set or events.n_observables != self.x_features:
             raise ShapeMismatchError(
@@ -156,6 +154,15 @@ class Classifier(nn.Module):
                 f"Classifier: events have theta with {events.n_parameters} columns, the classifier takes {self.theta_features}; "
                 "for a classifier of x alone give theta of shape (N, 0) (classifier_training_data does)."
             )
+
+    def standardize_from(self, events: Events) -> "Classifier":
+        """Set the x/θ standardisation (weights respected) and ``class_totals`` from labelled training ``events``.
+
+        Raises:
+            ShapeMismatchError: the events' x or θ do not have the classifier's shapes.
+            InvalidEventsError: labels missing or not all 0/1, or a class with no positive total weight.
+        """
+        self.check_training_events(events)
         self.class_totals.copy_(torch.as_tensor(_class_totals(events), dtype=self.class_totals.dtype))
         self.net.standardize_from(events.x, events.theta, mask=events.mask, weights=events.weights)
         self.training_support = TrainingSupport.from_data(events.x, mask=events.mask, weights=events.weights)

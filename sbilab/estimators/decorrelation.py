@@ -34,7 +34,7 @@ so that their two scores make the two independent axes of an ABCD estimate.
 Both losses return per-event values (``fit`` forms the weighted mean): the batch's
 :math:`\lambda\,\mathrm{dCor}^2` is added to every event's cross-entropy, so the weighted mean
 is exactly :math:`\overline{\mathrm{BCE}} + \lambda\,\mathrm{dCor}^2`. Ensembles
-(``fit(..., ensemble=K)``) get one dCor² per member.
+(``fit(Ensemble(classifier, K), ...)``) get one dCor² per member.
 """
 
 from __future__ import annotations

@@ -240,6 +240,10 @@ class ConditionalDensity(nn.Module):
         y = density_target(events, target, owner=f"{cls.__name__}.from_events")
         return cls(int(y.shape[-1]), events.n_observables, sets=events.is_set, **options).standardize_from(events, target=target)
 
+    def check_training_events(self, events: Events) -> None:
+        """Raise unless the context ``events.x`` has the shape this density was built for (fit calls it before training)."""
+        self._check_context(events.x, events.mask if self.is_set else None)
+
     @torch.no_grad()
     def standardize_from(self, events: Events, *, target: DensityTarget = "theta") -> "ConditionalDensity":
         """Fit the standardisation of the context ``events.x`` and of the unconstrained target (unweighted)."""

@@ -64,7 +64,7 @@ class EnsembleMean(nn.Module):
     densities mixed).
 
     Args:
-        ensemble: An :class:`~sbilab.nets.ensemble.Ensemble` (e.g. ``fit(..., ensemble=K).model``).
+        ensemble: An :class:`~sbilab.nets.ensemble.Ensemble` (e.g. ``ens = Ensemble(estimator, K)`` after ``fit(ens, ...)``).
 
     Raises:
         ConfigError: ``ensemble`` is not an Ensemble, or its template declares an unknown reduction.
@@ -85,7 +85,7 @@ class EnsembleMean(nn.Module):
     def __init__(self, ensemble: Ensemble) -> None:
         super().__init__()
         if not isinstance(ensemble, Ensemble):
-            raise ConfigError(f"EnsembleMean: ensemble must be an Ensemble (fit(..., ensemble=K).model), got {type(ensemble).__name__}.")
+            raise ConfigError(f"EnsembleMean: ensemble must be an Ensemble (ens = Ensemble(estimator, K), trained by fit(ens, ...)), got {type(ensemble).__name__}.")
         reduction = getattr(ensemble.template, "ensemble_reduction", "mean")
         if reduction not in _REDUCTIONS:
             raise ConfigError(f"EnsembleMean: {type(ensemble.template).__name__}.ensemble_reduction = {reduction!r}; "
@@ -145,7 +145,7 @@ def member_spread(values: Tensor) -> tuple[Tensor, Tensor]:
 
 def _template_of(ensemble: nn.Module) -> nn.Module:
     if not isinstance(ensemble, Ensemble):
-        raise ConfigError(f"expected an Ensemble (fit(..., ensemble=K).model), got {type(ensemble).__name__}.")
+        raise ConfigError(f"expected an Ensemble (ens = Ensemble(estimator, K), trained by fit(ens, ...)), got {type(ensemble).__name__}.")
     return ensemble.template
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ConfigError, MissingAugmentedDataError
 from ..nets.ensemble import Ensemble
-from .density import DensityTarget, density_target
+from .density import DENSITY_TARGETS, DensityTarget, density_target
 
 __all__ = [
     "carl_loss",
@@ -162,6 +163,18 @@ def _require(batch: Events, loss: str) -> None:
             raise MissingAugmentedDataError(f"{loss.upper()} needs Events.{name}, which this batch lacks. {_HOW[name]}")
 
 
+def _check_option(loss: str, name: str, value: Any) -> None:
+    """Raise :class:`ConfigError` for a value of a loss option that cannot be right (checked by :func:`get_loss` and at each call)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "alpha" and not (number and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{loss.upper()}: alpha (the weight of the score term) must be a finite number >= 0, got {value!r}; "
+                          "typical values are 0.1-10, 0 switches the score term off.")
+    if name == "clip" and not (number and value > 0):
+        raise ConfigError(f"{loss.upper()}: clip must be a positive log-ratio bound (default 10), got {value!r}.")
+    if name == "target" and value not in DENSITY_TARGETS:
+        raise ConfigError(f"{loss.upper()}: target must be one of {DENSITY_TARGETS} (an Events field), got {value!r}.")
+
+
 def _is_ensemble(model: nn.Module) -> bool:
     return isinstance(model, Ensemble)
 
@@ -238,6 +251,7 @@ def cascal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tenso
     The score term is masked to ``label = 1`` events (see :func:`score_term`). Needs ``label``, ``score_joint``.
     """
     _require(batch, "cascal")
+    _check_option("cascal", "alpha", alpha)
     log_r, grad = _forward(model, batch, grad=True)
     return F.binary_cross_entropy_with_logits(log_r, batch.label.expand_as(log_r), reduction="none") + alpha * score_term(model, batch, grad)
 
@@ -264,6 +278,7 @@ def alices_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tenso
     The score term is masked to ``label = 1`` events. Needs ``log_r_joint``, ``score_joint`` (and ``label``).
     """
     _require(batch, "alices")
+    _check_option("alices", "alpha", alpha)
     log_r, grad = _forward(model, batch, grad=True)
     ce = F.binary_cross_entropy_with_logits(log_r, torch.sigmoid(batch.log_r_joint).expand_as(log_r), reduction="none")
     return ce + alpha * score_term(model, batch, grad)
@@ -271,8 +286,7 @@ def alices_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tenso
 
 # ---------------------------------------------------------------------------- regressions
 def _rolr(log_r: Tensor, batch: Events, clip: float) -> Tensor:
-    if not clip > 0:
-        raise ConfigError(f"ROLR/RASCAL: clip must be a positive log-ratio bound (default 10), got {clip!r}.")
+    _check_option("rolr", "clip", clip)
     r_hat_log = log_r.clamp(-clip, clip)
     r_log = batch.log_r_joint.clamp(-clip, clip)
     num = (torch.exp(-r_hat_log) - torch.exp(-r_log)) ** 2  # drawn at theta: regress 1/r
@@ -320,6 +334,7 @@ def rascal_loss(model: nn.Module, batch: Events, *, alpha: float = 1.0, clip: fl
     masked to ``label = 1`` events. Needs ``label``, ``log_r_joint``, ``score_joint``.
     """
     _require(batch, "rascal")
+    _check_option("rascal", "alpha", alpha)
     log_r, grad = _forward(model, batch, grad=True)
     return _rolr(log_r, batch, clip) + alpha * score_term(model, batch, grad)
 
@@ -361,6 +376,7 @@ def scandal_loss(model: nn.Module, batch: Events, *, alpha: float = 0.1) -> Tens
     in both terms. Needs ``score_joint``.
     """
     _require(batch, "scandal")
+    _check_option("scandal", "alpha", alpha)
     log_p, grad = _forward(model, batch, grad=True)
     return -log_p * _label_mask(batch, log_p) + alpha * score_term(model, batch, grad)
 
@@ -450,7 +466,8 @@ def get_loss(name: str, **options: Any) -> Callable[[nn.Module, Events], Tensor]
     """The loss called ``name`` (case-insensitive) with keyword ``options`` bound, e.g. ``get_loss("alices", alpha=1.0)``.
 
     Raises:
-        ConfigError: unknown name, or an option the loss does not take.
+        ConfigError: unknown name, an option the loss does not take, or an option value that cannot be
+            right (``alpha < 0`` or not finite, ``clip <= 0``).
 
     Example:
         >>> get_loss("ALICES", alpha=0.5).keywords
@@ -460,4 +477,6 @@ def get_loss(name: str, **options: Any) -> Callable[[nn.Module, Events], Tensor]
     unknown = sorted(set(options) - set(info.options))
     if unknown:
         raise ConfigError(f"get_loss: the {info.name!r} loss has no option(s) {unknown}; its options are {list(info.options)}.")
+    for key, value in options.items():
+        _check_option(info.name, key, value)
     return functools.partial(info.function, **options)

@@ -144,7 +144,7 @@ class PosteriorMixture(nn.Module):
     r"""Equal-weight mixture of an ensemble of posteriors, :math:`q(\theta|x) = \frac1K\sum_k q_k(\theta|x)`.
 
     Deep ensembles (Lakshminarayanan et al., arXiv:1612.01474) for amortised posteriors: the K
-    members of ``fit(PosteriorEstimator, npe_loss, ..., ensemble=K).model`` see the same batches
+    members of ``Ensemble(PosteriorEstimator(...), K)`` trained by ``fit(ens, npe_loss, ...)`` see the same batches
     and differ by their initialisation; by convexity of the KL divergence the mixture is never further
     from the true posterior, on average, than its members are, and it is usually much closer (on
     sbibm's gaussian_linear at 10⁴ simulations the expected KL of three members, 0.10–0.13, falls to
@@ -173,7 +173,7 @@ class PosteriorMixture(nn.Module):
         template = ensemble.template if isinstance(ensemble, Ensemble) else None
         if not isinstance(template, PosteriorEstimator):
             raise ConfigError(
-                f"PosteriorMixture: ensemble must be an Ensemble of PosteriorEstimators (fit(..., ensemble=K).model), "
+                f"PosteriorMixture: ensemble must be an Ensemble of PosteriorEstimators (Ensemble(estimator, K), trained by fit), "
                 f"got {type(ensemble).__name__}" + (f" of {type(template).__name__}" if template is not None else "") + "."
             )
         self.ensemble = ensemble

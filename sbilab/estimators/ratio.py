@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
+from ..nets.mlp import check_widths
 from ..registry import register_publishable
 from .checks import as_space, check_finite, check_theta, check_x
 from .support import TrainingSupport, warn_outside
@@ -70,6 +71,18 @@ class _Estimator(nn.Module):
         warn_outside(self.training_support, x, mask, owner=type(self).__name__)
         return x, (() if mask is None else (mask,))
 
+    def _training_theta_width(self) -> int:
+        """Columns of ``theta`` in the training events (0: θ is not an input)."""
+        return self.space.dim
+
+    def check_training_events(self, events: Events) -> None:
+        """Raise :class:`ShapeMismatchError` unless ``events`` have the x and θ shapes this estimator was built for.
+
+        :func:`~sbilab.training.fit` calls it before the first epoch, so that a mismatch is named
+        instead of failing inside torch.
+        """
+        self._check_training_events(events, self._training_theta_width())
+
     def _check_training_events(self, events: Events, theta_width: int) -> None:
         if events.is_set != self.is_set or events.n_observables != self.x_features:
             raise ShapeMismatchError(
@@ -112,7 +125,7 @@ class RatioEstimator(_Estimator):
     def __init__(self, space: Any, x_features: int, *, hidden: Sequence[int] = (100, 100), activation: str = "silu",
                  residual: bool = False, doubly: bool = False, embedding: dict[str, Any] | None = None) -> None:
         super().__init__()
-        options = {"hidden": [int(h) for h in hidden], "activation": activation, "residual": bool(residual),
+        options = {"hidden": list(check_widths(hidden, owner="RatioEstimator", allow_empty=not residual)), "activation": activation, "residual": bool(residual),
                    "doubly": bool(doubly), "embedding": None if embedding is None else dict(embedding)}
         self._setup(space, x_features, options)
         self.doubly = bool(doubly)
@@ -125,6 +138,9 @@ class RatioEstimator(_Estimator):
         """A new estimator whose shapes and standardisation come from the training ``events``."""
         est = cls(space, events.n_observables, embedding=options.pop("embedding", {"kind": "deepsets"} if events.is_set else None), **options)
         return est.standardize_from(events)
+
+    def _training_theta_width(self) -> int:
+        return 2 * self.space.dim if self.doubly else self.space.dim
 
     def standardize_from(self, events: Events) -> "RatioEstimator":
         """Set the x and θ standardisation buffers and the training support from training ``events`` (weights respected)."""

@@ -21,6 +21,7 @@ from torch import Tensor
 from ..events import Events
 from ..exceptions import ShapeMismatchError
 from ..nets.conditioned import ConditionedNetwork
+from ..nets.mlp import check_widths
 from .checks import check_finite
 from ..registry import register_publishable
 from .ratio import _Estimator
@@ -51,7 +52,7 @@ class ScoreEstimator(_Estimator):
     def __init__(self, space: Any, x_features: int, *, hidden: Sequence[int] = (100, 100), activation: str = "silu",
                  residual: bool = False, embedding: dict[str, Any] | None = None) -> None:
         super().__init__()
-        options = {"hidden": [int(h) for h in hidden], "activation": activation, "residual": bool(residual),
+        options = {"hidden": list(check_widths(hidden, owner="ScoreEstimator", allow_empty=not residual)), "activation": activation, "residual": bool(residual),
                    "embedding": None if embedding is None else dict(embedding)}
         self._setup(space, x_features, options)
         self.net = ConditionedNetwork(self.x_features, 0, self.space.dim, hidden=hidden, activation=activation,
@@ -62,6 +63,9 @@ class ScoreEstimator(_Estimator):
         """A new estimator whose shapes and x-standardisation come from the training ``events``."""
         est = cls(space, events.n_observables, embedding=options.pop("embedding", {"kind": "deepsets"} if events.is_set else None), **options)
         return est.standardize_from(events)
+
+    def _training_theta_width(self) -> int:
+        return 0  # t̂(x) does not take θ
 
     def standardize_from(self, events: Events) -> "ScoreEstimator":
         """Set the x standardisation buffers and the training support from training ``events``."""

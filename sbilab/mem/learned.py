@@ -292,7 +292,8 @@ def fit_transfer(
             torch.manual_seed(training.seed)
             density = ConditionalDensity.from_events(part, target="latent", flow=flow, low=[lows[c] for c in cols],
                                                      high=[highs[c] for c in cols])
-        result = fit(density, get_loss("density", target="latent"), part, **training.to_dict(), device="cpu", progress=progress)
+        result = fit(density, get_loss("density", target="latent"), part, **{**training.to_dict(), "init": "keep"},  # drawn above
+                     device="cpu", progress=progress)
         out.append((result.model.eval(), cols))
     return LearnedTransfer(out, response=response)
 
@@ -320,5 +321,6 @@ def fit_acceptance(
     data = classifier_training_data(gen[~passed], gen[passed], weights0=None if weights is None else weights[~passed],
                                     weights1=None if weights is None else weights[passed])
     classifier = Classifier.from_events(data, hidden=tuple(hidden), seed=training.seed)
-    result = fit(classifier, get_loss("carl"), data, **training.to_dict(), device="cpu", progress=progress)
+    result = fit(classifier, get_loss("carl"), data, **{**training.to_dict(), "init": "keep"},  # drawn from training.seed
+                 device="cpu", progress=progress)
     return LearnedAcceptance(result.model.eval())

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..exceptions import ShapeMismatchError
-from .mlp import MLP, ResidualMLP, Standardize
+from .mlp import MLP, ResidualMLP, Standardize, check_widths
 from .sets import build_embedding
 
 __all__ = ["ConditionedNetwork"]
@@ -58,7 +58,7 @@ class ConditionedNetwork(nn.Module):
         else:
             self.embedding = None
             inp = x_features + theta_features
-        hidden = tuple(int(h) for h in hidden)
+        hidden = check_widths(hidden, owner="ConditionedNetwork", allow_empty=not residual)
         if residual:
             self.mlp = ResidualMLP(inp, out_features, hidden=hidden[0], blocks=max(1, len(hidden) // 2), activation=activation)
         else:

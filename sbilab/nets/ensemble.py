@@ -28,20 +28,21 @@ from torch.func import functional_call, stack_module_state
 
 from ..exceptions import ConfigError, ShapeMismatchError
 from ..registry import build_module, module_spec, register_publishable
+from .init import draw_seeds, reset_parameters
 
 __all__ = ["Ensemble"]
 
 _SEP = "__"  # parameter names may not contain dots; "inp.weight" is stored as "inp__weight"
 
 
-def _reinitialise(module: nn.Module, seed: int) -> None:
-    """Call ``reset_parameters`` of every submodule under a private global RNG seeded with ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for sub in module.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
-                reset()
+def _fresh_members(template: nn.Module, seeds: list[int]) -> list[nn.Module]:
+    """Copies of ``template``, copy ``i`` with parameters drawn by ``reset_parameters`` from ``seeds[i]``."""
+    members = []
+    for seed in seeds:
+        member = copy.deepcopy(template)
+        reset_parameters(member, seed)
+        members.append(member)
+    return members
 
 
 def _vmap_refused(err: RuntimeError) -> bool:
@@ -100,12 +101,7 @@ class Ensemble(nn.Module):
             raise ConfigError("Ensemble: template is already an Ensemble; nest members, not ensembles.")
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"Ensemble: k must be a positive integer, got {k!r}.")
-        seeds = torch.randint(0, 2**62, (k,), generator=generator).tolist()
-        members = []
-        for seed in seeds:
-            member = copy.deepcopy(template)
-            _reinitialise(member, int(seed))
-            members.append(member)
+        members = _fresh_members(template, draw_seeds(k, generator))
         params, buffers = stack_module_state(members)
         if k > 1 and params and all(torch.equal(p[0], p[1]) for p in params.values()):
             warnings.warn(
@@ -133,6 +129,19 @@ class Ensemble(nn.Module):
     def stacked_buffers(self) -> dict[str, Tensor]:
         """The members' buffers by the template's names, each ``(K, ...)``."""
         return {name: getattr(self.stack, name.replace(".", _SEP)) for name in self._buffer_names}
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw every member's parameters again (one seed per member from ``generator``); buffers are kept.
+
+        With the same ``generator`` state the members start exactly as those of
+        ``Ensemble(template, k, generator=...)`` do. Called by
+        :func:`~sbilab.nets.init.reinitialise` (and so by ``fit(..., init="seed")``).
+        """
+        members = _fresh_members(self._template, draw_seeds(self.k, generator))
+        params, _ = stack_module_state(members)
+        for name, value in params.items():
+            getattr(self.stack, name.replace(".", _SEP)).copy_(value)
 
     def member(self, i: int) -> nn.Module:
         """Member ``i`` as a plain, independent module (a copy of the template holding its weights)."""

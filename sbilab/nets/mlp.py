@@ -6,6 +6,7 @@ follows its module to any device.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from ..exceptions import ConfigError, ShapeMismatchError
 
-__all__ = ["Standardize", "MLP", "ResidualMLP", "activation"]
+__all__ = ["Standardize", "MLP", "ResidualMLP", "activation", "check_widths"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -82,6 +83,26 @@ class Standardize(nn.Module):
         return y * self.std + self.mean
 
 
+def check_widths(hidden: Sequence[int], *, owner: str, allow_empty: bool = True) -> tuple[int, ...]:
+    """``hidden`` as a tuple of layer widths, each an integer >= 1.
+
+    Raises:
+        ConfigError: a width is not a positive integer (``hidden=(0,)`` would make a constant
+            network), or no width is given where one is needed.
+    """
+    try:
+        widths = tuple(hidden)
+    except TypeError:
+        raise ConfigError(f"{owner}: hidden must be a sequence of layer widths, e.g. hidden=(100, 100); got {hidden!r}.") from None
+    bad = [h for h in widths if isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1]
+    if bad or (not widths and not allow_empty):
+        raise ConfigError(
+            f"{owner}: hidden={list(widths)!r}; every layer width must be an integer >= 1 (a width of 0 makes the network "
+            "a constant that ignores its input). Use e.g. hidden=(100, 100)."
+        )
+    return tuple(int(h) for h in widths)
+
+
 class MLP(nn.Sequential):
     r"""Fully connected network ``in -> hidden... -> out``.
 
@@ -97,6 +118,7 @@ class MLP(nn.Sequential):
     """
 
     def __init__(self, in_features: int, out_features: int, *, hidden: Sequence[int] = (100, 100), activation: str = "silu") -> None:
+        hidden = check_widths(hidden, owner="MLP")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -130,6 +152,9 @@ class ResidualMLP(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, hidden: int = 50, blocks: int = 2, activation: str = "relu") -> None:
         super().__init__()
+        (hidden,) = check_widths((hidden,), owner="ResidualMLP")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ConfigError(f"ResidualMLP: blocks must be an integer >= 1, got {blocks!r}.")
         self.inp = nn.Linear(in_features, hidden)
         self.blocks = nn.Sequential(*[_ResidualBlock(hidden, activation) for _ in range(blocks)])
         self.out = nn.Sequential(_activation(activation), nn.Linear(hidden, out_features))

@@ -28,13 +28,15 @@ from tqdm.auto import tqdm
 from ..events import Events
 from ..exceptions import ConfigError, TrainingDivergedError
 from ..nets.ensemble import Ensemble
+from ..nets.init import reinitialise
+from .checks import check_checkpoint_path, check_estimator, check_events, check_members, dry_run, first_events
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Keep, Schedule, TrainingConfig, learning_rate_factor
+from .config import Init, Keep, Schedule, TrainingConfig, learning_rate_factor
 from .data import BatchSource, EventStream, InMemorySource, StreamedSource, events_nbytes, fits_on_device
 from .distributed import DataParallel, check_world_size
 from .optim import adam, clip_gradients, clone_state, copy_best, reduce_losses
 from .result import TrainingResult
-from .stopping import EarlyStopping
+from .stopping import EarlyStopping, warn_if_overfitting
 
 __all__ = ["fit", "TrainingResult", "Loss"]
 
@@ -79,6 +81,7 @@ def fit(
     ensemble: int = _D.ensemble,
     amp: bool = _D.amp,
     seed: int = _D.seed,
+    init: Init = _D.init,
     device: str | torch.device = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
@@ -89,8 +92,13 @@ def fit(
     r"""Train ``estimator`` by minimising ``loss`` on ``data``; see :class:`TrainingConfig` for the options.
 
     Args:
-        estimator: The module to train (trained in place). With ``ensemble=K > 1`` it is the
-            template of an :class:`~sbilab.nets.ensemble.Ensemble` of K re-initialised copies.
+        estimator: The module to train, in place: what the caller holds is the trained model.
+            With ``init="seed"`` (default) its parameters are first drawn again from ``seed``
+            (every submodule's ``reset_parameters``; buffers such as the standardisation are
+            kept), so that ``seed`` alone fixes the run however the module was built; with
+            ``init="keep"`` training starts from its current weights (a warm start). For an
+            ensemble pass an :class:`~sbilab.nets.ensemble.Ensemble`: ``ens = Ensemble(estimator, K);
+            fit(ens, ...)`` trains the K members at once, in ``ens``.
         loss: ``loss(model, batch) -> (N,)`` per-event losses, ``(K, N)`` for ensembles. A loss
             that differentiates w.r.t. inputs (score matching) also works in validation: it is
             evaluated with gradients enabled but no parameter update (detected when it fails
@@ -112,9 +120,19 @@ def fit(
     Returns:
         :class:`TrainingResult` with the model holding its best weights and the history.
 
+    Before the first epoch (so that nothing is trained on bad input, and no epoch is lost) ``fit``
+    checks the events (labels 0/1, event weights with a clearly positive sum), the
+    estimator's shapes against the events' (``check_training_events``), the loss on two events
+    (a dry run in eval mode: missing augmented data, bad loss options, shape errors) and that the
+    checkpoint's folder is writable; see :mod:`sbilab.training.checks`.
+
     Raises:
-        ConfigError: an option is invalid, or the checkpoint does not match this run.
-        ShapeMismatchError: the loss does not return per-event losses of shape ``(N,)``/``(K, N)``.
+        ConfigError: an option is invalid (including ``ensemble > 1`` with a single module), the
+            checkpoint path is not writable, or the checkpoint does not match this run.
+        InvalidEventsError: labels other than 0/1, event weights that cancel.
+        ShapeMismatchError: the events do not have the shapes the estimator was built for, or the
+            loss does not return per-event losses of shape ``(N,)``/``(K, N)``.
+        MissingAugmentedDataError: the loss needs a field the events lack.
         TrainingDivergedError: the loss became NaN/inf; the message names epoch and batch, the
             model holds the best weights so far (also in the exception's ``model`` attribute).
 
@@ -131,13 +149,16 @@ def fit(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, schedule=schedule,
         final_lr_fraction=final_lr_fraction, plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         weight_decay=weight_decay, clip_norm=clip_norm, validation_fraction=validation_fraction, patience=patience,
-        smoothing=smoothing, keep=keep, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed,
+        smoothing=smoothing, keep=keep, min_delta=min_delta, ensemble=ensemble, amp=amp, seed=seed, init=init,
     )
     if not isinstance(estimator, nn.Module):
         raise ConfigError(f"fit: estimator must be a torch.nn.Module, got {type(estimator).__name__}.")
+    config = check_members(estimator, config)
     if not callable(loss):
         raise ConfigError("fit: loss must be a function loss(model, batch) -> per-event losses.")
     dev = _resolve_device(device)
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)
     devices = [dev.index] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
@@ -154,27 +175,33 @@ class _Run:
         self.loss, self.config, self.device, self.progress = loss, config, device, progress
         self.parallel, self.progress = parallel, progress and (parallel is None or parallel.is_writer)
         self.source, self.validation = self._sources(data, validation, stream)
+        probe = first_events(self.source)
+        for what, events in (("data", getattr(self.source, "events", probe)), ("validation", self.validation)):
+            if events is not None:
+                check_events(events, what=what)
+                check_estimator(estimator, events)
         model = estimator
-        if config.ensemble > 1:
-            if isinstance(estimator, Ensemble):
-                raise ConfigError("fit: estimator is already an Ensemble; pass ensemble=1 or a plain module.")
-            model = Ensemble(estimator, config.ensemble, generator=torch.Generator().manual_seed(config.seed + 2))
+        if config.init == "seed":
+            reinitialise(model, config.seed + 2)
         self.model = model.to(device)
         self.k = model.k if isinstance(model, Ensemble) else 1
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"fit: {type(estimator).__name__} has no trainable parameters.")
         self.params = params
+        if probe is not None:
+            dry_run(self.model, loss, probe)
         self._train_losses = self._member_losses if parallel is None else parallel.attach(
             self.model, self._member_losses, self.source, config.batch_size, config.seed)
         self.optimizer = adam(params, config)
         self.stopper = EarlyStopping(self.k, config)
         self.best = clone_state(self.model)
-        self.history: dict[str, list] = {key: [] for key in ("train_loss", "val_loss", "val_loss_smoothed", "lr", "time")}
+        self.history: dict[str, list] = {key: [] for key in ("train_loss", "val_loss", "val_loss_error", "val_loss_smoothed", "lr", "time")}
         if self.k > 1:
             self.history["val_loss_members"] = []
         self.amp = config.amp and device.type == "cuda"
         self.val_needs_grad = bool(getattr(loss, "needs_input_grad", False))
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ data
     def _sources(self, data: Any, validation: Events | None, stream: bool | None) -> tuple[BatchSource, Events | None]:
@@ -207,31 +234,47 @@ class _Run:
             per_event = self.loss(self.model, batch)
         return reduce_losses(per_event, batch.weights, self.k, len(batch))
 
-    @torch.no_grad()
-    def _no_grad_losses(self, batch: Events) -> Tensor:
-        return self._member_losses(batch)
+    def _moments(self, batch: Events) -> Tensor:
+        """Weighted means of the per-event losses and of their squares, ``(2, K)``."""
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
+            per_event = self.loss(self.model, batch)
+        first = reduce_losses(per_event, batch.weights, self.k, len(batch))
+        second = reduce_losses(per_event.float() ** 2, batch.weights, self.k, len(batch))
+        return torch.stack([first.reshape(-1), second.reshape(-1)]).detach()
 
-    def _validate(self) -> list[float]:
-        val, chunk = self.validation if self.parallel is None else self.parallel.local_part(self.validation), max(4 * self.config.batch_size, 4096)
+    @torch.no_grad()
+    def _no_grad_moments(self, batch: Events) -> Tensor:
+        return self._moments(batch)
+
+    def _validate(self) -> tuple[list[float], list[float]]:
+        """Per member: the weighted mean validation loss and its standard error (from the per-event spread)."""
+        val = self.validation if self.parallel is None else self.parallel.local_part(self.validation)
+        chunk = max(4 * self.config.batch_size, 4096)
         self.model.eval()
-        total, norm = 0.0, 0.0
+        total, norm, norm2 = 0.0, 0.0, 0.0
         for start in range(0, len(val), chunk):
             batch = val[start:start + chunk].to(self.device)
-            weight = float(batch.weights.sum()) if batch.weights is not None else float(len(batch))
+            w = batch.weights.double() if batch.weights is not None else None
+            weight = float(w.sum()) if w is not None else float(len(batch))
             if not self.val_needs_grad:
                 try:
-                    losses = self._no_grad_losses(batch)
+                    moments = self._no_grad_moments(batch)
                 except RuntimeError:  # the loss differentiates w.r.t. its inputs (e.g. score matching)
                     self.val_needs_grad = True
             if self.val_needs_grad:
                 with torch.enable_grad():
-                    losses = self._member_losses(batch).detach()
-            total = total + losses * weight
+                    moments = self._moments(batch)
+            total = total + moments.double() * weight
             norm += weight
+            norm2 += float((w ** 2).sum()) if w is not None else float(len(batch))
         self.model.train()
-        if self.parallel is not None:
-            total, norm = self.parallel.sum_over_ranks(torch.as_tensor(total, dtype=torch.float64).expand(self.k), norm)
-        return (total / norm).reshape(-1).tolist()
+        if self.parallel is not None:  # a rank's part may be empty: its moments are then zeros
+            total = torch.as_tensor(total, dtype=torch.float64).expand(2, self.k)
+            total, norm, norm2 = self.parallel.sum_over_ranks(total, norm, norm2)
+        mean, square = total / norm
+        n_eff = norm ** 2 / norm2
+        error = ((square - mean ** 2).clamp_min(0.0) / n_eff).sqrt()
+        return mean.tolist(), error.tolist()
 
     # ------------------------------------------------------------------ main loop
     def execute(self, checkpoint: str | os.PathLike | None, resume: bool) -> TrainingResult:
@@ -241,9 +284,10 @@ class _Run:
         start_epoch, step, finished = 0, 0, False
         if checkpoint is not None and resume and os.path.exists(checkpoint):
             start_epoch, step, finished = self._restore(load_checkpoint(checkpoint))
+        stopped_early = self.stopped_early
         check_each_batch = self.device.type != "cuda"  # on CUDA, check once per epoch to avoid syncs
         bar = tqdm(total=cfg.epochs, initial=start_epoch, disable=not self.progress, desc="fit", unit="epoch", file=sys.stderr)
-        epoch, stopped_early = start_epoch, False
+        epoch = start_epoch
         model.train()
         try:
             while not finished and epoch < cfg.epochs:
@@ -274,16 +318,21 @@ class _Run:
                 weights = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
                 train_loss = float((stacked.mean(dim=1) * weights).sum() / weights.sum())
                 self._end_of_epoch(epoch, train_loss, time.perf_counter() - started, lr)
-                finished = self.stopper.should_stop and self.validation is not None
-                stopped_early = finished and epoch < cfg.epochs
-                if checkpoint is not None:
-                    self._save(checkpoint, epoch, step, finished=False)
+                stopped_early = self.stopper.should_stop and self.validation is not None and epoch < cfg.epochs
+                finished = stopped_early or epoch >= cfg.epochs
+                self.stopped_early = stopped_early
+                if checkpoint is not None:  # once the stopper has fired, the checkpoint says so: a resume does not train on
+                    self._save(checkpoint, epoch, step, finished=finished)
                 bar.update(1)
                 bar.set_postfix(train=f"{train_loss:.4g}", val=f"{self.history['val_loss'][-1]:.4g}")
         finally:
             bar.close()
         if self.validation is not None:
+            last = self.stopper.finish()  # keep="auto": members whose last weights are kept
+            if last:
+                copy_best(self.best, self.model, last, self.k)
             model.load_state_dict(self.best)
+            warn_if_overfitting(self.history, self.stopper.best_epoch, self.config.keep)
         if checkpoint is not None:
             self._save(checkpoint, epoch, step, finished=True)
         return self._result(stopped_early)
@@ -291,19 +340,20 @@ class _Run:
     def _end_of_epoch(self, epoch: int, train_loss: float, seconds: float, lr: float) -> None:
         h = self.history
         if self.validation is not None:
-            members = self._validate()
+            members, errors = self._validate()
             if not all(math.isfinite(v) for v in members):
                 self._diverged(epoch, "validation", torch.tensor(members).sum())
-            improved = self.stopper.update(epoch, members)
+            improved = self.stopper.update(epoch, members, errors)
             if improved:
                 copy_best(self.best, self.model, improved, self.k)
-            val = sum(members) / len(members)
+            val, error = sum(members) / len(members), sum(errors) / len(errors)
             smoothed = sum(s for s in self.stopper.smoothed if s is not None) / self.k
         else:
-            members, val, smoothed = [math.nan] * self.k, math.nan, math.nan
+            members, val, smoothed, error = [math.nan] * self.k, math.nan, math.nan, math.nan
             self.stopper.best_epoch = [epoch] * self.k
         h["train_loss"].append(train_loss)
         h["val_loss"].append(val)
+        h["val_loss_error"].append(error)
         h["val_loss_smoothed"].append(smoothed)
         h["lr"].append(lr)
         h["time"].append(seconds)
@@ -328,7 +378,7 @@ class _Run:
             return
         save_checkpoint(path, {**ranks,
             "config": self.config.to_dict(), "data": self.source.fingerprint(), "k": self.k,
-            "epoch": epoch, "step": step, "finished": finished,
+            "epoch": epoch, "step": step, "finished": finished, "stopped_early": self.stopped_early,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best,
             "stopper": self.stopper.state_dict(), "history": self.history,
             "rng": rng_state(self.device, self.source.generator),
@@ -354,7 +404,9 @@ class _Run:
         self.best = {name: t.to(self.device) for name, t in state["best"].items()}
         self.stopper.load_state_dict(state["stopper"])
         self.history = {key: list(value) for key, value in state["history"].items()}
+        self.history.setdefault("val_loss_error", [math.nan] * len(self.history["train_loss"]))  # older checkpoints
         set_rng_state(state["rng"], self.device, self.source.generator)
+        self.stopped_early = bool(state.get("stopped_early", False))
         if self.parallel is not None:
             self.parallel.restore(state, self.device)
         return int(state["epoch"]), int(state["step"]), bool(state["finished"])

@@ -19,7 +19,9 @@ class TrainingResult:
     Attributes:
         model: The trained module (the estimator itself, trained in place) or the Ensemble,
             holding the kept weights (per member for ensembles; see ``TrainingConfig.keep``).
-        history: Per-epoch lists ``"train_loss"``, ``"val_loss"``, ``"val_loss_smoothed"``,
+        history: Per-epoch lists ``"train_loss"``, ``"val_loss"``, ``"val_loss_error"`` (the
+            standard error of ``val_loss`` from the per-event spread of the loss; members' mean),
+            ``"val_loss_smoothed"``,
             ``"lr"`` (at the end of the epoch), ``"time"`` (seconds of the epoch) and, for
             ensembles, ``"val_loss_members"`` (a list of K losses per epoch). Losses are the
             members' mean of the weighted mean per-event loss.

@@ -155,8 +155,9 @@ def train_step_classifier(x0: Tensor, w0: Tensor, x1: Tensor, w1: Tensor, *, set
         model = template if k == 1 else Ensemble(template, k, generator=torch.Generator().manual_seed(seed))
     weights = torch.cat([a, b]).to(torch.get_default_dtype())
     events = events.replace(weights=weights[:, 0] if k == 1 else weights)
-    fit(model, carl_loss, events, **{**settings.training.to_dict(), "ensemble": 1, "seed": int(seed)}, device=device,
-        progress=progress)
+    # init="keep": the classifier was drawn from ``seed`` above, or is warm-started from the previous iteration's
+    fit(model, carl_loss, events, **{**settings.training.to_dict(), "ensemble": 1, "seed": int(seed), "init": "keep"},
+        device=device, progress=progress)
     return model
 
 
