@@ -41,12 +41,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..exceptions import ConfigError
-
-if TYPE_CHECKING:
-    from .config import AnalysisConfig
 
 __all__ = ["Pipeline", "PIPELINES", "register_pipeline", "run_analysis", "write_results"]
 
@@ -92,7 +89,7 @@ def register_pipeline(kind: str, *, section: tuple[str, type] | None = None, toy
     return decorate
 
 
-def run_analysis(config: "AnalysisConfig", *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
+def run_analysis(config: Any, *, out: Path, quick: bool = False, device: str = "auto", progress: bool = True) -> str:
     """Run the analysis described by ``config`` with its pipeline; write results to ``out``; return a printable summary.
 
     Args:

@@ -30,15 +30,27 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..exceptions import FitError, OneSidedIntervalWarning
 from .results import FitResult, ProfileResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .unbinned import UnbinnedLikelihood
+
+
+class _Profiled(Protocol):
+    """What the interval routines use of a likelihood (:class:`~sbilab.stats.UnbinnedLikelihood`; no import, no cycle)."""
+
+    names: Sequence[str]
+    limits: Sequence[tuple[float, float]]
+    model: Any
+
+    def fit(self, *args: Any, **kwargs: Any) -> FitResult: ...
+
+    def profile(self, *args: Any, **kwargs: Any) -> ProfileResult: ...
+
+    def _check_scan(self, name: str, grid: Any) -> np.ndarray: ...
 
 __all__ = ["Interval", "profile_intervals", "warn_one_sided", "ONE_SIGMA", "MIN_STEP_FRACTION"]
 
@@ -80,7 +92,7 @@ def _brent(excess: Callable[[float], float], a: float, b: float, xtol: float) ->
     return float(brentq(excess, min(a, b), max(a, b), xtol=xtol))
 
 
-def _stepping(nll: "UnbinnedLikelihood", name: str, cl: float, best: FitResult) -> Interval:
+def _stepping(nll: _Profiled, name: str, cl: float, best: FitResult) -> Interval:
     from scipy.stats import chi2
 
     i = nll.names.index(name)
@@ -109,7 +121,7 @@ def _stepping(nll: "UnbinnedLikelihood", name: str, cl: float, best: FitResult) 
     return Interval(float(cl), ends[0], ends[1], at_bound[0], at_bound[1], False)
 
 
-def _grid(nll: "UnbinnedLikelihood", name: str, grid: np.ndarray, cls: Sequence[float], best: FitResult
+def _grid(nll: _Profiled, name: str, grid: np.ndarray, cls: Sequence[float], best: FitResult
           ) -> tuple[ProfileResult, list[Interval]]:
     from scipy.stats import chi2
 
@@ -151,7 +163,7 @@ def _grid(nll: "UnbinnedLikelihood", name: str, grid: np.ndarray, cls: Sequence[
 
 
 def profile_intervals(
-    nll: "UnbinnedLikelihood",
+    nll: _Profiled,
     name: str,
     cls: Sequence[float] = (ONE_SIGMA,),
     *,
