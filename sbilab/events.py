@@ -305,14 +305,8 @@ class Events:
         Raises:
             InvalidEventsError: ``fraction`` not in (0, 1) or a part would be empty.
         """
-        if not 0.0 < fraction < 1.0:
-            raise InvalidEventsError(f"split: fraction must be in (0, 1), got {fraction}.")
-        n = len(self)
-        n_second = int(round(fraction * n))
-        if n_second == 0 or n_second == n:
-            raise InvalidEventsError(f"split: fraction {fraction} of {n} events leaves an empty part; use more events.")
-        perm = torch.randperm(n, generator=generator).to(self.device)
-        return self[perm[n_second:]], self[perm[:n_second]]
+        first, second = split_indices(len(self), fraction, generator=generator)
+        return self[first.to(self.device)], self[second.to(self.device)]
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator["Events"]:
         """Iterate over consecutive (or shuffled) batches by index, no per-event Python work."""
@@ -336,3 +330,18 @@ def _unchecked(values: dict[str, Tensor | None], space: "ParameterSpace | None")
         object.__setattr__(ev, name, value)
     object.__setattr__(ev, "space", space)
     return ev
+
+
+def split_indices(n: int, fraction: float, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Indices of a random split of ``n`` events into (``1 - fraction``, ``fraction``) parts, on the CPU.
+
+    Raises:
+        InvalidEventsError: ``fraction`` not in (0, 1) or a part would be empty.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InvalidEventsError(f"split: fraction must be in (0, 1), got {fraction}.")
+    n_second = int(round(fraction * n))
+    if n_second == 0 or n_second == n:
+        raise InvalidEventsError(f"split: fraction {fraction} of {n} events leaves an empty part; use more events.")
+    perm = torch.randperm(n, generator=generator)
+    return perm[n_second:], perm[:n_second]

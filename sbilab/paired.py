@@ -61,7 +61,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from .events import TENSOR_FIELDS, Events
+from .events import TENSOR_FIELDS, Events, split_indices
 from .exceptions import InvalidEventsError
 
 __all__ = ["PairedEvents", "LEVELS"]
@@ -290,14 +290,8 @@ class PairedEvents:
         Raises:
             InvalidEventsError: ``fraction`` not in (0, 1) or a part would be empty.
         """
-        if not 0.0 < fraction < 1.0:
-            raise InvalidEventsError(f"split: fraction must be in (0, 1), got {fraction}.")
-        n = len(self)
-        n_second = int(round(fraction * n))
-        if n_second == 0 or n_second == n:
-            raise InvalidEventsError(f"split: fraction {fraction} of {n} events leaves an empty part; use more events.")
-        perm = torch.randperm(n, generator=generator).to(self.device)
-        return self[perm[n_second:]], self[perm[:n_second]]
+        first, second = split_indices(len(self), fraction, generator=generator)
+        return self[first.to(self.device)], self[second.to(self.device)]
 
     # ------------------------------------------------------------------ flat form (store)
     def tensors(self) -> dict[str, Tensor]:

@@ -209,6 +209,20 @@ def fit_proposal(
     return FlowProposal(result.model.to("cpu").eval(), anchor=anchor)
 
 
+def check_sampler_training(owner: str, model: MatrixElement, events: Events, training: TrainingConfig) -> None:
+    """What every learned sampler's training needs: one member, ``theta`` in the model's parameters, events the model accepts.
+
+    Raises:
+        ConfigError: ``training.ensemble != 1`` or ``theta`` of the wrong width.
+        OutOfSupportError: events outside the transfer function's support or the cuts.
+    """
+    if training.ensemble != 1:
+        raise ConfigError(f"{owner}: training.ensemble must be 1, got {training.ensemble}.")
+    if events.theta.shape[-1] != len(model.parameter_names):
+        raise ConfigError(f"{owner}: events.theta has {events.theta.shape[-1]} columns; the model needs {model.parameter_names}.")
+    model.check_events(events.x.to(torch.float64))
+
+
 def fit_sampler(
     proposal: FlowProposal,
     model: MatrixElement,
@@ -239,11 +253,7 @@ def fit_sampler(
         ConfigError: ``training.ensemble != 1`` or ``theta`` of the wrong width.
         OutOfSupportError: events outside the transfer function's support or the cuts.
     """
-    if training.ensemble != 1:
-        raise ConfigError(f"fit_sampler: training.ensemble must be 1, got {training.ensemble}.")
-    if events.theta.shape[-1] != len(model.parameter_names):
-        raise ConfigError(f"fit_sampler: events.theta has {events.theta.shape[-1]} columns; the model needs {model.parameter_names}.")
-    model.check_events(events.x.to(torch.float64))
+    check_sampler_training("fit_sampler", model, events, training)
     density = copy.deepcopy(proposal.density).train()
     loss = get_loss("integrand_variance", integrand=proposal.integrand(model), samples=int(samples))
     data = Events(x=events.x, theta=events.theta).to(dtype=torch.get_default_dtype())

@@ -44,7 +44,7 @@ from ..events import Events
 from ..exceptions import ConfigError
 from ..nets.flows import FlowSpec
 from ..training import TrainingConfig, fit
-from .flows import SAMPLER_TRAINING
+from .flows import SAMPLER_TRAINING, check_sampler_training
 from .model import MatrixElement
 from .proposals import Proposal, stratified_counts
 
@@ -207,11 +207,7 @@ def fit_channel_flows(
         ConfigError: ``training.ensemble != 1`` or ``theta`` of the wrong width.
         OutOfSupportError: events outside the transfer function's support or the cuts.
     """
-    if training.ensemble != 1:
-        raise ConfigError(f"fit_channel_flows: training.ensemble must be 1, got {training.ensemble}.")
-    if events.theta.shape[-1] != len(model.parameter_names):
-        raise ConfigError(f"fit_channel_flows: events.theta has {events.theta.shape[-1]} columns; the model needs {model.parameter_names}.")
-    model.check_events(events.x.to(torch.float64))
+    check_sampler_training("fit_channel_flows", model, events, training)
     untrained = RemappedChannels(channels, [None] * len(channels), weights=weights, defensive=defensive)
     data = Events(x=events.x, theta=events.theta).to(dtype=torch.get_default_dtype())
     flows = []
