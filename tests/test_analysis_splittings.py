@@ -61,7 +61,7 @@ def test_pipeline_flags_an_undertrained_likelihood_and_reports(tmp_path):
     assert set(doc["shower"]["methods"]) == {"carl", "alices"}
     assert any(not r["closure"]["passed"] for r in doc["shower"]["methods"].values())
     judging = doc["shower"]["closure_judging"]  # every parameter is either judged or reported with its reason
-    assert sorted(judging["judged"] + list(judging["not_judged"])) == ["C", "D", "F"] and judging["judge_width_fraction"] == 0.25
+    assert sorted(judging["judged"] + list(judging["not_judged"])) == ["C", "D", "F"] and judging["judge_width_fraction"] == 0.2
     assert all(r["closure"]["judged"] == judging["judged"] for r in doc["shower"]["methods"].values())
     for r in doc["shower"]["methods"].values():  # the correction normalises on its own sample; the check uses another
         assert len(r["normalisation_corrected"]["normalisation"]) == 6

@@ -18,7 +18,7 @@ A composition of the core (arXiv:2012.09873 for the physics; 1805.00020 for the 
    ``closure_datasets`` independent data sets at the truth are fitted too; the pulls must be
    consistent with N(0, 1) (:func:`closure`), otherwise the result is marked invalid and, with
    ``strict``, the run fails. Only parameters the data constrain are judged: one whose expected 1σ
-   width (Cramér–Rao of SALLY's Fisher information, of the joint one where SALLY's is singular)
+   width (Cramér–Rao of the joint history's Fisher information: exact, not learned, a lower bound)
    exceeds ``judge_width_fraction`` of its range is profiled but reported "not constrained at this
    N" (:func:`judged_parameters`; at 10⁴ events, C). Hessian widths at the truth for 10³ and N events sit beside the
    Cramér–Rao widths of the joint (history) and of SALLY's Fisher information.
@@ -78,9 +78,10 @@ class SplittingsSection:
         pull_limit: The closure fails if a pull exceeds this, or a mean pull exceeds it over sqrt(closure_datasets).
         strict: Raise :class:`~sbilab.exceptions.FitError` (after writing the results) when the closure fails.
         judge_width_fraction: The closure judges a parameter only if its expected 1σ width at
-            ``[observed] n_events`` (Cramér–Rao of SALLY's Fisher information, the information in
-            the observables; the joint history's where SALLY's is singular) is at most this
-            fraction of its range; wider ones are profiled and reported "not constrained at this N".
+            ``[observed] n_events`` (Cramér–Rao of the joint history's Fisher information: the
+            simulator's own, not learned, and a lower bound on every method's width) is at most
+            this fraction of its range; wider ones are profiled and reported "not constrained at
+            this N" (at 10⁴ events C: 0.46 against 0.2 x 2). When none is judged the closure fails.
         set_size: Events per data set of the cINN posterior.
         block: Parton slots per event in the posterior's input (events with more partons are refused).
         posterior_sets: Training data sets of the posterior.
@@ -90,7 +91,7 @@ class SplittingsSection:
     closure_datasets: int = 4
     pull_limit: float = 3.0
     strict: bool = True
-    judge_width_fraction: float = 0.25
+    judge_width_fraction: float = 0.2
     set_size: int = 50
     block: int = 32
     posterior_sets: int = 2000
@@ -209,6 +210,8 @@ def closure(log_ratio: Callable[..., Tensor], space: Any, datasets: list[Events]
                  if n not in unjudged and not abs(v) <= pull_limit]
     problems += [f"{n}: mean pull {m:+.2f} over {len(datasets)} data sets (limit {limit:.2f})" for n, m in zip(names, mean.tolist())
                  if n not in unjudged and not abs(m) <= limit]
+    if len(unjudged) == len(names):
+        problems.append("no parameter is constrained at this N: the closure test cannot judge the estimator (more events per data set)")
     return {"fits": fits, "pulls": pulls, "mean_pull": dict(zip(names, mean.tolist())), "passed": not problems, "problems": problems,
             "judged": [n for n in names if n not in unjudged], "not_judged": unjudged,
             "expected_widths": None if expected_widths is None else [float(w) for w in expected_widths],
@@ -280,11 +283,13 @@ def _shower(cfg: AnalysisConfig, section: SplittingsSection, shower: PartonShowe
         fisher_sally = sally.fisher_information(observed.x).double()
     out["sally_fisher_widths"] = _widths(cramer_rao(fisher_sally, n))
     out["joint_minus_sally_eigenvalues"] = torch.linalg.eigvalsh(fisher - fisher_sally).tolist()
-    sally_cr, joint_cr = cramer_rao(fisher_sally, n), cramer_rao(fisher, n)
-    expected = torch.where(torch.isfinite(sally_cr), sally_cr, joint_cr)  # SALLY: the observables' information; else the joint bound
+    # the joint (history) Fisher information is the simulator's own, exact and not learned: its Cramér–Rao width is a
+    # lower bound on any estimator's, so a parameter it leaves unconstrained is unconstrained for every method, and an
+    # under-trained estimator cannot excuse itself (SALLY's learned information shrinks when SALLY is under-trained)
+    expected = cramer_rao(fisher, n)
     unjudged = judged_parameters(shower.space, expected, section.judge_width_fraction)
     out["closure_judging"] = {"rule": f"judged iff expected 1-sigma width at N = {n} <= {section.judge_width_fraction:g} x range",
-                              "width_source": "Cramer-Rao of SALLY's Fisher information (joint history's where not finite)",
+                              "width_source": "Cramer-Rao of the joint (history) Fisher information: a lower bound on every method's width",
                               "expected_widths": _widths(expected), "judge_width_fraction": section.judge_width_fraction,
                               "judged": [k for k in NAMES if k not in unjudged], "not_judged": unjudged}
     check_ref = _without_history(shower.simulate(n, theta=shower.space.reference, generator=torch.Generator().manual_seed(seed + 202)))
