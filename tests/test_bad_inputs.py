@@ -132,11 +132,7 @@ ROWS: list[Row] = [
         r"integer >= 1"),
     Row("RatioEstimator: hidden=(8.5,)", lambda: RatioEstimator(SIM.space, 1, hidden=(8.5,)), ConfigError, r"hidden=\[8\.5\]"),
     Row("MLP: hidden=(0,)", lambda: MLP(2, 1, hidden=(0,)), ConfigError, r"MLP: hidden=\[0\]"),
-    Row("Events: complex x", lambda: Events(x=torch.ones(3, 1, dtype=torch.complex64), theta=torch.zeros(3, 1)),
-        InvalidEventsError, r"Events\.x is complex.*imaginary part"),
-    Row("Events: complex weights", lambda: Events(x=torch.ones(3, 1), theta=torch.zeros(3, 1),
-                                                  weights=torch.ones(3, dtype=torch.complex128)),
-        InvalidEventsError, r"Events\.weights is complex"),
+    # complex Events fields: rows of tests/test_bad_inputs_io.py (one description, one table)
     Row("RatioEstimator.log_ratio: complex x", lambda: EST.log_ratio(torch.ones(3, 1, dtype=torch.complex64), [0.5]),
         ShapeMismatchError, r"x is complex.*imaginary part"),
     Row("RatioEstimator.log_ratio: complex theta", lambda: EST.log_ratio(torch.ones(3, 1), torch.ones(1, dtype=torch.complex64)),
