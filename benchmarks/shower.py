@@ -43,13 +43,14 @@ from typing import Any
 
 import torch
 
-from sbilab.analysis.splittings import closure, hessian_widths, normalised, train_splitting_ratio
+from sbilab.analysis.splittings import normalised, train_splitting_ratio
+from sbilab.stats.closure import closure, hessian_widths
 from sbilab.estimators import ScoreEstimator, get_loss
 from sbilab.events import Events
 from sbilab.simulators import joint_score, score_training_data
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
 from sbilab.simulators.shower.reference import reference_shower
-from sbilab.stats import UnbinnedLikelihood, fisher_from_scores
+from sbilab.stats import fisher_from_scores
 from sbilab.training import TrainingConfig, fit
 
 SM = (1.0, 1.0, 0.0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sbilab.analysis import load_config, run_analysis
-from sbilab.analysis.splittings import SplittingsSection, closure, hessian_widths, judged_parameters, normalised, train_splitting_ratio
+from sbilab.analysis.splittings import SplittingsSection, normalised, train_splitting_ratio
+from sbilab.stats.closure import closure, hessian_widths, judged_parameters
 from sbilab.exceptions import ConfigError, FitError
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
 from sbilab.training import TrainingConfig
