@@ -98,6 +98,7 @@ class PyhfModel:
                 raise FitError(f"poi_bounds = {tuple(poi_bounds)}; need lo < hi, e.g. (0.0, 100.0).")
             self.bounds[self.poi_index] = (lo, hi)
             self.init[self.poi_index] = min(max(self.init[self.poi_index], lo), hi)
+        self._conditional_init = self.init.copy()  # pyhf's suggested start: where fixed-POI fits begin (see _start)
         if warm_start:
             for name, values in warm_start.items():
                 if name in config.par_map and np.size(values) == config.param_set(name).n_parameters:
@@ -137,7 +138,16 @@ class PyhfModel:
         return twice_nll, pars.copy(), ok
 
     def _start(self, data_key: bytes, poi: float | None) -> np.ndarray:
-        """Starting values: the nearest converged fit on the same data, the Asimov parameters, or ``init``."""
+        """Starting values: the model's suggested ``init`` (not the warm start) with the POI set for a fixed-POI fit;
+        for a free fit the nearest converged fit on the same data, the Asimov parameters, or ``init``.
+
+        Fixed-POI fits start where pyhf starts them: from a converged free fit, SLSQP stopped early on some
+        conditional Asimov fits (Region A 550_180_50: expected CLs 0.03848 against pyhf's and Minuit's 0.03886).
+        """
+        if poi is not None:
+            start = self._conditional_init.copy()
+            start[self.poi_index] = poi
+            return start
         earlier = [(k[1], pars) for k, (_, pars, ok) in self._fits.items() if k[0] == data_key and ok]
         if earlier:
             target = self.init[self.poi_index] if poi is None else poi
