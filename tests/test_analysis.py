@@ -11,6 +11,7 @@ import pytest
 from sbilab.analysis import load_config, run_analysis
 from sbilab.cli import main
 from sbilab.exceptions import ConfigError
+from _analysis_folder import write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +40,6 @@ seed = 2
 [fit]
 scan_points = 7
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    folder = tmp_path / "analysis"
-    folder.mkdir(exist_ok=True)
-    (folder / "analysis.toml").write_text(text)
-    return folder
 
 
 def test_gaussian_measurement_matches_exact_likelihood(tmp_path):

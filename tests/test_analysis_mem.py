@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from sbilab.analysis import load_config, run_analysis
 from sbilab.exceptions import ConfigError
 from sbilab.publish import load_results
 from sbilab.simulators.toys import Resonance
+from _analysis_folder import write  # noqa: E402
 
 CONFIG = """
 [analysis]
@@ -44,13 +44,6 @@ learned_epochs = 1
 coverage_events = 4
 noise_seeds = 2
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    folder = tmp_path / "analysis"
-    folder.mkdir(exist_ok=True)
-    (folder / "analysis.toml").write_text(text)
-    return folder
 
 
 def test_pipeline_runs_and_reports(tmp_path):

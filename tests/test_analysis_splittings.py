@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from sbilab.stats.closure import closure, hessian_widths, judged_parameters
 from sbilab.exceptions import ConfigError, FitError
 from sbilab.simulators.shower import PartonShower, PrimaryEmissions
 from sbilab.training import TrainingConfig
+from _analysis_folder import write  # noqa: E402
 
 CONFIG = """
 [analysis]
@@ -44,13 +44,6 @@ set_size = 10
 block = 24
 posterior_sets = 60
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    folder = tmp_path / "analysis"
-    folder.mkdir(exist_ok=True)
-    (folder / "analysis.toml").write_text(text)
-    return folder
 
 
 def test_pipeline_flags_an_undertrained_likelihood_and_reports(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from sbilab.analysis import load_config, run_analysis
 from sbilab.exceptions import ConfigError
 from sbilab.unfolding import UnfoldedResult
+from _analysis_folder import write  # noqa: E402
 
 CONFIG = """
 [analysis]
@@ -47,13 +48,6 @@ background_events = 1000
 generative = false
 bins = 10
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    folder = tmp_path / "analysis"
-    folder.mkdir(exist_ok=True)
-    (folder / "analysis.toml").write_text(text)
-    return folder
 
 
 def test_pipeline_runs_publishes_and_plots(tmp_path):
