@@ -25,7 +25,7 @@ import pyhf
 from ..exceptions import ConfigError, FitError, WorkspaceError
 from ..stats import asymptotic
 from ..stats.binned import PyhfModel
-from ..stats.histfactory import BACKENDS, OPTIMIZERS, pyhf_backend
+from ..stats.pyhf_context import BACKENDS, OPTIMIZERS, pyhf_backend
 from .patches import SignalPatch, patched_workspace
 from .results import PatchResult
 

@@ -8,83 +8,27 @@ name — e.g. the four-region ABCD model or a signal region with control regions
 is a :class:`~sbilab.exceptions.WorkspaceError` naming the channel and sample; pyhf's own
 exceptions are wrapped with the workspace's channel and sample names.
 
-pyhf's backend is global: everything here runs inside :func:`numpy_minuit`, which switches to
-the numpy backend with the minuit optimizer and restores the previous one afterwards.
+pyhf's backend is global: everything here runs inside :func:`~sbilab.stats.pyhf_context.numpy_minuit`
+(:mod:`sbilab.stats.pyhf_context`, re-exported here), which switches to the numpy backend with the
+minuit optimizer and restores the previous one afterwards.
 Inference on workspaces is in :mod:`sbilab.stats.binned`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyhf
-import torch
 
-from ..exceptions import FitError, WorkspaceError
+from ..exceptions import WorkspaceError
+from .pyhf_context import numpy_minuit, pyhf_backend, pyhf_errors
 
 __all__ = ["pyhf_backend", "numpy_minuit", "Sample", "Channel", "build_workspace", "load_workspace", "apply_patch", "to_json", "pyhf_errors"]
-
-
-BACKENDS = ("numpy", "torch")
-OPTIMIZERS = ("minuit", "scipy")
-_TENSORLIB_NAMES = {"numpy": "numpy", "torch": "pytorch"}
-
-
-@contextlib.contextmanager
-def pyhf_backend(backend: Literal["numpy", "torch"] = "numpy", optimizer: Literal["minuit", "scipy"] = "minuit", *,
-                 tolerance: float | None = None, strategy: int | None = None) -> Iterator[None]:
-    """Context in which pyhf uses ``backend`` (float64) and ``optimizer``; restores the previous backend.
-
-    ``"torch"`` gives the optimizer exact gradients by autodiff (numpy: finite differences, one
-    likelihood evaluation per parameter and step). ``tolerance=None`` keeps the optimizer's own
-    default (minuit: 0.1, scipy SLSQP: ``ftol`` 1e-6, pyhf's defaults). When pyhf already runs
-    with these settings nothing is switched (a switch makes every live pyhf model re-convert its
-    tensors).
-
-    Raises:
-        FitError: an unknown backend or optimizer.
-    """
-    if backend not in BACKENDS or optimizer not in OPTIMIZERS:
-        raise FitError(f"backend={backend!r}, optimizer={optimizer!r}: choose backend from {BACKENDS} and optimizer from {OPTIMIZERS}.")
-    old_tensorlib, old_optimizer = pyhf.get_backend()
-    if (old_tensorlib.name == _TENSORLIB_NAMES[backend] and getattr(old_tensorlib, "precision", "64b") == "64b"
-            and old_optimizer.name == optimizer and old_optimizer.tolerance == (0.1 if tolerance is None and optimizer == "minuit" else tolerance)
-            and getattr(old_optimizer, "strategy", None) == strategy):
-        yield
-        return
-    default_dtype = torch.get_default_dtype()  # pyhf's torch backend sets torch's global default to float64
-    tensorlib = "numpy" if backend == "numpy" else pyhf.tensor.pytorch_backend(precision="64b")
-    if optimizer == "minuit":
-        opt = pyhf.optimize.minuit_optimizer(tolerance=0.1 if tolerance is None else tolerance, strategy=strategy)
-    else:
-        opt = pyhf.optimize.scipy_optimizer(tolerance=tolerance)
-    _set_backend(tensorlib, opt)
-    try:
-        yield
-    finally:
-        _set_backend(old_tensorlib, old_optimizer)
-        torch.set_default_dtype(default_dtype)
-
-
-def _set_backend(tensorlib: Any, optimizer: Any) -> None:
-    """``pyhf.set_backend``; live models re-convert their tensors, which under torch makes torch warn about pyhf's lists of arrays."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays", category=UserWarning)
-        pyhf.set_backend(tensorlib, optimizer)
-
-
-@contextlib.contextmanager
-def numpy_minuit(*, tolerance: float = 0.1, strategy: int | None = None) -> Iterator[None]:
-    """Context in which pyhf uses the numpy backend (float64) and the minuit optimizer; restores the previous backend."""
-    with pyhf_backend("numpy", "minuit", tolerance=tolerance, strategy=strategy):
-        yield
 
 
 def _counts(name: str, values: Any, n_bins: int | None) -> list[float]:
@@ -333,21 +277,6 @@ def _parameters(kinds: dict[str, str], widths: dict[str, int], poi: str, poi_bou
         if name in fixed:
             entry["fixed"] = True
     return list(settings.values())
-
-
-@contextlib.contextmanager
-def pyhf_errors(workspace: Any) -> Iterator[None]:
-    """Context turning pyhf's model/data exceptions into a WorkspaceError that names the workspace's channels and samples."""
-    try:
-        yield
-    except (pyhf.exceptions.InvalidModel, pyhf.exceptions.InvalidModifier, pyhf.exceptions.InvalidPdfData,
-            pyhf.exceptions.InvalidPdfParameters, pyhf.exceptions.InvalidSpecification, pyhf.exceptions.UnspecifiedPOI,
-            pyhf.exceptions.InvalidNameReuse) as err:
-        try:
-            layout = {c["name"]: [s["name"] for s in c["samples"]] for c in workspace["channels"]}
-        except (KeyError, TypeError):
-            layout = {}
-        raise WorkspaceError(f"pyhf rejects the workspace (channels and samples {layout}): {type(err).__name__}: {err}") from err
 
 
 def load_workspace(spec: Mapping[str, Any] | str | Path) -> pyhf.Workspace:
