@@ -60,6 +60,10 @@ def test_pipeline_runs_publishes_and_plots(tmp_path):
     assert doc["moments"]["ideal"][0] == pytest.approx([0.1505799, 0.8856316], abs=1e-6)  # the full toy's ideal k = 1
     assert [d["step"] for d in doc["diagnostics"]] == ["1", "1b", "2"] * 2
     assert len(doc["histogram"]["edges"]) == 11 and doc["histogram"]["generative"] is None
+    # 2 + 2 replicas and a systematic cannot span a covariance of 10 bins: the chi2 says so
+    chi2 = doc["chi2_omnifold_vs_truth"]
+    assert chi2["bins"] == 10 and chi2["covariance_rank"] <= 3 and chi2["complete_covariance"] is False
+    assert "rank" in summary and "biased high" in summary
     result = UnfoldedResult.load(out / "unfolded.h5")
     assert result.replicas("ensemble") == 2 and result.replicas("bootstrap_data") == 2 and "smearing_up" in result.weights_systematics
     assert result.settings["method"] == "omnifold"

@@ -152,6 +152,9 @@ def run_unfolding(config: AnalysisConfig, *, out: Path, quick: bool = False, dev
     band = published.histogram("z", edges)
     truth = _histograms(edges, data.truth[:, 0], torch.ones(len(data.truth)))
     chi2 = chi2_ndf(band.nominal, truth, band.covariance, reference_covariance=torch.diag(truth))
+    # a covariance estimated from R replicas has rank <= R - 1: with fewer replicas than bins the missing
+    # directions carry only the truth's statistics, and the chi2 is biased high
+    rank = int(torch.linalg.matrix_rank(band.covariance, hermitian=True))
     detector = _histograms(edges, data.reco[:, 0], torch.ones(len(data.reco)))
     prior = _histograms(edges, z[sim.pass_gen], sim.weights_or_ones()[sim.pass_gen]) * (n_data / n_sim)
     document: dict[str, Any] = {
@@ -173,7 +176,9 @@ def run_unfolding(config: AnalysisConfig, *, out: Path, quick: bool = False, dev
                       "shift_smearing_up": band.shifts["smearing_up"].tolist() if "smearing_up" in band.shifts else None,
                       "truth": truth.tolist(), "ibu": ibu.result.final.tolist(), "detector": detector.tolist(), "prior": prior.tolist(),
                       "generative": None if gen_hist is None else gen_hist.tolist()},
-        "chi2_omnifold_vs_truth": {"chi2": chi2.chi2, "ndf": chi2.ndf, "p_value": chi2.p_value},
+        "chi2_omnifold_vs_truth": {"chi2": chi2.chi2, "ndf": chi2.ndf, "p_value": chi2.p_value,
+                                   "covariance_rank": rank, "bins": int(band.nominal.numel()),
+                                   "complete_covariance": rank >= band.nominal.numel()},
         "diagnostics": [d.to_dict() for d in res.diagnostics],
     }
     write_results(out, document, kind=cfg.kind, metadata={"analysis": cfg.name})
@@ -188,5 +193,9 @@ def run_unfolding(config: AnalysisConfig, *, out: Path, quick: bool = False, dev
                      f"({m['ideal'][k][0]:+.4f}, {m['ideal'][k][1]:.4f})   ({m['omnifold_pull'][k][0]:+.2f}, {m['omnifold_pull'][k][1]:+.2f})")
     lines.append(f"  unfolded total {document['unfolded_total']['omnifold']:.0f} vs truth {len(data.truth)}; "
                  f"chi2/ndf vs truth {chi2.chi2:.1f}/{chi2.ndf} (replica covariance + truth statistics)")
+    if rank < band.nominal.numel():
+        lines.append(f"  note: the replica covariance has rank {rank} for {band.nominal.numel()} bins ({lay.to_dict()}): in the "
+                     "missing directions only the truth's statistics enter, so this chi2 is biased high. For a chi2 use more "
+                     "bootstrap replicas than bins ([unfolding] bootstrap_data / bootstrap_mc) or fewer bins.")
     lines.append(f"wrote {out / 'results.json'}, {out / 'unfolded.h5'}" + (", plots" if plotted else " (no matplotlib: no plots)"))
     return "\n".join(lines)
