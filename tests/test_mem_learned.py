@@ -17,7 +17,8 @@ from scipy.stats import norm
 from sbilab.estimators import ConditionalDensity, get_loss
 from sbilab.events import Events
 from sbilab.exceptions import ConfigError, ExtrapolationWarning, OutOfSupportError
-from sbilab.mem import (ACCEPTANCE_TRAINING, BoxProposal, CoverageWarning, FiducialCrossSection, LearnedTransfer, MultiChannel, Proposal, calls_for_precision, check_coverage,
+from sbilab.mem import (ACCEPTANCE_TRAINING, BoxProposal, CoverageWarning, FiducialCrossSection, LearnedTransfer, MultiChannel, Proposal,
+                        calls_for_precision, check_coverage,
                         check_normalisation, fit_proposal, fit_sampler, integrate, PROPOSAL_TRAINING, SAMPLER_TRAINING)
 from sbilab.mem.flows import FlowProposal
 from sbilab.mem.mappings import truncated_normal_log_prob, truncated_normal_map
