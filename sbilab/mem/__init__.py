@@ -18,7 +18,7 @@ integrand's variance, :func:`fit_sampler`). The detector may be learned too
 :class:`~sbilab.stats.UnbinnedLikelihood` and :func:`~sbilab.stats.fit_toys` take unchanged.
 """
 
-from .coverage import CoverageCheck, CoverageWarning, check_coverage
+from .coverage import AgreementCheck, CoverageCheck, CoverageWarning, check_agreement, check_coverage
 from .fiducial import FiducialCrossSection
 from .flows import PROPOSAL_TRAINING, SAMPLER_TRAINING, Anchor, FlowProposal, fit_proposal, fit_sampler
 from .fitting import IntegrationNoise, integration_noise
@@ -59,6 +59,8 @@ __all__ = [
     "CoverageCheck",
     "CoverageWarning",
     "check_coverage",
+    "AgreementCheck",
+    "check_agreement",
     # learned pieces
     "FlowProposal",
     "Anchor",

@@ -17,6 +17,14 @@ raises a :class:`CoverageWarning`; :class:`~sbilab.mem.likelihood.MatrixElementL
 runs it on the first events it sees when given ``coverage=``. The broad estimate is itself
 noisy, so the check finds misses larger than a few of its standard errors; a proposal that
 is *high* against the broad one is not flagged (the broad one missed).
+
+**Bias over many events.** Per-event pulls :math:`(\log\hat I^q - \log\hat I^b)/\delta` are the
+wrong test of unbiasedness for importance sampling: a weight distribution with a long upper
+tail makes the estimate and its stated error from the same samples correlate (a draw that
+missed the rare large weights is low *and* has a small error), so the mean pull is negative
+for an unbiased estimator (toy 2, learned proposal at 2048 samples, 50 events × 40 seeds
+against quadrature: mean pull −0.20, mean of :math:`\hat I^q/I - 1` :math:`(+4.9 \pm 6.6)\times10^{-4}`). :func:`check_agreement` tests the raw relative
+differences instead: their mean over events against its standard error from their spread.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from .integrate import Integral, integrate
 from .model import MatrixElement
 from .proposals import Proposal
 
-__all__ = ["CoverageCheck", "CoverageWarning", "check_coverage", "compare_integrals"]
+__all__ = ["CoverageCheck", "CoverageWarning", "check_coverage", "compare_integrals", "AgreementCheck", "check_agreement"]
 
 
 class CoverageWarning(UserWarning):
@@ -139,3 +147,58 @@ def check_coverage(
     own = integrate(model, x[rows], theta[rows], proposal, samples=samples, seed=seed)
     ref = integrate(model, x[rows], theta[rows], broad, samples=broad_samples, seed=seed + 7919)
     return compare_integrals(own, ref, rows, threshold=threshold, tolerance=tolerance, warn=warn)
+
+
+@dataclass(frozen=True)
+class AgreementCheck(ResultBase):
+    r"""Whether two estimators of the same per-event integrals agree on average (unbiasedness).
+
+    With :math:`d_i = \hat I^q_i/\hat I^r_i - 1` over the ``events`` events:
+
+    Attributes:
+        events: Number of events with both estimates positive.
+        mean_difference: :math:`\bar d`, the mean relative difference.
+        standard_error: :math:`\mathrm{sd}(d)/\sqrt n`: from the spread of the differences, not
+            from the stated errors (which correlate with the estimates).
+        t: ``mean_difference / standard_error``.
+        mean_pull, sd_pull: Mean and standard deviation of the per-event pulls
+            :math:`(\log\hat I^q - \log\hat I^r)/\sqrt{\delta_q^2 + \delta_r^2}` (for information:
+            biased negative for heavy-tailed weights, see the module text).
+        threshold: ``|t|`` above which :attr:`passed` is false.
+    """
+
+    events: int
+    mean_difference: float
+    standard_error: float
+    t: float
+    mean_pull: float
+    sd_pull: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        """The mean relative difference is within ``threshold`` standard errors of zero."""
+        return abs(self.t) <= self.threshold
+
+
+def check_agreement(own: Integral, reference: Integral, *, threshold: float = 3.0) -> AgreementCheck:
+    r"""Test that ``own`` estimates the same integrals as ``reference`` on average over the events.
+
+    Both are :class:`~sbilab.mem.integrate.Integral` of the same events with independent
+    noise. The test statistic is the mean of :math:`d_i = \hat I^q_i/\hat I^r_i - 1` over its
+    standard error from the spread of the :math:`d_i` (events independent), so an unbiased
+    estimator with heavy-tailed weights passes and one low by a fixed fraction fails once that
+    fraction exceeds a few :math:`\mathrm{sd}(d)/\sqrt n`. The reference's own noise biases
+    :math:`\bar d` by about :math:`+\overline{\delta_r^2}` (Jensen), negligible when the
+    reference is the more precise of the two.
+    """
+    a, b = own.log_value.to(torch.float64), reference.log_value.to(torch.float64)
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    n = int(ok.sum())
+    d = torch.exp(a[ok] - b[ok]) - 1
+    pull = (a[ok] - b[ok]) / torch.sqrt(own.rel_error[ok].double() ** 2 + reference.rel_error[ok].double() ** 2)
+    mean = float(d.mean()) if n else float("nan")
+    se = float(d.std() / n**0.5) if n > 1 else float("nan")
+    t = mean / se if n > 1 and se > 0 else (0.0 if n > 1 and mean == 0 else float("nan"))
+    return AgreementCheck(n, mean, se, t, float(pull.mean()) if n else float("nan"), float(pull.std()) if n > 1 else float("nan"),
+                          float(threshold))

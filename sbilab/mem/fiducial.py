@@ -26,11 +26,12 @@ from the benchmark points alone (exact on the same sample).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
-from ..exceptions import ConfigError, IntegrandError
+from ..exceptions import ConfigError, ExtrapolationWarning, IntegrandError
 from ..simulators.weighted import MorphingBasis
 from .model import MatrixElement
 from .noise import CommonNoise, Sequence
@@ -57,6 +58,17 @@ class FiducialCrossSection:
         draws: Observations drawn per point; their pass fraction replaces the 0/1 of one draw
             (less noise from the cuts at no cost per evaluation when W has no nuisance).
         chunk: Samples per evaluation batch (bounds memory).
+        support_tolerance: Largest neglected fraction (:meth:`neglected`) accepted in silence.
+
+    A learned transfer function (:class:`~sbilab.mem.learned.LearnedTransfer`) is not drawn
+    from at parton points outside the range it was trained on (its ``covers``): it would
+    extrapolate there. Those points count as failing the cuts; what they could have added,
+    :math:`\frac1n\sum_{j\,\mathrm{untrained}} d\sigma\,\epsilon/q` (an upper bound, the pass
+    probability being at most one), is :meth:`neglected`. With a learned acceptance it is
+    about zero (no accepted training pair came from there) and nothing is said; a point where it
+    exceeds ``support_tolerance`` of :math:`\sigma_\mathrm{fid}` gets one
+    :class:`~sbilab.exceptions.ExtrapolationWarning` per instance (train the transfer function
+    on partons covering the sampler's range, or narrow the sampler).
 
     Raises:
         ConfigError: the selection is not invariant under the model's permutations, or the
@@ -75,6 +87,7 @@ class FiducialCrossSection:
         seed: int = 0,
         draws: int = 1,
         chunk: int = 2**18,
+        support_tolerance: float = 1e-3,
     ) -> None:
         self.model = model
         self.samples = int(samples)
@@ -90,19 +103,31 @@ class FiducialCrossSection:
         z, log_q = sampler.transform(u, None)
         prep = model.prepare(z.to(torch.float64), log_q.to(torch.float64), torch.zeros(1, model.width, dtype=torch.float64))
         z, y = prep.z[0], prep.y[0]
-        gen = torch.Generator().manual_seed(int(seed) + 1)
-        y_rep = y.repeat_interleave(self.draws, 0)
-        x = model.transfer.sample(y_rep, self.nuisance.expand(y_rep.shape[0], k), gen)
-        passed = model.selected(x)
-        for perm_x in model.permuted(x).unbind(1)[1:]:
-            if not bool((model.selected(perm_x) == passed).all()):
-                raise ConfigError("the selection depends on the order of objects that the permutations exchange; "
-                                  "make the cuts symmetric under the permutations (e.g. cut on sorted objects).")
-        passed = passed.reshape(self.samples, self.draws)
         inside = torch.isfinite(prep.log_base[0])  # rejected draws (outside the box) have log_base = -inf
         log_static = prep.log_base[0] - log_q[0].to(torch.float64)
         if not bool(torch.isfinite(log_static[inside]).all()):
             raise IntegrandError(f"{type(sampler).__name__} returned a non-finite log q at some of its own samples inside the box.")
+        # a learned transfer function is only drawn from where it was trained; the rest counts as failing the cuts
+        covers = getattr(model.transfer, "covers", None)
+        trained = torch.ones_like(inside) if covers is None else torch.as_tensor(covers(y), dtype=torch.bool)
+        untrained = inside & ~trained
+        self.support_tolerance = float(support_tolerance)
+        self._out_point = torch.nonzero(untrained)[:, 0]
+        self._out_z, self._out_log_static = z[untrained], log_static[untrained]
+        self._support_warned = False
+        gen = torch.Generator().manual_seed(int(seed) + 1)
+        rows = trained.repeat_interleave(self.draws, 0)
+        y_rep = y.repeat_interleave(self.draws, 0)
+        x = torch.full_like(y_rep, math.nan)
+        if bool(rows.any()):
+            x[rows] = model.transfer.sample(y_rep[rows], self.nuisance.expand(int(rows.sum()), k), gen).to(x.dtype)
+        passed = model.selected(x) & rows
+        for perm_x in model.permuted(x[rows]).unbind(1)[1:]:
+            if not bool((model.selected(perm_x) == passed[rows]).all()):
+                raise ConfigError("the selection depends on the order of objects that the permutations exchange; "
+                                  "make the cuts symmetric under the permutations (e.g. cut on sorted objects).")
+        passed = passed.reshape(self.samples, self.draws)
+        inside = inside & trained  # the untrained points are kept apart (_out_*): see neglected()
         # with a known total, the (small) failing part is estimated and subtracted: a control variate
         self._subtract = getattr(model.process, "total", lambda alpha: None)(torch.zeros(1, model.n_alpha, dtype=torch.float64) + 1) is not None
         counted = ~passed if self._subtract else passed
@@ -158,6 +183,34 @@ class FiducialCrossSection:
                 f"morphed {float(morphed[0]):.6g}); dsigma is not a polynomial of degree {basis.max_total_power} in alpha."
             )
 
+    def _out_terms(self, alpha: Tensor) -> Tensor:
+        """Contributions ``(U, n_out)`` the untrained points would make if all of them passed the cuts."""
+        if not len(self._out_z):
+            return torch.zeros(alpha.shape[0], 0, dtype=torch.float64)
+        return self.model.dsigma(self._out_z.unsqueeze(0), alpha.unsqueeze(1)) * torch.exp(self._out_log_static)
+
+    def neglected(self, theta: Tensor) -> Tensor:
+        r"""Upper bound on what the points outside the transfer function's training range add, relative to
+        :math:`\hat\sigma_\mathrm{fid}`, at ``theta (U, P)``: ``(U,)`` (zeros for a transfer function without a range)."""
+        theta = torch.as_tensor(theta, dtype=torch.float64).reshape(-1, len(self.model.parameter_names))
+        with torch.no_grad():
+            value, _ = self.evaluate(theta)
+            return self._out_terms(self.model.split(theta)[0]).sum(1) / self.samples / value
+
+    def _check_support(self, theta: Tensor, out: Tensor, value: Tensor) -> None:
+        if self._support_warned or not len(self._out_z):
+            return
+        frac = out / value.clamp(min=1e-300)
+        if bool((frac > self.support_tolerance).any()):
+            i = int(frac.argmax())
+            self._support_warned = True
+            warnings.warn(
+                f"FiducialCrossSection: {len(self._out_z)} of {self.samples} sampled parton points lie outside the range the "
+                f"transfer function was trained on; they are counted as failing the cuts, which may leave out up to "
+                f"{float(frac[i]):.3g} of sigma_fid at theta={theta[i].tolist()} (tolerance {self.support_tolerance:g}). Train the "
+                "transfer function on partons covering the sampler's range (or narrow the sampler).",
+                ExtrapolationWarning, stacklevel=4)
+
     # ------------------------------------------------------------------ values
     def evaluate(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`\hat\sigma_\mathrm{fid}` and its Monte Carlo error at ``theta (U, P)`` (model order).
@@ -179,9 +232,15 @@ class FiducialCrossSection:
         else:
             terms = self._terms(alpha, nuisance)
         counted = terms.sum(1) / self.samples
+        out_terms = self._out_terms(alpha)
+        if self._subtract:  # the untrained points fail the cuts: subtracted from the total with the rest
+            counted = counted + out_terms.sum(1) / self.samples
         value = self.model.process.total(alpha).to(torch.float64) - counted if self._subtract else counted  # type: ignore[attr-defined]
         with torch.no_grad():
             per_point = torch.zeros(terms.shape[0], self.samples, dtype=torch.float64).index_add_(1, self._point, terms.detach())
+            if self._subtract:
+                per_point.index_add_(1, self._out_point, out_terms.detach())
+            self._check_support(theta, out_terms.detach().sum(1) / self.samples, value.detach())
             if self.replicas == 1:
                 var = (per_point**2).mean(1) - counted.detach() ** 2
                 error = torch.sqrt(var.clamp(min=0) / self.samples)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..estimators import Classifier, ConditionalDensity, classifier_training_data, get_loss
+from ..estimators.support import training_support
 from ..events import Events
 from ..exceptions import ConfigError, ShapeMismatchError
 from ..nets.flows import FlowSpec
@@ -159,6 +160,20 @@ class LearnedTransfer:
             r = density.sample(1, y[:, cols].to(density.low.dtype), generator=generator)[0].to(y.dtype)
             x[:, cols] = _from_response(self.response, r, y[:, cols])
         return x
+
+    def covers(self, y: Tensor) -> Tensor:
+        """Parton points ``y (..., D)`` inside every density's training range of contexts (with its margin), ``(...)`` bool.
+
+        Outside, the densities extrapolate (:class:`~sbilab.exceptions.ExtrapolationWarning` from
+        :meth:`sample`); :class:`~sbilab.mem.FiducialCrossSection` draws only where this is true.
+        A density without a recorded range covers everything."""
+        flat = y.reshape(-1, self.width)
+        ok = torch.isfinite(flat).all(-1)
+        for density, cols in self.blocks:
+            support = training_support(density)
+            if support is not None:
+                ok = ok & ~support.outside(flat[:, cols])
+        return ok.reshape(y.shape[:-1])
 
     def support(self, x: Tensor) -> Tensor:
         """Finite rows inside every block's bounds (``"absolute"``; any finite row otherwise), ``(N,)`` bool."""
