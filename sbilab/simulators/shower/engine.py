@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -50,7 +51,7 @@ from .history import COLUMNS, HISTORY_VERSION
 from .kernels import CA, CF, NF, TR, Overestimate, RunningCoupling
 from .kinematics import dipole_map, hard_process, mdot, z_minus
 
-__all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot", "z_minus"]
+__all__ = ["ShowerSettings", "ShowerState", "run_shower", "run_showers", "hard_process", "dipole_map", "mdot", "z_minus"]
 
 _F64 = torch.float64
 GLUON = 21
@@ -320,24 +321,55 @@ class _Veto:
         self._refresh(a, x, sides)
 
 
-    def result(self) -> ShowerState:
+    def finish(self) -> None:
+        """Move the rows still held to ``finished`` (the final state is complete)."""
         self.finished.append({key: self.state[key] for key in _OUTPUT})
-        n = self.n
-        out = {key: torch.cat([f[key] for f in self.finished]) for key in ("orig", "npart", "count")}
-        width = int(out["npart"].max()) if n else 2
-        momenta = torch.zeros(n, width, 4, dtype=_F64)
-        pid = torch.zeros(n, width, dtype=torch.long)
-        for f in self.finished:
-            w = min(width, f["pid"].shape[1])
-            momenta[f["orig"], :w] = torch.stack([f[key][:, :w] for key in _COMPONENTS], 2)
-            pid[f["orig"], :w] = f["pid"][:, :w].long()
-        npart = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["npart"])
-        count = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["count"])
-        t_max = int(count.max()) if n else 0
-        history = torch.zeros(n * t_max, len(COLUMNS), dtype=_F64)
-        for event, position, rows in self.log:
-            history.index_copy_(0, event * t_max + position, rows)
-        return ShowerState(momenta, pid, npart, history.view(n, t_max, len(COLUMNS)), count)
+        self.state = {}
+
+
+def _assemble(vetoes: list[_Veto]) -> ShowerState:
+    """One :class:`ShowerState` of the finished showers ``vetoes`` (their events in order), padded once."""
+    offsets, n = [], 0
+    for veto in vetoes:
+        offsets.append(n)
+        n += veto.n
+    parts = [(off, f) for off, veto in zip(offsets, vetoes) for f in veto.finished]
+    events = torch.cat([off + f["orig"] for off, f in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    npart = torch.zeros(n, dtype=torch.long).index_copy_(0, events, torch.cat([f["npart"] for _, f in parts]))
+    count = torch.zeros(n, dtype=torch.long).index_copy_(0, events, torch.cat([f["count"] for _, f in parts]))
+    width = int(npart.max()) if n else 2
+    momenta = torch.zeros(n, width, 4, dtype=_F64)
+    pid = torch.zeros(n, width, dtype=torch.long)
+    for off, f in parts:
+        w = min(width, f["pid"].shape[1])
+        momenta[off + f["orig"], :w] = torch.stack([f[key][:, :w] for key in _COMPONENTS], 2)
+        pid[off + f["orig"], :w] = f["pid"][:, :w].long()
+    t_max = int(count.max()) if n else 0
+    history = torch.zeros(n * t_max, len(COLUMNS), dtype=_F64)
+    for off, veto in zip(offsets, vetoes):
+        for event, position, rows in veto.log:
+            history.index_copy_(0, (event + off) * t_max + position, rows)
+        veto.log = []
+    return ShowerState(momenta, pid, npart, history.view(n, t_max, len(COLUMNS)), count)
+
+
+def run_showers(thetas: Iterable[Tensor], settings: ShowerSettings, *, generator: torch.Generator | None = None,
+                max_steps: int = 100_000) -> ShowerState:
+    r"""Shower the chunks ``thetas`` (each ``(N_c, 3)`` = (D, F, C), one event per row) one after the other.
+
+    Returns one :class:`ShowerState` of all events in order, padded once to the largest parton
+    and trial counts of all chunks (no per-chunk padded copies). θ must be checked by the caller
+    (:meth:`~.kernels.Overestimate.check`).
+    """
+    vetoes = []
+    for theta in thetas:
+        veto = _Veto(theta, settings, generator)
+        for _ in range(max_steps):
+            if not veto.step():
+                break
+        veto.finish()
+        vetoes.append(veto)
+    return _assemble(vetoes)
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
@@ -349,8 +381,4 @@ def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Gene
     Returns:
         :class:`ShowerState` with final-state momenta, flavours and the stored trial history.
     """
-    veto = _Veto(theta, settings, generator)
-    for _ in range(max_steps):
-        if not veto.step():
-            break
-    return veto.result()
+    return run_showers([theta], settings, generator=generator, max_steps=max_steps)
