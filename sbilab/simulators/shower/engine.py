@@ -108,8 +108,8 @@ class _Veto:
     (emitter slot, side) ``(B, 2M)`` at ``row * 2M + 2 slot + side``: the spectator slot ``part``,
     :math:`m^2`, :math:`z_-`, :math:`L = \\ln(z_+/z_-)`, the rate ``r0`` of the emitter's first
     kernel and the entry's total rate ``rt``; ``cum (B, 2M + 1)`` is the cumulative total with a
-    leading zero. Each step writes its trials straight into the padded history at their
-    event's next position (a spare last row takes the trials that are not stored).
+    leading zero. Each step appends its stored trials to ``log`` as (event, position, rows);
+    :func:`_assemble` pads them into the ``(N, T, K)`` history once, after the last step.
     """
 
     def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None, trials: int = TRIALS) -> None:
