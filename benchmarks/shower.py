@@ -5,7 +5,9 @@ r"""QCD splitting kernels: shower speed, exact-history gold on the primary-emiss
    e⁺e⁻ → qq̄ at 91.2 GeV, t0 = 1 GeV², history stored. The batched shower runs 10⁴ and 10⁵
    events; the reference, whose cost per event does not depend on the batch, runs ``--n-reference``
    events and its rate is used for both. CPU time (``time.process_time``) is the primary figure
-   because the machine is shared; wall times are printed beside it. Also: the cost per event of
+   because the machine is shared; wall times are printed beside it. Each size is one ``sample`` call
+   (chunks of 2·10⁴ showered one after the other and padded once), validation of the ``Events``
+   included. Also: the cost per event of
    ``joint_log_prob`` + the joint score (``joint_score``, autograd) on 10⁴ events.
 2. **Toy.** On the exact primary-emission toy (x = the set of emissions (ln t, z), deep-sets
    ratio estimators), the MSE of the learned log r̂(x|θ) against the exact log r on held-out

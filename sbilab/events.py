@@ -180,6 +180,8 @@ class Events:
             value = getattr(self, name)
             if value is None or name in MASK_FIELDS or not value.is_floating_point():
                 continue
+            if bool(torch.isfinite(value.sum())):  # a NaN or inf entry makes the sum non-finite: one pass, no copy
+                continue
             bad = ~torch.isfinite(value)
             mask = getattr(self, SET_FIELDS[name]) if name in SET_FIELDS else None
             if mask is not None:

@@ -1,4 +1,4 @@
-r"""The batched veto algorithm: one trial per still-active event per step, all events at once.
+r"""The batched veto algorithm: :data:`TRIALS` successive trials per still-active event per step, all events at once.
 
 Algorithm (Höche's final-state dipole shower, arXiv:1411.4085, with the competition of the
 dipoles written as one sum of rates). For an event at scale :math:`t`, every colour-connected
@@ -26,6 +26,13 @@ spectator on their colour line; g → qq̄ cuts the gluon's line into two. An ev
 the next scale falls below :math:`t_0`. Every draw comes from one ``torch.Generator``; rates are
 cached per event and recomputed only for events whose kinematics changed.
 
+Rates change only when a trial is accepted, so each step draws :data:`TRIALS` successive trials
+per event at once (scales :math:`\ln(t_j/\Lambda^2) = \ln(t/\Lambda^2)\prod_{l \le j} u_l^{2\pi b_0/R}`,
+each with its own candidate, z, accept and φ draws) and keeps them up to and including the first
+accepted one; the later ones are discarded unused. This is the same sequential veto algorithm
+(the discarded trials would have been drawn after the emission, from other rates), with about
+four times fewer steps than one trial per step.
+
 The colour state is a doubly linked list per event: ``nxt[i]`` is the parton whose anticolour
 carries i's colour, ``prv[i]`` the one whose colour carries i's anticolour (-1: none). e⁺e⁻ → qq̄
 never forms closed gluon loops, so each partner is a distinct dipole.
@@ -35,19 +42,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
 from .history import COLUMNS, HISTORY_VERSION
 from .kernels import CA, CF, NF, TR, Overestimate, RunningCoupling
+from .kinematics import dipole_map, hard_process, mdot, z_minus
 
-__all__ = ["ShowerSettings", "ShowerState", "run_shower", "hard_process", "dipole_map", "mdot", "z_minus"]
+__all__ = ["ShowerSettings", "ShowerState", "run_shower", "run_showers", "hard_process", "dipole_map", "mdot", "z_minus"]
 
 _F64 = torch.float64
 GLUON = 21
-COMPACT = 0.5
+COMPACT = 0.7
 """Live rows are compacted when fewer than this fraction of them still shower."""
+TRIALS = 6
+"""Successive veto-algorithm trials drawn per live event and step (module docstring)."""
 _COMPONENTS = ("p0", "p1", "p2", "p3")
 _DIPOLE = ("m2", "zm", "L", "r0", "rt")
 _OUTPUT = ("orig", *_COMPONENTS, "pid", "npart", "count")
@@ -87,77 +98,6 @@ class ShowerState:
     n_trials: Tensor
 
 
-def mdot(a: Tensor, b: Tensor) -> Tensor:
-    """Minkowski product of ``(..., 4)`` vectors (metric +,-,-,-)."""
-    return a[..., 0] * b[..., 0] - (a[..., 1:] * b[..., 1:]).sum(-1)
-
-
-def hard_process(n: int, ecms: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    r"""e⁺e⁻ → qq̄: back-to-back massless q, q̄ with :math:`\cos\vartheta \sim 1 + \cos^2\vartheta`.
-
-    The flavour is uniform over d, u, s, c, b (massless). :math:`\cos\vartheta` is the real root
-    of :math:`c^3 + 3c + 4 - 8u = 0`, :math:`c = -2\sinh(\tfrac13 \operatorname{arsinh}(2 - 4u))`.
-
-    Returns:
-        momenta ``(n, 2, 4)`` float64, pid ``(n, 2)`` (quark, antiquark).
-    """
-    u = torch.rand(n, 3, generator=generator, dtype=_F64)
-    cos = -2.0 * torch.sinh(torch.asinh(2.0 - 4.0 * u[:, 0]) / 3.0)
-    sin = torch.sqrt((1.0 - cos**2).clamp(min=0.0))
-    phi = 2.0 * math.pi * u[:, 1]
-    direction = torch.stack([sin * torch.cos(phi), sin * torch.sin(phi), cos], dim=1)
-    energy = torch.full((n, 1), ecms / 2.0, dtype=_F64)
-    momenta = torch.stack([torch.cat([energy, energy * direction], 1), torch.cat([energy, -energy * direction], 1)], 1)
-    flavour = 1 + (u[:, 2] * NF).long().clamp(max=NF - 1)
-    return momenta, torch.stack([flavour, -flavour], dim=1)
-
-
-def _transverse_basis(pij: Tensor, pk: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Two unit spacelike vectors ``(B, 4)`` orthogonal to the massless ``pij``, ``pk`` ``(B, 4)`` and to each other.
-
-    :math:`n_1` is the axis :math:`r = (0, \hat e)` projected on the plane orthogonal to both,
-    :math:`n = r - [(r\cdot p_k)\,p_{ij} + (r\cdot p_{ij})\,p_k]/(p_{ij}\cdot p_k)`, with
-    :math:`n^2 = -1 - 2 a_e b_e/(p_{ij}\cdot p_k)` for the spatial parts a, b: the axis with the
-    largest :math:`a_e b_e` keeps :math:`|n^2| \ge 2/3`. :math:`n_2 = \epsilon(p_{ij}, p_k, n_1)/(p_{ij}\cdot p_k)`,
-    in three-vector form :math:`(\vec a\cdot(\vec b\times\vec w),\ A_0\,\vec b\times\vec w + B_0\,\vec w\times\vec a
-    + n_0\,\vec a\times\vec b)` for :math:`n_1 = (n_0, \vec w)`, orthogonal to all three by construction.
-    """
-    ea, a, eb, b = pij[:, 0], pij[:, 1:], pk[:, 0], pk[:, 1:]
-    pp = ea * eb - (a * b).sum(1)
-    best = (a * b).argmax(dim=1, keepdim=True)
-    ae, be = a.gather(1, best).squeeze(1), b.gather(1, best).squeeze(1)
-    onehot = torch.zeros_like(a).scatter_(1, best, 1.0)
-    scale = 1.0 / (pp * torch.sqrt(1.0 + 2.0 * ae * be / pp))
-    n0 = (be * ea + ae * eb) * scale
-    w = onehot * (pp * scale).unsqueeze(1) + (be * scale).unsqueeze(1) * a + (ae * scale).unsqueeze(1) * b
-    bw, wa, ab = torch.linalg.cross(b, w), torch.linalg.cross(w, a), torch.linalg.cross(a, b)
-    m0 = (a * bw).sum(1)
-    m = ea.unsqueeze(1) * bw + eb.unsqueeze(1) * wa + n0.unsqueeze(1) * ab
-    return torch.cat([n0.unsqueeze(1), w], 1), torch.cat([m0.unsqueeze(1), m], 1) / pp.unsqueeze(1)
-
-
-def dipole_map(pij: Tensor, pk: Tensor, z: Tensor, omz: Tensor, y: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Catani–Seymour final-final map :math:`(\tilde p_{ij}, \tilde p_k) \to (p_i, p_j, p_k)` (module docstring).
-
-    Args:
-        pij, pk: ``(B, 4)`` massless momenta of emitter and spectator.
-        z, omz, y, phi: ``(B,)``; ``omz`` = 1 - z computed without cancellation.
-    """
-    m2 = 2.0 * mdot(pij, pk)
-    kt = torch.sqrt((m2 * y * z * omz).clamp(min=0.0))
-    n1, n2 = _transverse_basis(pij, pk)
-    k_perp = kt.unsqueeze(-1) * (torch.cos(phi).unsqueeze(-1) * n1 + torch.sin(phi).unsqueeze(-1) * n2)
-    z_, omz_, y_ = z.unsqueeze(-1), omz.unsqueeze(-1), y.unsqueeze(-1)
-    pi = z_ * pij + omz_ * y_ * pk + k_perp
-    pj = omz_ * pij + z_ * y_ * pk - k_perp
-    return pi, pj, (1.0 - y_) * pk
-
-
-def z_minus(m2: Tensor, t0: float) -> Tensor:
-    r""":math:`z_- = 2t_0/(m^2(1 + \sqrt{1 - 4t_0/m^2}))` (no cancellation; :math:`z_+ = 1 - z_-`), ``m2 (...)`` above :math:`4t_0`."""
-    return 2.0 * t0 / (m2 * (1.0 + torch.sqrt((1.0 - 4.0 * t0 / m2).clamp(min=0.0))))
-
-
 class _Veto:
     """State of the batched veto algorithm over the still-showering events (module docstring).
 
@@ -168,13 +108,13 @@ class _Veto:
     (emitter slot, side) ``(B, 2M)`` at ``row * 2M + 2 slot + side``: the spectator slot ``part``,
     :math:`m^2`, :math:`z_-`, :math:`L = \\ln(z_+/z_-)`, the rate ``r0`` of the emitter's first
     kernel and the entry's total rate ``rt``; ``cum (B, 2M + 1)`` is the cumulative total with a
-    leading zero. Each step writes its trials straight into the padded history at their
-    event's next position (a spare last row takes the trials that are not stored).
+    leading zero. Each step appends its stored trials to ``log`` as (event, position, rows);
+    :func:`_assemble` pads them into the ``(N, T, K)`` history once, after the last step.
     """
 
-    def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None) -> None:
+    def __init__(self, theta: Tensor, settings: ShowerSettings, generator: torch.Generator | None, trials: int = TRIALS) -> None:
         s, over = settings, settings.overestimate
-        self.s, self.gen, self.n = s, generator, theta.shape[0]
+        self.s, self.gen, self.n, self.k = s, generator, theta.shape[0], int(trials)
         self.ell0 = math.log(s.t0 / s.coupling.lambda2)
         self.k_scale = 2.0 * math.pi * s.coupling.b0
         self.a_soft = torch.tensor([over.soft, CA, 0.0], dtype=_F64)  # P-hat(z) = a_s/(1-z) + a_f per kernel code
@@ -201,10 +141,10 @@ class _Veto:
         self._index()
         self._refresh(torch.arange(n), torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long))
         self.finished: list[dict[str, Tensor]] = []
-        self.t_cap = 32  # history rows per event; the last row of `history` takes the trials that are not stored
-        self.history = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
-        self.version = torch.full((n,), float(HISTORY_VERSION), dtype=_F64)
-        self.np_bound, self.count_bound = 2, 0  # upper bounds of the live rows' largest parton and trial counts
+        self.log: list[tuple[Tensor, Tensor, Tensor]] = []  # stored trials per step: (event, position, (S, K) rows)
+        self.version = torch.full((n * self.k,), float(HISTORY_VERSION), dtype=_F64)  # the version column
+        self.ks = torch.arange(self.k)
+        self.np_bound = 2  # upper bound of the live rows' largest parton count
 
     def _index(self) -> None:
         """Row bases of the flat tables for the current rows and capacity."""
@@ -235,16 +175,6 @@ class _Veto:
         st["cum"] = torch.cat([st["cum"], st["cum"][:, -1:].expand(b, 2 * m)], 1)
         self.m = 2 * m
         self._index()
-
-    def _grow_history(self) -> None:
-        """Make room for more trials per event once some live event may have filled its rows."""
-        top = int(self.state["count"].max())
-        if top >= self.t_cap:
-            n, old, self.t_cap = self.n, self.t_cap, self.t_cap + 16
-            grown = torch.zeros(n * self.t_cap + 1, len(COLUMNS), dtype=_F64)
-            grown[:-1].view(n, self.t_cap, -1)[:, :old] = self.history[:-1].view(n, old, -1)
-            self.history = grown
-        self.count_bound = top
 
     # ------------------------------------------------------------------ rates
     def _refresh(self, rows: Tensor, x: Tensor, side: Tensor) -> None:
@@ -284,26 +214,27 @@ class _Veto:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> bool:
-        """One trial for every live event; returns whether any event still showers."""
-        st, s, m = self.state, self.s, self.m
+        """``k`` successive trials for every live event, up to its first accepted one; returns whether any event still showers."""
+        st, s, m, kk = self.state, self.s, self.m, self.k
         b = st["orig"].numel()
-        u = torch.rand(5, b, generator=self.gen, dtype=_F64)
-        ell = st["ell"].mul_(u[0].log_().mul_(st["kappa"]).exp_())  # ln(t/Λ²) ← ln(t/Λ²) u^(2π b0/R)
-        go = st["live"].logical_and_(ell > self.ell0)
+        u = torch.rand(5, b, kk, generator=self.gen, dtype=_F64)
+        # ln(t_j/Λ²) = ln(t/Λ²) Π_{l<=j} u_l^(2π b0/R): the rates do not change until a trial is accepted
+        ell = u[0].log_().cumsum_(1).mul_(st["kappa"].unsqueeze(1)).exp_().mul_(st["ell"].unsqueeze(1))
+        alive = (ell > self.ell0).logical_and_(st["live"].unsqueeze(1))
         cum = st["cum"]
-        r = u[1].mul_(cum[:, -1])
-        c = torch.searchsorted(cum, r.unsqueeze(1), right=True).squeeze(1).sub_(1).clamp_(0, 2 * m - 1)
-        v = r - cum.view(-1).index_select(0, self.base_c + c)  # uniform on [0, rate of c), recycled below
-        flat = self.base_d + c
-        m2, zm, log_range, r0 = (st[key].view(-1).index_select(0, flat) for key in _DIPOLE[:4])
-        k = st["part"].view(-1).index_select(0, flat)
+        r = u[1].mul_(cum[:, -1:])
+        c = torch.searchsorted(cum, r, right=True).sub_(1).clamp_(0, 2 * m - 1)
+        v = r.sub_(cum.gather(1, c))  # uniform on [0, rate of c), recycled below
+        flat = (self.base_d.unsqueeze(1) + c).view(-1)
+        m2, zm, log_range, r0 = (st[key].view(-1).index_select(0, flat).view(b, kk) for key in _DIPOLE[:4])
+        k = st["part"].view(-1).index_select(0, flat).view(b, kk)
         i = c >> 1
-        flavour = st["pid"].view(-1).index_select(0, self.base_m + i)
+        flavour = st["pid"].view(-1).index_select(0, (self.base_m.unsqueeze(1) + i).view(-1)).view(b, kk)
         gluon = flavour == GLUON
         second = v >= r0  # g -> q qbar (never for quarks: their r0 is the whole rate)
         v -= r0 * second
         ktype = gluon.long() + second
-        a_s, a_f = self.a_soft.index_select(0, ktype), self.a_flat.index_select(0, ktype)
+        a_s, a_f = self.a_soft[ktype], self.a_flat[ktype]
         soft = v < a_s * log_range
         u2 = u[2]
         omz_soft = torch.exp(-u2 * log_range).mul_(1.0 - zm)  # z_+ (z_-/z_+)^u
@@ -316,29 +247,36 @@ class _Veto:
         omy = 1.0 - y
         p_hat = a_s / omz + a_f
         soft_term = z * omy / (omz + z * y)  # z(1-y)/(1-z(1-y))
-        p_qq = torch.addcmul(torch.addcmul(st["cD"] * soft_term, st["cF"], omz), st["cC"], y * zomz)
+        p_qq = torch.addcmul(torch.addcmul(st["cD"].unsqueeze(1) * soft_term, st["cF"].unsqueeze(1), omz), st["cC"].unsqueeze(1), y * zomz)
         p_gg = torch.addcmul(CA * soft_term, zomz, self.half_ca)
         p_gq = torch.addcmul(self.nf_tr_half, zomz, self.minus_nf_tr)
         value = torch.where(gluon, torch.where(second, p_gq, p_gg), p_qq)
-        inside = (y < 1.0).logical_and_(go)
+        inside = (y < 1.0).logical_and_(alive)
         accept = (u[3] * p_hat < omy * value).logical_and_(inside)
+        first = accept.to(torch.uint8).argmax(1)  # the first accepted trial ends the row's step
+        hit = accept.any(1)
+        last = torch.where(hit, first, kk - 1)
+        stored = inside.logical_and_(self.ks <= last.unsqueeze(1))
+        st["ell"] = ell.gather(1, last.unsqueeze(1)).squeeze(1)
+        go = st["live"].logical_and_(st["ell"] > self.ell0)
         q = torch.floor(u[4] * NF)
         phi = (u[4] * NF - q).mul_(2.0 * math.pi)
         emitted = torch.where(second, -1.0 - q, self.gluon_code)
-        if self.count_bound >= self.t_cap:
-            self._grow_history()
-        rows = torch.stack([t, z, y, phi, ktype.to(_F64), i.to(_F64), k.to(_F64), flavour, emitted, accept.to(_F64), p_hat,
-                            self.version[:b]], 1)
-        self.history.index_copy_(0, torch.where(inside, st["orig"] * self.t_cap + st["count"], self.n * self.t_cap), rows)
-        st["count"] += inside
-        self.count_bound += 1
-        a = torch.nonzero(accept).squeeze(1)
+        sel = torch.nonzero(stored.view(-1)).squeeze(1)
+        if sel.numel():
+            position = (stored.cumsum(1) - 1).add_(st["count"].unsqueeze(1)).view(-1).index_select(0, sel)
+            rows = torch.stack([x.reshape(-1).index_select(0, sel) for x in (t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat)]
+                               + [self.version[:sel.numel()]], 1).to(_F64)
+            self.log.append((st["orig"].index_select(0, torch.div(sel, kk, rounding_mode="floor")), position, rows))
+            st["count"] += stored.sum(1)
+        a = torch.nonzero(hit).squeeze(1)
         if a.numel():
             if self.np_bound >= m:
                 if int(st["npart"].max()) >= self.m:
                     self._grow()
                 self.np_bound = int(st["npart"].max())
-            self._emit(a, *(x.index_select(0, a) for x in (i, k, c & 1, second, emitted, flavour, z, omz, y, phi)))
+            fa = a * kk + first.index_select(0, a)
+            self._emit(a, *(x.reshape(-1).index_select(0, fa) for x in (i, k, c & 1, second, emitted, flavour, z, omz, y, phi)))
             self.np_bound += 1
         live = int(go.sum())
         if live and live < COMPACT * b:
@@ -383,22 +321,55 @@ class _Veto:
         self._refresh(a, x, sides)
 
 
-    def result(self) -> ShowerState:
+    def finish(self) -> None:
+        """Move the rows still held to ``finished`` (the final state is complete)."""
         self.finished.append({key: self.state[key] for key in _OUTPUT})
-        n = self.n
-        out = {key: torch.cat([f[key] for f in self.finished]) for key in ("orig", "npart", "count")}
-        width = int(out["npart"].max()) if n else 2
-        momenta = torch.zeros(n, width, 4, dtype=_F64)
-        pid = torch.zeros(n, width, dtype=torch.long)
-        for f in self.finished:
-            w = min(width, f["pid"].shape[1])
-            momenta[f["orig"], :w] = torch.stack([f[key][:, :w] for key in _COMPONENTS], 2)
-            pid[f["orig"], :w] = f["pid"][:, :w].long()
-        npart = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["npart"])
-        count = torch.zeros(n, dtype=torch.long).index_copy_(0, out["orig"], out["count"])
-        t_max = int(count.max()) if n else 0
-        history = self.history[:-1].view(n, self.t_cap, len(COLUMNS))[:, :t_max]
-        return ShowerState(momenta, pid, npart, history.contiguous(), count)
+        self.state = {}
+
+
+def _assemble(vetoes: list[_Veto]) -> ShowerState:
+    """One :class:`ShowerState` of the finished showers ``vetoes`` (their events in order), padded once."""
+    offsets, n = [], 0
+    for veto in vetoes:
+        offsets.append(n)
+        n += veto.n
+    parts = [(off, f) for off, veto in zip(offsets, vetoes) for f in veto.finished]
+    events = torch.cat([off + f["orig"] for off, f in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    npart = torch.zeros(n, dtype=torch.long).index_copy_(0, events, torch.cat([f["npart"] for _, f in parts]))
+    count = torch.zeros(n, dtype=torch.long).index_copy_(0, events, torch.cat([f["count"] for _, f in parts]))
+    width = int(npart.max()) if n else 2
+    momenta = torch.zeros(n, width, 4, dtype=_F64)
+    pid = torch.zeros(n, width, dtype=torch.long)
+    for off, f in parts:
+        w = min(width, f["pid"].shape[1])
+        momenta[off + f["orig"], :w] = torch.stack([f[key][:, :w] for key in _COMPONENTS], 2)
+        pid[off + f["orig"], :w] = f["pid"][:, :w].long()
+    t_max = int(count.max()) if n else 0
+    history = torch.zeros(n * t_max, len(COLUMNS), dtype=_F64)
+    for off, veto in zip(offsets, vetoes):
+        for event, position, rows in veto.log:
+            history.index_copy_(0, (event + off) * t_max + position, rows)
+        veto.log = []
+    return ShowerState(momenta, pid, npart, history.view(n, t_max, len(COLUMNS)), count)
+
+
+def run_showers(thetas: Iterable[Tensor], settings: ShowerSettings, *, generator: torch.Generator | None = None,
+                max_steps: int = 100_000) -> ShowerState:
+    r"""Shower the chunks ``thetas`` (each ``(N_c, 3)`` = (D, F, C), one event per row) one after the other.
+
+    Returns one :class:`ShowerState` of all events in order, padded once to the largest parton
+    and trial counts of all chunks (no per-chunk padded copies). θ must be checked by the caller
+    (:meth:`~.kernels.Overestimate.check`).
+    """
+    vetoes = []
+    for theta in thetas:
+        veto = _Veto(theta, settings, generator)
+        for _ in range(max_steps):
+            if not veto.step():
+                break
+        veto.finish()
+        vetoes.append(veto)
+    return _assemble(vetoes)
 
 
 def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Generator | None = None,
@@ -410,8 +381,4 @@ def run_shower(theta: Tensor, settings: ShowerSettings, *, generator: torch.Gene
     Returns:
         :class:`ShowerState` with final-state momenta, flavours and the stored trial history.
     """
-    veto = _Veto(theta, settings, generator)
-    for _ in range(max_steps):
-        if not veto.step():
-            break
-    return veto.result()
+    return run_showers([theta], settings, generator=generator, max_steps=max_steps)

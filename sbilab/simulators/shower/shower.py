@@ -23,7 +23,7 @@ from ..base import Simulator
 from ..registry import register_toy
 from ..space import ParameterSpace
 from .detector import Smearing
-from .engine import ShowerSettings, ShowerState, run_shower
+from .engine import ShowerSettings, ShowerState, run_shower, run_showers
 from .history import HISTORY_VERSION, check_history, history_log_prob
 from .kernels import Overestimate, RunningCoupling, check_kernel
 from .observables import FRAME_FEATURES, OBSERVABLES, event_observables, thrust_frame
@@ -128,16 +128,14 @@ class PartonShower(Simulator):
             NegativeKernelError, OverestimateError: some row of θ is not covered (see the class).
         """
         theta = self._theta(torch.as_tensor(theta, dtype=torch.get_default_dtype()), "theta")
-        starts = range(0, theta.shape[0], self.chunk_size)
+        chunks = (theta[s:s + self.chunk_size].to(torch.float64) for s in range(0, theta.shape[0], self.chunk_size))
         if self.progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="shower", leave=False)
-        parts = [self._events(theta[s:s + self.chunk_size], generator) for s in starts]
-        return parts[0] if len(parts) == 1 else Events.concatenate(parts)
+            chunks = tqdm(chunks, desc="shower", leave=False, total=-(-theta.shape[0] // self.chunk_size))
+        return self._events(theta, run_showers(chunks, self.settings, generator=generator), generator)
 
-    def _events(self, theta: Tensor, generator: torch.Generator | None) -> Events:
-        state = run_shower(theta.to(torch.float64), self.settings, generator=generator)
+    def _events(self, theta: Tensor, state: ShowerState, generator: torch.Generator | None) -> Events:
         p = state.momenta
         mask = torch.arange(p.shape[1]).unsqueeze(0) < state.n_particles.unsqueeze(1)
         if self.smearing is not None:
@@ -147,9 +145,11 @@ class PartonShower(Simulator):
         if self.output == "particles":
             x = torch.cat([p, state.pid.to(torch.float64).unsqueeze(-1)], dim=-1).to(dtype)
             return Events(x=x, theta=theta, latent=state.history, latent_mask=latent_mask, mask=mask)
+        fn, step = (thrust_frame if self.output == "thrust_frame" else event_observables), self.chunk_size
+        x = torch.cat([fn(p[s:s + step], mask[s:s + step]) for s in range(0, p.shape[0], step)]).to(dtype)
         if self.output == "thrust_frame":
-            return Events(x=thrust_frame(p, mask).to(dtype), theta=theta, latent=state.history, latent_mask=latent_mask, mask=mask)
-        return Events(x=event_observables(p, mask).to(dtype), theta=theta, latent=state.history, latent_mask=latent_mask)
+            return Events(x=x, theta=theta, latent=state.history, latent_mask=latent_mask, mask=mask)
+        return Events(x=x, theta=theta, latent=state.history, latent_mask=latent_mask)
 
     # ------------------------------------------------------------------ likelihood
     def joint_log_prob(self, events: Events, theta: Tensor) -> Tensor:
