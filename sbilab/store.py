@@ -60,9 +60,9 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .durable import atomic_write_text, fsync_and_hash
-from .events import SET_FIELDS, Events
+from .events import Events
 from .exceptions import StoreError
-from .paired import LEVELS, PairedEvents
+from .paired import PairedEvents
 from .store_format import (
     KINDS,
     MANIFEST,
@@ -71,6 +71,7 @@ from .store_format import (
     STORE_SCHEMA_VERSION,
     acquire_lock,
     chunk_path,
+    conform_arrays,
     is_own_temporary,
     open_h5,
     read_manifest,
@@ -262,48 +263,10 @@ class SimulationStore:
         if self._manifest["fields"] and kind != self.kind:
             raise StoreError(f"{self.path} holds {self.kind!r} events; it cannot take {kind!r} events. Use another store.")
         arrays = {name: t.detach().cpu().numpy() for name, t in events.tensors().items()}
-        arrays, fields = self._conform(arrays)
+        arrays, fields = conform_arrays(self.path, self._manifest["fields"], arrays)
         n, step = len(events), int(self._manifest["max_chunk_rows"])
         for start in range(0, n, step):
             self._commit({k: v[start:start + step] for k, v in arrays.items()}, kind, fields)
-
-    def _conform(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The arrays in the store's layout and the store's fields after this append (set lengths may grow)."""
-        fields = self._manifest["fields"]
-        if not fields:
-            return arrays, fields
-        for prefix in ("", *(f"{level}/" for level in LEVELS)):  # shorter padded sets: pad to the store's length
-            for field, mask in SET_FIELDS.items():
-                f, m = prefix + field, prefix + mask
-                if f in arrays and m in arrays and f in fields and m in fields:
-                    a, longest = arrays[f], fields[f]["shape"][0]
-                    if a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] < longest:
-                        arrays[f] = np.pad(a, ((0, 0), (0, longest - a.shape[1]), (0, 0)))
-                        arrays[m] = np.pad(arrays[m], ((0, 0), (0, longest - a.shape[1])), constant_values=False)
-                    elif a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] > longest:
-                        fields = {**fields, f: {**fields[f], "shape": list(a.shape[1:])}, m: {**fields[m], "shape": [a.shape[1]]}}
-        if set(arrays) != set(fields):
-            missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
-            raise StoreError(
-                f"{self.path} holds fields {list(fields)}; the appended Events "
-                + (f"lack {missing}" if missing else "") + (" and " if missing and extra else "")
-                + (f"have extra {extra}" if extra else "") + ". Every chunk must carry the same fields."
-            )
-        for name, info in fields.items():
-            a = arrays[name]
-            if list(a.shape[1:]) != info["shape"]:
-                raise StoreError(
-                    f"{self.path}: field {name!r} has per-event shape {tuple(a.shape[1:])} but the store holds {tuple(info['shape'])}."
-                )
-            dtype = np.dtype(info["dtype"])
-            if a.dtype != dtype:
-                if not np.can_cast(a.dtype, dtype, "safe"):
-                    raise StoreError(
-                        f"{self.path}: field {name!r} has dtype {a.dtype} but the store holds {dtype}; converting would lose precision. "
-                        f"Cast the events first (e.g. events.to(dtype=torch.{dtype}))."
-                    )
-                arrays[name] = a.astype(dtype)
-        return arrays, fields
 
     def _commit(self, arrays: dict[str, np.ndarray], kind: str, fields: dict[str, Any]) -> None:
         index = len(self._manifest["chunks"])

@@ -35,14 +35,16 @@ import h5py
 import numpy as np
 
 from .durable import atomic_write
+from .events import SET_FIELDS
 from .exceptions import StoreError
+from .paired import LEVELS
 
 try:  # POSIX advisory lock: a killed writer releases it automatically
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STORE_SCHEMA", "STORE_SCHEMA_VERSION", "MANIFEST", "LOCK", "SEGMENT_ROWS", "KINDS", "check_schema", "schema_version_for", "open_h5",
+__all__ = ["conform_arrays", "STORE_SCHEMA", "STORE_SCHEMA_VERSION", "MANIFEST", "LOCK", "SEGMENT_ROWS", "KINDS", "check_schema", "schema_version_for", "open_h5",
            "acquire_lock", "read_manifest", "read_packed_manifest", "verify_packed", "write_packed", "check_self_contained",
            "chunk_path", "CHUNK_NAME", "is_own_temporary"]
 
@@ -248,3 +250,45 @@ def write_packed(path: Path, manifest: dict[str, Any], segments: Iterable[dict[s
                 ds[name].attrs["sha256"] = d.hexdigest()
 
     atomic_write(path, write)
+
+
+def conform_arrays(path: Path, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``arrays`` in the layout of the store at ``path`` with ``fields``, and its fields after this append (set lengths may grow).
+
+    Raises:
+        StoreError: a field is missing or extra, or differs in per-event shape, or its dtype cannot be cast safely.
+    """
+    if not fields:
+        return arrays, fields
+    for prefix in ("", *(f"{level}/" for level in LEVELS)):  # shorter padded sets: pad to the store's length
+        for field, mask in SET_FIELDS.items():
+            f, m = prefix + field, prefix + mask
+            if f in arrays and m in arrays and f in fields and m in fields:
+                a, longest = arrays[f], fields[f]["shape"][0]
+                if a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] < longest:
+                    arrays[f] = np.pad(a, ((0, 0), (0, longest - a.shape[1]), (0, 0)))
+                    arrays[m] = np.pad(arrays[m], ((0, 0), (0, longest - a.shape[1])), constant_values=False)
+                elif a.ndim == 3 and list(a.shape[2:]) == fields[f]["shape"][1:] and a.shape[1] > longest:
+                    fields = {**fields, f: {**fields[f], "shape": list(a.shape[1:])}, m: {**fields[m], "shape": [a.shape[1]]}}
+    if set(arrays) != set(fields):
+        missing, extra = sorted(set(fields) - set(arrays)), sorted(set(arrays) - set(fields))
+        raise StoreError(
+            f"{path} holds fields {list(fields)}; the appended Events "
+            + (f"lack {missing}" if missing else "") + (" and " if missing and extra else "")
+            + (f"have extra {extra}" if extra else "") + ". Every chunk must carry the same fields."
+        )
+    for name, info in fields.items():
+        a = arrays[name]
+        if list(a.shape[1:]) != info["shape"]:
+            raise StoreError(
+                f"{path}: field {name!r} has per-event shape {tuple(a.shape[1:])} but the store holds {tuple(info['shape'])}."
+            )
+        dtype = np.dtype(info["dtype"])
+        if a.dtype != dtype:
+            if not np.can_cast(a.dtype, dtype, "safe"):
+                raise StoreError(
+                    f"{path}: field {name!r} has dtype {a.dtype} but the store holds {dtype}; converting would lose precision. "
+                    f"Cast the events first (e.g. events.to(dtype=torch.{dtype}))."
+                )
+            arrays[name] = a.astype(dtype)
+    return arrays, fields

@@ -55,62 +55,23 @@ How the applications compose it (sketches; ``fit`` and ``get_loss`` as in :mod:`
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..events import Events
-from ..exceptions import ConfigError, InvalidEventsError, MissingAugmentedDataError, OutOfSupportError, ShapeMismatchError
+from ..exceptions import ConfigError, InvalidEventsError, OutOfSupportError, ShapeMismatchError
 from ..nets.flows import FlowSpec, build_flow
 from ..nets.mlp import Standardize
 from ..nets.sets import build_embedding
 from ..registry import register_publishable
 from .support import TrainingSupport, warn_outside
+from .targets import DENSITY_TARGETS, DensityTarget, _bound, density_target
 
 __all__ = ["ConditionalDensity", "DensityTarget", "DENSITY_TARGETS", "density_target"]
 
-DensityTarget = Literal["theta", "latent", "spectator"]
-DENSITY_TARGETS: tuple[str, ...] = get_args(DensityTarget)
-"""The Events fields a :class:`ConditionalDensity` can be trained to model."""
-
-_EPS = 1e-6
-
-
-def density_target(events: Events, target: str, *, owner: str = "ConditionalDensity") -> Tensor:
-    """The target field ``target`` of ``events``, ``(N, D)``.
-
-    Raises:
-        ConfigError: ``target`` is not one of :data:`DENSITY_TARGETS`.
-        MissingAugmentedDataError: the events lack that field.
-    """
-    if target not in DENSITY_TARGETS:
-        raise ConfigError(f"{owner}: target must be one of {DENSITY_TARGETS} (an Events field), got {target!r}.")
-    value = getattr(events, target, None)
-    if value is None:
-        raise MissingAugmentedDataError(
-            f"{owner}: target={target!r} but these Events have no {target!r} field; build the training Events with "
-            f"{target}=... (N, D), or choose another target."
-        )
-    return value
-
-
-def _bound(values: Any, features: int, fill: float, name: str) -> Tensor:
-    """Bounds as a float64 ``(D,)`` tensor; ``None`` (whole or per entry) means ``fill`` (±inf)."""
-    if values is None:
-        return torch.full((features,), fill, dtype=torch.float64)
-    if isinstance(values, Tensor):
-        values = values.tolist()
-    try:
-        out = torch.tensor([fill if v is None else float(v) for v in values], dtype=torch.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ConditionalDensity: {name} must be a sequence of {features} numbers (or None/±inf), got {values!r}.") from None
-    if out.numel() != features:
-        raise ConfigError(f"ConditionalDensity: {name} has {out.numel()} entries for a target of {features} dimension(s).")
-    if bool(torch.isnan(out).any()):
-        raise ConfigError(f"ConditionalDensity: {name} contains NaN; use None or ±inf for an open side.")
-    return out
-
+_EPS = 1e-6  # clamp of the box bijection
 
 @register_publishable
 class ConditionalDensity(nn.Module):
