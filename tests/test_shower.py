@@ -13,6 +13,7 @@ from sbilab.events import Events
 from sbilab.exceptions import ConfigError, HistoryVersionError, InvalidEventsError, NegativeKernelError, OverestimateError
 from sbilab.simulators import augment, joint_score, ratio_training_data
 from sbilab.simulators.shower import COLUMNS, PartonShower, history_log_prob
+from sbilab.simulators.shower.history import FIELDS, HISTORY_VERSION, decode, encode, field
 from sbilab.simulators.shower.kernels import CF, RunningCoupling
 from sbilab.simulators.shower.observables import durham_rates, thrust
 from sbilab.simulators.shower.reference import as_state, reference_log_prob, reference_shower
@@ -33,7 +34,7 @@ def _summaries(state) -> dict[str, np.ndarray]:
     y23, _ = durham_rates(state.momenta, mask)
     h = state.history
     hmask = torch.arange(h.shape[1]) < state.n_trials.unsqueeze(1)
-    accepted = (h[..., COL["accepted"]] > 0.5) & hmask
+    accepted = (field(h, "accepted") > 0) & hmask
     has = accepted.any(1)
     first = accepted.to(torch.int8).argmax(1)
     rows = torch.arange(len(first))
@@ -68,12 +69,22 @@ def test_final_states_conserve_momentum_and_stay_massless(shower):
     assert (p[:, 0] ** 2 - (p[:, 1:] ** 2).sum(1)).abs().max() < 1e-9
     assert (p[:, 0] > 0).all()
     hmask = torch.arange(state.history.shape[1]) < state.n_trials.unsqueeze(1)
-    accepted = ((state.history[..., COL["accepted"]] > 0.5) & hmask).sum(1)
+    accepted = ((field(state.history, "accepted") > 0) & hmask).sum(1)
     assert torch.equal(accepted + 2, state.n_particles)  # every accepted trial adds one parton
     quarks = ((state.pid > 0) & (state.pid < 6)).sum(1)
     antiquarks = ((state.pid < 0)).sum(1)
     assert torch.equal(quarks, antiquarks) and bool((quarks >= 1).all())
     assert bool((state.history[..., COL["y"]][hmask] < 1).all())
+    # the packed fields decode to the values the shower used: in range, and the emitter's flavour as stored
+    fields = decode(state.history)
+    code = encode(**{name: fields[name][hmask] for name in FIELDS})  # checks every field's range
+    assert torch.equal(code, state.history[..., COL["code"]][hmask])
+    assert bool((fields["version"][hmask] == HISTORY_VERSION).all()) and bool((fields["spectator"][hmask] >= 0).all())
+    assert bool((fields["emitter"][hmask] < state.n_particles.unsqueeze(1).expand_as(hmask)[hmask]).all())
+    first = fields["flavour"][:, 0]  # the first trial's emitter is the quark or the antiquark of the hard process
+    assert bool(((first == state.pid[:, 0]) | (first == state.pid[:, 1]))[state.n_trials > 0].all())
+    kernel, flavour = fields["kernel"][hmask], fields["flavour"][hmask]
+    assert bool(((kernel == 0) == (flavour != 21)).all()) and set(fields["emitted"][hmask].unique().tolist()) <= {21, -1, -2, -3, -4, -5}
 
 
 def test_joint_log_prob_matches_the_scalar_reference_at_any_theta(shower):
@@ -90,7 +101,10 @@ def test_joint_log_prob_matches_the_scalar_reference_at_any_theta(shower):
 def test_joint_log_prob_of_a_hand_made_history(shower):
     # two q -> qg trials: one accepted at (z, y) = (0.9, 0.01), one rejected at (0.3, 0.5)
     hat = lambda z: 2 * CF * 1.5 / (1 - z) + CF * (1.5 + 1.5 / 4)  # noqa: E731
-    rows = [[4.0, 0.9, 0.01, 0.0, 0, 0, 1, 1, 21, 1, hat(0.9), 1], [2.0, 0.3, 0.5, 0.0, 0, 0, 1, 1, 21, 0, hat(0.3), 1]]
+    code = encode(accepted=torch.tensor([1, 0]), kernel=torch.tensor([0, 0]), emitter=torch.tensor([0, 0]),
+                  spectator=torch.tensor([1, 1]), flavour=torch.tensor([1, 1]), emitted=torch.tensor([21, 21]),
+                  version=torch.tensor([HISTORY_VERSION] * 2))
+    rows = [[4.0, 0.9, 0.01, 0.0, hat(0.9), code[0]], [2.0, 0.3, 0.5, 0.0, hat(0.3), code[1]]]
     latent = torch.tensor([rows], dtype=torch.float64)
     ev = Events(x=torch.zeros(1, 1), theta=torch.ones(1, 3), latent=latent, latent_mask=torch.ones(1, 2, dtype=torch.bool))
     d, f, c = 1.2, 0.8, 0.5
@@ -158,11 +172,11 @@ def test_named_errors(shower):
     with pytest.raises(OverestimateError):
         shower.joint_log_prob(ev, theta + torch.tensor([0.0, 0.6, 0.0], dtype=torch.float64))
     old = ev.latent.clone()
-    old[..., COL["version"]] = 0.0
+    old[..., COL["code"]] -= float(HISTORY_VERSION - 1) * 2.0 ** FIELDS["version"][0]  # as written by version 1
     with pytest.raises(HistoryVersionError, match="version"):
         shower.joint_log_prob(ev.replace(latent=old), theta)
     with pytest.raises(HistoryVersionError, match="columns"):
-        shower.joint_log_prob(ev.replace(latent=ev.latent[..., :11]), theta)
+        shower.joint_log_prob(ev.replace(latent=ev.latent[..., :5]), theta)
     with pytest.raises(InvalidEventsError, match="history"):
         shower.joint_log_prob(Events(x=ev.x, theta=ev.theta, mask=ev.mask), theta)
     # a narrower shower's histories are refused at points its overestimate does not cover

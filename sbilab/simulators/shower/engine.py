@@ -47,7 +47,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from .history import COLUMNS, HISTORY_VERSION
+from ...exceptions import SamplingError
+from .history import COLUMNS, FIELDS, HISTORY_VERSION, encode
 from .kernels import CA, CF, NF, TR, Overestimate, RunningCoupling
 from .kinematics import dipole_map, hard_process, mdot, z_minus
 
@@ -142,7 +143,6 @@ class _Veto:
         self._refresh(torch.arange(n), torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long))
         self.finished: list[dict[str, Tensor]] = []
         self.log: list[tuple[Tensor, Tensor, Tensor]] = []  # stored trials per step: (event, position, (S, K) rows)
-        self.version = torch.full((n * self.k,), float(HISTORY_VERSION), dtype=_F64)  # the version column
         self.ks = torch.arange(self.k)
         self.np_bound = 2  # upper bound of the live rows' largest parton count
 
@@ -164,8 +164,17 @@ class _Veto:
         self._index()
 
     def _grow(self) -> None:
-        """Double the parton capacity ``M``."""
+        """Double the parton capacity ``M``.
+
+        Raises:
+            SamplingError: an event would hold more partons than the history's slot field can number.
+        """
         st, m = self.state, self.m
+        if 2 * m > 2 ** FIELDS["emitter"][1]:
+            raise SamplingError(
+                f"a shower event reached {m} partons, the most the history's {FIELDS['emitter'][1]}-bit emitter field can "
+                "number; raise the cutoff t0 (or lower the centre-of-mass energy) of the shower."
+            )
         b = st["orig"].numel()
         for key in _COMPONENTS + ("pid",):
             st[key] = torch.cat([st[key], st[key].new_zeros(b, m)], 1)
@@ -265,8 +274,9 @@ class _Veto:
         sel = torch.nonzero(stored.view(-1)).squeeze(1)
         if sel.numel():
             position = (stored.cumsum(1) - 1).add_(st["count"].unsqueeze(1)).view(-1).index_select(0, sel)
-            rows = torch.stack([x.reshape(-1).index_select(0, sel) for x in (t, z, y, phi, ktype, i, k, flavour, emitted, accept, p_hat)]
-                               + [self.version[:sel.numel()]], 1).to(_F64)
+            pick = [x.reshape(-1).index_select(0, sel) for x in (t, z, y, phi, p_hat, accept, ktype, i, k, flavour, emitted)]
+            code = encode(check=False, version=HISTORY_VERSION, **dict(zip(FIELDS, pick[5:])))
+            rows = torch.stack(pick[:5] + [code], 1)
             self.log.append((st["orig"].index_select(0, torch.div(sel, kk, rounding_mode="floor")), position, rows))
             st["count"] += stored.sum(1)
         a = torch.nonzero(hit).squeeze(1)

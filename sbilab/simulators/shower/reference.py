@@ -6,8 +6,9 @@ Höche's tutorial shower (arXiv:1411.4085). The physics is that of
 :mod:`~sbilab.simulators.shower.engine` (same kernels, overestimates, one-loop coupling, cutoff,
 kinematics map and colour treatment); the code shares nothing with it but the constants, and
 builds the transverse momentum differently (a spatial cross product and a four-dimensional
-Levi-Civita vector instead of projected axes). Histories use the layout of
-:data:`~sbilab.simulators.shower.history.COLUMNS`; :func:`reference_log_prob` evaluates their
+Levi-Civita vector instead of projected axes). Each trial is kept as a plain row of :data:`ROW` (every
+field its own float); :func:`as_state` packs the rows into the layout of
+:data:`~sbilab.simulators.shower.history.COLUMNS`, outside the timed shower; :func:`reference_log_prob` evaluates their
 likelihood in plain Python. Tests compare distributions (multiplicity, thrust, y23, first
 emissions) and likelihoods with the batched shower.
 """
@@ -22,17 +23,19 @@ from typing import Sequence
 import torch
 
 from .engine import ShowerState
-from .history import COLUMNS, HISTORY_VERSION
+from .history import COLUMNS, FIELDS, HISTORY_VERSION, encode
 from .kernels import CA, CF, KERNEL_GG, KERNEL_GQ, KERNEL_QQ, NF, TR, RunningCoupling
 
-__all__ = ["ReferenceEvent", "reference_shower", "reference_log_prob", "as_state"]
+__all__ = ["ROW", "ReferenceEvent", "reference_shower", "reference_log_prob", "as_state"]
 
 GLUON = 21
+ROW = ("t", "z", "y", "phi", "kernel", "emitter", "spectator", "flavour", "emitted", "accepted", "p_hat", "version")
+"""Fields of a reference trial row, in order."""
 
 
 @dataclass
 class ReferenceEvent:
-    """One showered event: final-state momenta ``[E, px, py, pz]``, PDG ids, and the trial history (rows of 12 floats)."""
+    """One showered event: final-state momenta ``[E, px, py, pz]``, PDG ids, and the trial history (rows of :data:`ROW`)."""
 
     momenta: list[list[float]] = field(default_factory=list)
     pid: list[int] = field(default_factory=list)
@@ -222,6 +225,9 @@ def as_state(events: Sequence[ReferenceEvent]) -> ShowerState:
         momenta[row, :len(event.pid)] = torch.tensor(event.momenta, dtype=torch.float64)
         pid[row, :len(event.pid)] = torch.tensor(event.pid)
         if event.trials:
-            history[row, :len(event.trials)] = torch.tensor(event.trials, dtype=torch.float64)
+            trials = torch.tensor(event.trials, dtype=torch.float64)
+            values = dict(zip(ROW, trials.unbind(1)))
+            code = encode(**{name: values[name] for name in FIELDS})
+            history[row, :len(event.trials)] = torch.stack([values[name] for name in COLUMNS[:-1]] + [code], 1)
     return ShowerState(momenta, pid, torch.tensor([len(e.pid) for e in events]), history,
                        torch.tensor([len(e.trials) for e in events]))

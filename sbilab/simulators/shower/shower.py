@@ -66,7 +66,7 @@ class PartonShower(Simulator):
         >>> shower = PartonShower()
         >>> ev = shower.simulate(4, theta=torch.tensor([1.0, 1.0, 0.0]), generator=torch.Generator().manual_seed(0))
         >>> ev.x.shape[0], ev.x.shape[2], ev.latent.shape[2]
-        (4, 5, 12)
+        (4, 5, 6)
         >>> bool(torch.allclose(ev.x[..., :4].sum(1).double(), torch.tensor([91.2, 0, 0, 0], dtype=torch.float64), atol=1e-3))
         True
     """
@@ -122,7 +122,7 @@ class PartonShower(Simulator):
 
     def sample(self, theta: Tensor, generator: torch.Generator | None = None) -> Events:
         """One event per row of ``theta (N, 3)``: ``x`` (particles with ``mask``, or observables), the history
-        in ``latent (N, T, 12)`` float64 with ``latent_mask (N, T)``.
+        in ``latent (N, T, 6)`` float64 (:mod:`~.history` layout) with ``latent_mask (N, T)``.
 
         Raises:
             NegativeKernelError, OverestimateError: some row of θ is not covered (see the class).
