@@ -6,7 +6,7 @@ No hadronisation: final states and observables are partonic.
 
 from .detector import Smearing
 from .engine import ShowerSettings, ShowerState, run_shower
-from .history import COLUMNS, HISTORY_VERSION, history_log_prob
+from .history import COLUMNS, FIELDS, HISTORY_VERSION, decode, history_log_prob
 from .kernels import Overestimate, RunningCoupling, qq_coefficients
 from .observables import OBSERVABLES, event_observables
 from .reweight import effective_sample_size, reweight
@@ -25,6 +25,8 @@ __all__ = [
     "ShowerState",
     "run_shower",
     "COLUMNS",
+    "FIELDS",
+    "decode",
     "HISTORY_VERSION",
     "history_log_prob",
     "Overestimate",
