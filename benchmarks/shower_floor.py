@@ -18,8 +18,9 @@ compares their sum with the budget 1 / (100 x reference rate), the rate measured
    from the overestimate, y, P-hat, the three kernels at the stored kernel mix, accept comparison),
    and under ``torch.compile(dynamic=True)`` (compile time excluded; the error if it fails). Not
    summed: the dipole choice (searchsorted or compare-count, one gather), which the list omits.
-4. **History**: the padded ``(N, T_max, 12)`` float64 history and its ``(N, T_max)`` bool mask:
-   zero-fill, scatter of the stored rows, mask; into fresh memory (page faults) and warm memory.
+4. **History**: the padded ``(N, T_max, 12)`` float64 history (and ``len(history.COLUMNS)`` wide if
+   that differs) and its ``(N, T_max)`` bool mask: zero-fill, scatter of the stored rows, mask;
+   into fresh memory (page faults) and into warm memory.
 5. **Fused scalar C** (not summed): items 2 + 3 in one scalar loop (xoshiro256+, libm),
    ``cc -O2`` at run time; ``null`` without a compiler.
 
@@ -35,6 +36,7 @@ import argparse
 import ctypes
 import json
 import math
+import mmap
 import os
 import random
 import resource
@@ -113,7 +115,8 @@ def counts(n: int, seed: int = 7) -> dict[str, Any]:
     finally:
         ref.math, ref.random = saved
     stored = sum(len(e.trials) for e in events)
-    kernels = [int(tr[COLUMNS.index("kernel")]) for e in events for tr in e.trials]
+    kind = list(getattr(ref, "ROW", COLUMNS)).index("kernel")  # reference rows: ROW (history v2) or COLUMNS (v1)
+    kernels = [int(tr[kind]) for e in events for tr in e.trials]
     stored_qq = kernels.count(KERNEL_QQ)
     partons = sum(len(e.pid) for e in events)
     drawn = tally["drawn"]
@@ -253,9 +256,9 @@ def arithmetic_cost(sizes: list[int], repeats: int, compile_it: bool, mix: list[
 
 
 # ---------------------------------------------------------------------------------------------- 4. history
-def history_cost(n_trials: torch.Tensor, t_max: int, repeats: int) -> dict[str, Any]:
+def history_cost(n_trials: torch.Tensor, t_max: int, k: int, repeats: int) -> dict[str, Any]:
     """Zero-fill + scatter of the stored rows + mask of the padded history, fresh vs warm memory, µs per event."""
-    n, k = n_trials.numel(), len(COLUMNS)
+    n = n_trials.numel()
     events = torch.repeat_interleave(torch.arange(n), n_trials)
     starts = torch.cumsum(n_trials, 0) - n_trials
     position = torch.arange(events.numel()) - starts.repeat_interleave(n_trials)
@@ -267,8 +270,9 @@ def history_cost(n_trials: torch.Tensor, t_max: int, repeats: int) -> dict[str, 
         history.view(n * t_max, k).index_copy_(0, flat, rows)
         torch.lt(steps, n_trials.unsqueeze(1), out=mask)
 
-    def fresh() -> None:
-        history = torch.zeros(n, t_max, k, dtype=F64)
+    def fresh() -> None:  # a private anonymous mapping (as malloc's for large blocks), untouched whatever malloc recycles
+        buf = mmap.mmap(-1, 8 * n * t_max * k, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        history = torch.frombuffer(buf, dtype=F64).view(n, t_max, k).zero_()
         write(history, torch.empty(n, t_max, dtype=torch.bool))
 
     history, mask = torch.zeros(n, t_max, k, dtype=F64), torch.empty(n, t_max, dtype=torch.bool)
@@ -282,7 +286,7 @@ def history_cost(n_trials: torch.Tensor, t_max: int, repeats: int) -> dict[str, 
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (repeats + 1)
     cpu_warm = best_cpu(warm, repeats)
     mb = n * t_max * (8 * k + 1) / 1e6
-    return {"events": n, "t_max": t_max, "megabytes": mb, "fresh_us_per_event": 1e6 * cpu_fresh / n,
+    return {"events": n, "t_max": t_max, "columns": k, "megabytes": mb, "fresh_us_per_event": 1e6 * cpu_fresh / n,
             "warm_us_per_event": 1e6 * cpu_warm / n, "fresh_page_faults_per_mb": faults / mb,
             "fresh_ms_per_mb": 1e3 * cpu_fresh / mb}
 
@@ -370,7 +374,10 @@ def main() -> None:
     c = counts(n_count)
     result["counts_reference"] = c
     log(f"counts ({n_count} reference events): {c}")
+    if not c["counts_consistent"]:
+        log("WARNING: the trial counts are inconsistent: reference.py no longer draws as counts() assumes; fix counts()")
     drawn = c["drawn_trials_per_event"]
+    widths = sorted({12, len(COLUMNS)}, reverse=True)  # the 12 columns of the issue, and the current layout if other
     mix = c["stored_kernel_mix"]
     result["batched"], result["history"] = {}, {}
     PartonShower().sample(torch.tensor([SM]).expand(500, 3), torch.Generator().manual_seed(0))  # warm-up (first-call costs)
@@ -379,8 +386,9 @@ def main() -> None:
         n_trials = b.pop("n_trials")
         result["batched"][str(n)] = b
         log(f"batched {n}: {b}")
-        result["history"][str(n)] = h = history_cost(n_trials, b["t_max"], max(2, repeats // 2))
-        log(f"history {n}: {h}")
+        for k in widths:
+            result["history"][f"N{n}_w{k}"] = h = history_cost(n_trials, b["t_max"], k, max(2, repeats // 2))
+            log(f"history N={n}, {k} columns: {h}")
         del n_trials
     result["rng"] = rng = rng_cost(sizes, repeats)
     log(f"rng: {rng}")
@@ -400,16 +408,14 @@ def main() -> None:
         ("dipole choice (search or compare, gather), not summed", drawn * ch["ns_per_slot"] / 1e3, False),
     ]
     sums = {}
-    for n in ns:
-        h = result["history"][str(n)]
-        rows.append((f"history, first touch, N={n}, T_max={h['t_max']}", h["fresh_us_per_event"], False))
-        rows.append((f"history, warm rewrite, N={n}", h["warm_us_per_event"], False))
+    for key, h in result["history"].items():
+        rows.append((f"history, first touch, N={h['events']}, T_max={h['t_max']}, {h['columns']} cols", h["fresh_us_per_event"], False))
+        rows.append((f"history, warm rewrite, N={h['events']}, {h['columns']} cols", h["warm_us_per_event"], False))
     core = sum(v for _, v, s in rows if s)
-    for n in ns:
-        h = result["history"][str(n)]
-        sums[f"fresh_{n}"] = core + h["fresh_us_per_event"]
-        sums[f"warm_{n}"] = core + h["warm_us_per_event"]
-    rows += [(f"SUM rng + eager chain + history ({k.replace('_', ', N=')})", v, False) for k, v in sums.items()]
+    for key, h in result["history"].items():
+        for mode in ("fresh", "warm"):
+            sums[f"{mode}_{key}"] = core + h[f"{mode}_us_per_event"]
+            rows.append((f"SUM rng + eager chain + history ({mode}, N={h['events']}, {h['columns']} cols)", sums[f"{mode}_{key}"], False))
     if fu["ns_per_trial"] is not None:
         rows.append(("fused scalar C: rng + chain, not summed", drawn * fu["ns_per_trial"] / 1e3, False))
     rows.append(("100x budget", budget_us, False))
