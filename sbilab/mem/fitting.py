@@ -122,7 +122,10 @@ def fiducial_noise(likelihood: Any, fit: FitResult, events: Events | float, *, t
     :math:`r \propto \sqrt{N/n}` (plain Monte Carlo; randomised QMC falls faster in n), the sample
     needs :math:`n \ge n_\mathrm{now}(r/\mathrm{tolerance})^2` points, i.e. it must grow in
     proportion to N. The prediction is first order in the shift and uses the sample's own error
-    estimate (eight replicas for ``"sobol"``: good to ~30 %).
+    estimate (eight replicas for ``"sobol"``: good to ~30 %). The check runs here, after a fit, and
+    not when the likelihood is built: construction sees neither N (one likelihood serves datasets of
+    any size, e.g. in ``fit_toys``) nor the statistical covariance, and σ_fid's relative error alone
+    does not say how far the fit moves (only its θ-gradient does).
 
     Args:
         likelihood: The :class:`~sbilab.mem.likelihood.MatrixElementLikelihood` that was fitted.
