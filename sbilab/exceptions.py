@@ -41,6 +41,7 @@ __all__ = [
     "IdentityCheckWarning",
     "ExtrapolationWarning",
     "OneSidedIntervalWarning",
+    "IntegrationNoiseWarning",
 ]
 
 
@@ -180,3 +181,9 @@ class ExtrapolationWarning(SbilabWarning):
 class OneSidedIntervalWarning(SbilabWarning):
     """A profile-likelihood interval runs into a bound of the parameter range: one end is the
     bound, not a crossing, so the interval is one-sided (quote a limit, or widen the range)."""
+
+
+class IntegrationNoiseWarning(SbilabWarning):
+    """A Monte Carlo integral inside a likelihood is too noisy for the data it fits: e.g. the MEM's
+    fiducial cross-section sample is estimated to move the best fit by more than the stated fraction
+    of its statistical error (:func:`sbilab.mem.fiducial_spread`); enlarge that sample."""

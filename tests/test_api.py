@@ -52,7 +52,7 @@ PUBLIC = {
         "HardProcess", "MatrixElement", "TransferFunction", "GaussianTransfer", "check_normalisation", "Proposal", "BoxProposal",
         "MultiChannel", "VegasProposal", "adapt_vegas", "cauchy_map", "normal_map", "truncated_normal_map", "CommonNoise", "event_keys",
         "Integral", "integrate", "calls_for_precision", "variance_calls", "FiducialCrossSection", "MatrixElementLikelihood",
-        "IntegrationNoise", "integration_noise", "CoverageCheck", "CoverageWarning", "check_coverage", "AgreementCheck", "check_agreement",
+        "IntegrationNoise", "integration_noise", "fiducial_noise", "CoverageCheck", "CoverageWarning", "check_coverage", "AgreementCheck", "check_agreement",
         "FlowProposal", "Anchor",
         "fit_proposal", "fit_sampler", "RemappedChannels", "fit_channel_flows", "PROPOSAL_TRAINING", "SAMPLER_TRAINING", "LearnedTransfer", "LearnedAcceptance", "AcceptedProcess",
         "detector_pairs", "fit_transfer", "fit_acceptance", "TRANSFER_TRAINING", "ACCEPTANCE_TRAINING",

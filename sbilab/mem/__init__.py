@@ -21,7 +21,7 @@ integrand's variance, :func:`fit_sampler`). The detector may be learned too
 from .coverage import AgreementCheck, CoverageCheck, CoverageWarning, check_agreement, check_coverage
 from .fiducial import FiducialCrossSection
 from .flows import PROPOSAL_TRAINING, SAMPLER_TRAINING, Anchor, FlowProposal, fit_proposal, fit_sampler
-from .fitting import IntegrationNoise, integration_noise
+from .fitting import IntegrationNoise, fiducial_noise, integration_noise
 from .integrate import Integral, calls_for_precision, integrate, variance_calls
 from .learned import (ACCEPTANCE_TRAINING, TRANSFER_TRAINING, AcceptedProcess, LearnedAcceptance, LearnedTransfer, detector_pairs,
                       fit_acceptance, fit_transfer)
@@ -83,4 +83,5 @@ __all__ = [
     "MatrixElementLikelihood",
     "IntegrationNoise",
     "integration_noise",
+    "fiducial_noise",
 ]

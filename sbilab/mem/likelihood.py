@@ -235,6 +235,18 @@ class MatrixElementLikelihood:
         fid = self.fiducial.error(unique)[inverse]
         return torch.sqrt(self.integral(x, theta).rel_error ** 2 + fid**2)
 
+    def fiducial_covariance(self, theta: Tensor) -> Tensor:
+        r"""Monte Carlo covariance ``(P, P)`` (space order) of :math:`\nabla_\theta\log\hat\sigma_\mathrm{fid}` at ``theta (P,)`` (space order).
+
+        See :meth:`~sbilab.mem.fiducial.FiducialCrossSection.gradient_covariance`; what it does to a
+        fit is :func:`~sbilab.mem.fitting.fiducial_spread`.
+        """
+        theta = torch.as_tensor(theta, dtype=torch.float64).detach().reshape(1, self.space.dim)
+        self.space.check(theta, argument="theta")
+        cov = self.fiducial.gradient_covariance(theta[0, self._order])
+        back = torch.argsort(self._order)  # model index of each space parameter
+        return cov[back][:, back]
+
     def nll_error(self, x: Tensor, theta: Tensor) -> float:
         r"""Monte Carlo standard error of :math:`-2\log L(\theta) = -2\sum_i\log p(x_i|\theta)`.
 
