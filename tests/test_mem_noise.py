@@ -172,6 +172,8 @@ def test_integration_noise_splits_the_spread(toy):
     assert plain.fiducial_spread is None and plain.relative_event_spread is None
     assert plain.best["M"] == noise.best["M"][:3]
     assert "—" in plain.summary()
+    with pytest.raises(FitError, match="two seeds"):
+        integration_noise(lambda s: mem(s, s), Events.observed(x), sim.space, seeds=seeds[:2], split=True)
 
 
 class Interference(HardProcess):

@@ -25,6 +25,7 @@ predicts this part from the sample itself (no refits) and warns when it is too l
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ def integration_noise(
         likelihood_options: Passed to :class:`UnbinnedLikelihood` (``constraints``, ``limits``, ...).
 
     Raises:
-        FitError: fewer than two seeds.
+        FitError: fewer than two seeds, or ``split`` with a factory that does not take two seeds.
     """
     seeds = tuple(int(s) for s in seeds)
     if len(seeds) < 2:
@@ -218,6 +219,18 @@ def integration_noise(
 
     def fit(log_ratio: LogRatio) -> FitResult:
         return UnbinnedLikelihood(log_ratio, observed, space, **likelihood_options).fit(**(fit_options or {}))
+
+    if split:
+        try:
+            inspect.signature(likelihood_for_seed).bind(0, 0)
+        except TypeError:
+            raise FitError(
+                "integration_noise(split=True): likelihood_for_seed must take two seeds (event_seed, fiducial_seed) — the "
+                "per-event one for the likelihood's seed and the sigma_fid one for its FiducialCrossSection — but it does not "
+                "accept two positional arguments. Pass a two-seed factory, or split=False."
+            ) from None
+        except ValueError:  # no signature (some builtins): let the call decide
+            pass
 
     def build(event_seed: int, fiducial_seed: int) -> LogRatio:
         return likelihood_for_seed(event_seed, fiducial_seed) if split else likelihood_for_seed(event_seed)
